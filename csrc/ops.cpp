@@ -1,0 +1,31 @@
+// Schemas of every gls op (TORCH_LIBRARY) and the Python module entry point of gls._C.
+//
+// Implementations register themselves per dispatch key next to their kernels:
+// csrc/cpu/*.cpp (TORCH_LIBRARY_IMPL(gls, CPU, m)) and csrc/cuda/*.cu (TORCH_LIBRARY_IMPL(gls, CUDA, m)).
+// Fake (meta) kernels and autograd formulas are registered from Python in gls/native/.
+#include <torch/library.h>
+
+#ifndef GLS_NO_PYTHON  // the CMake build makes a plain library for torch.ops.load_library
+#include <Python.h>
+
+extern "C" {
+// Importing gls._C loads this library, which runs the static registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+#endif
+
+TORCH_LIBRARY(gls, m) {
+  // ---- bound propagation (gls/reference/bound_ops.py holds the definitions) ----
+  // ReLU relaxation lines from pre-activation bounds, elementwise: (a_l, c_l, a_u, c_u).
+  m.def("relu_relax(Tensor l, Tensor u, str method) -> (Tensor, Tensor, Tensor, Tensor)");
+  // One back-substitution step through an affine layer (W, b) and the ReLU before it.
+  // lam (P,B,S,N_out), W (P|1,N_out,N_in), b (P|1,N_out)?, relaxation (P,B,N_in) -> (lam (P,B,S,N_in), bias (P,B,S)).
+  m.def("backsub_linear_relu(Tensor lam, Tensor W, Tensor? b, Tensor a_l, Tensor c_l, Tensor a_u, Tensor c_u) -> (Tensor, Tensor)");
+  // Lower bound of lam . x + bias over the box [x_lo, x_hi]: lam (P,B,S,N), bias (P,B,S), x (B,N) -> (P,B,S).
+  m.def("concretize(Tensor lam, Tensor bias, Tensor x_lo, Tensor x_hi) -> Tensor");
+  // Interval step through an affine layer: mid (P|1,B,N_in), rad likewise, W (P|1,N_out,N_in), b (P|1,N_out)? -> (mid, rad) (P,B,N_out).
+  m.def("ibp_affine(Tensor mid, Tensor rad, Tensor W, Tensor? b) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,123 @@
+"""The one place that picks a backend for each op.
+
+Backends: ``reference`` (plain PyTorch, gls/reference/), ``cpp`` (csrc/cpu via torch.ops.gls),
+``cuda`` (csrc/cuda via torch.ops.gls) and ``triton`` (gls_kernels/, one module per op).
+
+Choice, first match wins:
+1. the ``backend=`` keyword of the call (strict: an error if that backend cannot run the op here);
+2. the ``GLS_BACKEND`` environment variable (for every op that backend implements; other ops use
+   the default below);
+3. the default: CPU tensors -> ``cpp``; CUDA tensors -> ``cuda``, else ``triton``; else ``reference``.
+   (CUDA is preferred over Triton on GPUs because the CUDA kernels fuse the perturbation and the
+   epilogue; override per call or with GLS_BACKEND=triton.)
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+from gls import native
+
+BACKENDS = ("reference", "cpp", "cuda", "triton")
+
+# op name -> (reference module, backends with a kernel besides the reference).
+# Triton kernels live in gls_kernels/<op>.py and export a function named like the op.
+_OPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "relu_relax": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
+    "backsub_linear_relu": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
+    "concretize": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
+    "ibp_affine": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
+}
+
+
+@lru_cache(maxsize=None)
+def _triton_impl(op: str) -> Callable | None:
+    try:
+        module = importlib.import_module(f"gls_kernels.{op}")
+    except ImportError:
+        return None
+    return getattr(module, op, None)
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _candidate(op: str, backend: str, device: torch.device) -> tuple[Callable | None, str]:
+    """The implementation of `op` on `backend` for tensors on `device`, or (None, why not)."""
+    ref_module, kernels = _OPS[op]
+    if backend == "reference":
+        return getattr(importlib.import_module(ref_module), op), ""
+    if backend not in kernels:
+        return None, f"gls op {op!r} has no {backend} kernel"
+    if backend in ("cpp", "cuda"):
+        want = "cpu" if backend == "cpp" else "cuda"
+        if device.type != want:
+            return None, f"backend {backend!r} runs on {want.upper()} tensors, got tensors on {device}"
+        key = "CPU" if backend == "cpp" else "CUDA"
+        if not native.has_kernel(op, key):
+            why = native.LOAD_ERROR or f"gls._C was built without {key} kernels"
+            return None, f"backend {backend!r} is not available for {op!r}: {why}"
+        return getattr(torch.ops.gls, op), ""
+    impl = _triton_impl(op)
+    if impl is None:
+        return None, f"backend 'triton' is not available for {op!r} (is triton installed?)"
+    if not _triton_runs_on(device):
+        return None, f"backend 'triton' needs CUDA tensors or TRITON_INTERPRET=1, got tensors on {device}"
+    return impl, ""
+
+
+def resolve(op: str, device: torch.device, backend: str | None = None) -> tuple[str, Callable]:
+    """(backend name, implementation) that runs `op` for tensors on `device`; see the module docstring."""
+    if op not in _OPS:
+        raise KeyError(f"unknown gls op {op!r}")
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        impl, why = _candidate(op, backend, device)
+        if impl is None:
+            raise RuntimeError(why)
+        return backend, impl
+    forced = os.environ.get("GLS_BACKEND")
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"GLS_BACKEND={forced!r} is not one of {BACKENDS}")
+        impl, _ = _candidate(op, forced, device)
+        if impl is not None:
+            return forced, impl
+    order = ("cuda", "triton") if device.type == "cuda" else ("cpp",)
+    for name in order + ("reference",):
+        impl, _ = _candidate(op, name, device)
+        if impl is not None:
+            return name, impl
+    raise AssertionError("unreachable: the reference always resolves")
+
+
+def _call(op: str, backend: str | None, device: torch.device, *args):
+    return resolve(op, device, backend)[1](*args)
+
+
+# ---- bound propagation ----------------------------------------------------------------------------
+
+def relu_relax(l, u, method: str, *, backend: str | None = None):
+    """ReLU relaxation lines (a_l, c_l, a_u, c_u) from pre-activation bounds; see gls.reference.bound_ops."""
+    return _call("relu_relax", backend, l.device, l, u, method)
+
+
+def backsub_linear_relu(lam, W, b, a_l, c_l, a_u, c_u, *, backend: str | None = None):
+    """Back-substitution through an affine layer and the ReLU before it -> (lam, bias)."""
+    return _call("backsub_linear_relu", backend, lam.device, lam, W, b, a_l, c_l, a_u, c_u)
+
+
+def concretize(lam, bias, x_lo, x_hi, *, backend: str | None = None):
+    """Lower bound of lam.x + bias over the input box -> (P,B,S)."""
+    return _call("concretize", backend, lam.device, lam, bias, x_lo, x_hi)
+
+
+def ibp_affine(mid, rad, W, b, *, backend: str | None = None):
+    """Interval step through an affine layer in centre/radius form -> (mid, rad)."""
+    return _call("ibp_affine", backend, mid.device, mid, rad, W, b)

@@ -1,0 +1,1 @@
+"""Plain-PyTorch definitions of every gls op: the oracle that all kernels are tested against."""
