@@ -96,7 +96,9 @@ def _spec(labels, spec, B: int, K: int, like: torch.Tensor) -> torch.Tensor:
     if labels is not None and spec is not None:
         raise ValueError("give labels or spec, not both")
     if labels is not None:
-        if isinstance(labels, torch.Tensor) and labels.shape != (B,):
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be an integer tensor (B,), got {type(labels).__name__}")
+        if labels.shape != (B,):
             raise ValueError(f"labels must have shape (B,) = ({B},), got {tuple(labels.shape)}")
         return margin_spec(labels.to(like.device), K).to(like.dtype)
     if spec is None:  # bounds of the logits themselves
@@ -210,10 +212,11 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
 
     boxes, (l_last, u_last) = _ibp(segs, x_lo, x_hi, P, backend)
     if method == "ibp":
-        lam, bias = segs[-1][-1].back(lam)
-        N = lam.shape[-1]
-        lb = ops.concretize(lam.reshape(1, P * B, -1, N), bias.reshape(1, P * B, -1),
-                            l_last.reshape(P * B, N), u_last.reshape(P * B, N), backend=backend).reshape(P, B, -1)
+        lam, bias = segs[-1][-1].back(lam)  # C folded into the last affine layer
+        S2, N = lam.shape[-2:]
+        lb = ops.concretize(lam.reshape(1, P * B, S2, N), bias.reshape(1, P * B, S2),  # per-member boxes:
+                            l_last.reshape(P * B, N), u_last.reshape(P * B, N),  # members ride the batch axis
+                            backend=backend).reshape(P, B, S2)
     else:
         relax = []
         for k, (l, u) in enumerate(boxes):

@@ -191,9 +191,8 @@ class Network:
         """(validated params, P); None -> the model's own parameters. NaN -> ValueError."""
         params = self.params() if params is None else params
         P = self.layout.check(params)
-        bad = [n for n, t in params.items() if torch.isnan(t).any()]
-        if bad:
-            raise ValueError(f"params contain NaN: {bad}")
+        if params and torch.stack([torch.isnan(t).any() for t in params.values()]).any():  # one sync
+            raise ValueError(f"params contain NaN: {[n for n, t in params.items() if torch.isnan(t).any()]}")
         return params, P
 
     def plan(self, params: dict, in_shape, dtype: torch.dtype) -> list[list]:
