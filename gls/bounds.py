@@ -161,8 +161,15 @@ def _backsub(lam, segs, relax, upto, x_lo, x_hi, backend):
     return ops.concretize(lam, bias, x_lo, x_hi, backend=backend)
 
 
+_CHUNK_ELEMENTS = 1 << 25  # at most this many coefficients per back-substituted block of rows
+
+
 def _refine(segs, relax, k, l, u, x_lo, x_hi, backend, all_rows):
-    """Intersect the IBP box of segs[k]'s output with back-substituted bounds (unstable rows only)."""
+    """Intersect the IBP box of segs[k]'s output with back-substituted bounds (unstable rows only).
+
+    Rows are independent, so they go in chunks that keep each coefficient tensor (P, B, rows, N)
+    under _CHUNK_ELEMENTS whatever the layer width; the numbers do not depend on the chunking.
+    """
     P, B, N = l.shape
     if all_rows:
         idx = torch.arange(N, device=l.device)
@@ -173,8 +180,11 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, backend, all_rows):
         return l, u
     rows = torch.zeros(n, N, dtype=l.dtype, device=l.device)
     rows[torch.arange(n, device=l.device), idx] = 1
-    lam = torch.cat([rows, -rows]).expand(P, B, 2 * n, N).contiguous()
-    res = _backsub(lam, segs, relax, k, x_lo, x_hi, backend)
+    rows = torch.cat([rows, -rows])
+    widest = max([x_lo.shape[-1]] + [op.n_in for seg in segs[:k + 1] for op in seg])
+    chunk = max(1, _CHUNK_ELEMENTS // (P * B * widest))
+    res = torch.cat([_backsub(r.expand(P, B, *r.shape).contiguous(), segs, relax, k, x_lo, x_hi, backend)
+                     for r in rows.split(chunk)], dim=-1)
     l = l.index_copy(-1, idx, torch.maximum(l.index_select(-1, idx), res[..., :n]))
     u = u.index_copy(-1, idx, torch.minimum(u.index_select(-1, idx), -res[..., n:]))
     return l, u

@@ -177,6 +177,19 @@ def test_unstable_rows_only_equals_all_rows(net, method):
     torch.testing.assert_close(fast.upper, full.upper, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["hbox", "deeppoly"])
+def test_row_chunks_do_not_change_the_numbers(method, monkeypatch):
+    model, shape = build("cnn")
+    x = _inputs(shape).double()
+    model = model.double()
+    kw = dict(method=method, labels=torch.tensor([0, 1, 2]), bound="both")
+    whole = gls.compute_bounds(model, x, EPS["cnn"], **kw)
+    monkeypatch.setattr(gls.bounds, "_CHUNK_ELEMENTS", 500)  # a few rows per chunk
+    chunked = gls.compute_bounds(model, x, EPS["cnn"], **kw)
+    torch.testing.assert_close(chunked.lower, whole.lower, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunked.upper, whole.upper, rtol=1e-12, atol=1e-12)
+
+
 def test_tighter_methods_are_tighter_and_eps_is_per_sample():
     model, shape = build("mlp")
     x = _inputs(shape)
