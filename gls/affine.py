@@ -109,6 +109,6 @@ def relax_step(lam, a_l, c_l, a_u, c_u):
 
     lam (P, B, S, N), lines (P, B, N) -> coefficients on z and the constant lam^+ c_l + lam^- c_u.
     """
-    pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-    new = pos * a_l.unsqueeze(2) + neg * a_u.unsqueeze(2)
-    return new, (pos * c_l.unsqueeze(2) + neg * c_u.unsqueeze(2)).sum(-1)
+    pos = lam >= 0  # select the line per coefficient: same numbers as lam^+ a_l + lam^- a_u, fewer passes
+    new = lam * torch.where(pos, a_l.unsqueeze(2), a_u.unsqueeze(2))
+    return new, (lam * torch.where(pos, c_l.unsqueeze(2), c_u.unsqueeze(2))).sum(-1)
