@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from gls import ops
-from gls.affine import Dense, relax_step
+from gls.affine import Dense, Diag, relax_step
 from gls.net import Network, _dtype, check_input
 
 METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
@@ -191,7 +191,7 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, backend, all_rows):
 
 
 def _count_maps(seg) -> int:
-    return sum(not hasattr(op, "s") for op in seg)  # Dense/Conv; Diag ops are exact on boxes
+    return sum(not isinstance(op, Diag) for op in seg)  # Dense/Conv; Diag ops are exact on boxes
 
 
 def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None, domain=(0.0, 1.0),
