@@ -75,16 +75,3 @@ def lanes_2d(n0, n1, n2, n3):
     """(BLOCKS,) x 4 lanes -> (BLOCKS, 4), element [b, l] = lane l of block b (contiguous in memory order)."""
     lane = tl.arange(0, 4)[None, :]
     return tl.where(lane == 0, n0[:, None], tl.where(lane == 1, n1[:, None], tl.where(lane == 2, n2[:, None], n3[:, None])))
-
-
-@triton.jit
-def member_of_row(members_ptr, row, n_members, ANTITHETIC: tl.constexpr):
-    """(member word as uint32, sign) of population row `row` (antithetic rows [R, 2R) mirror [0, R))."""
-    if ANTITHETIC:
-        neg = row >= n_members
-        src = tl.where(neg, row - n_members, row)
-        sign = tl.where(neg, -1.0, 1.0)
-    else:
-        src = row
-        sign = 1.0
-    return tl.load(members_ptr + src).to(tl.uint32), sign

@@ -9,24 +9,32 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from gls_kernels._philox import BLOCKS, PRECISE, lanes_2d, member_of_row, normal4, seed_words
+from gls_kernels._philox import BLOCKS, PRECISE, lanes_2d, normal4, seed_words
 
 
 @triton.jit
 def _population_kernel(theta_ptr, sigma_ptr, sigma_stride, members_ptr, n_members, d, k0, k1, purpose, out_ptr,
                        PERTURB: tl.constexpr, ANTITHETIC: tl.constexpr, BLOCK: tl.constexpr, PRECISE: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+    """Program (r, j): elements of Philox blocks j*BLOCK .. of member r, written to row r (+eps) and,
+    with ANTITHETIC, to row n_members + r (-eps)."""
+    r = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    member, sign = member_of_row(members_ptr, row, n_members, ANTITHETIC)
+    member = tl.load(members_ptr + r).to(tl.uint32)
     n0, n1, n2, n3 = normal4(block, member, purpose, k0, k1, PRECISE)
     idx = block[:, None] * 4 + tl.arange(0, 4)[None, :]
     mask = idx < d
-    e = lanes_2d(n0, n1, n2, n3) * sign
+    e = lanes_2d(n0, n1, n2, n3)
     if PERTURB:
         theta = tl.load(theta_ptr + idx, mask=mask)
         sigma = tl.load(sigma_ptr + idx * sigma_stride, mask=mask)
-        e = theta + sigma * e.to(theta.dtype)
-    tl.store(out_ptr + row * d + idx, e, mask=mask)
+        e = e.to(theta.dtype)
+        tl.store(out_ptr + r * d + idx, theta + sigma * e, mask=mask)
+        if ANTITHETIC:
+            tl.store(out_ptr + (n_members + r) * d + idx, theta + sigma * -e, mask=mask)
+    else:
+        tl.store(out_ptr + r * d + idx, e, mask=mask)
+        if ANTITHETIC:
+            tl.store(out_ptr + (n_members + r) * d + idx, -e, mask=mask)
 
 
 def check_members(members: Tensor, op: str) -> None:
@@ -46,10 +54,9 @@ def check_sigma(sigma: Tensor, d: int, like: Tensor, op: str) -> int:
 def population(theta, sigma, members: Tensor, d: int, seed: int, purpose: int, antithetic: bool, out: Tensor) -> Tensor:
     """Fill out (rows, d) with theta + sigma * eps_row (theta None: eps_row itself)."""
     k0, k1 = seed_words(seed)
-    rows = out.shape[0]
-    if rows:
+    if members.shape[0]:
         perturb = theta is not None
-        grid = (rows, triton.cdiv(triton.cdiv(d, 4), BLOCKS))
+        grid = (members.shape[0], triton.cdiv(triton.cdiv(d, 4), BLOCKS))
         _population_kernel[grid](theta if perturb else out, sigma.reshape(-1) if perturb else out, 1 if perturb and sigma.numel() > 1 else 0,
                                  members.contiguous(), members.shape[0], d, k0, k1, purpose & 0xFFFFFFFF, out,
                                  PERTURB=perturb, ANTITHETIC=antithetic, BLOCK=BLOCKS, PRECISE=PRECISE)

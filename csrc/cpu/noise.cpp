@@ -65,15 +65,14 @@ Tensor noise_normal_cpu(const Tensor& members, int64_t d, int64_t seed, int64_t 
   Tensor out = at::empty({rows, d}, m.options().dtype(at::kFloat));
   const int64_t* mp = m.const_data_ptr<int64_t>();
   float* op = out.mutable_data_ptr<float>();
-  at::parallel_for(0, rows * blocks, kGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n_members * blocks, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      const int64_t row = j / blocks, b = j % blocks;
-      float sign;
-      const int64_t src = population_member_row(row, n_members, antithetic, sign);
+      const int64_t r = j / blocks, b = j % blocks, lanes = std::min<int64_t>(4, d - 4 * b);
       float n[4];
-      philox_normal4(b, static_cast<uint32_t>(mp[src]), static_cast<uint32_t>(purpose), static_cast<uint64_t>(seed), n);
-      float* o = op + row * d + 4 * b;
-      for (int64_t w = 0, lanes = std::min<int64_t>(4, d - 4 * b); w < lanes; ++w) o[w] = sign * n[w];
+      philox_normal4(b, static_cast<uint32_t>(mp[r]), static_cast<uint32_t>(purpose), static_cast<uint64_t>(seed), n);
+      for (int64_t l = 0; l < lanes; ++l) op[r * d + 4 * b + l] = n[l];
+      if (antithetic)
+        for (int64_t l = 0; l < lanes; ++l) op[(n_members + r) * d + 4 * b + l] = -n[l];
     }
   });
   return out;
@@ -93,16 +92,16 @@ Tensor noise_perturb_cpu(const Tensor& theta, const Tensor& sigma, const Tensor&
     const scalar_t* tp = th.const_data_ptr<scalar_t>();
     const scalar_t* sp = sg.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows * blocks, kGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n_members * blocks, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
-        const int64_t row = j / blocks, b = j % blocks;
-        float sign;
-        const int64_t src = population_member_row(row, n_members, antithetic, sign);
+        const int64_t r = j / blocks, b = j % blocks, lanes = std::min<int64_t>(4, d - 4 * b);
         float n[4];
-        philox_normal4(b, static_cast<uint32_t>(mp[src]), static_cast<uint32_t>(purpose), static_cast<uint64_t>(seed), n);
-        for (int64_t w = 0, lanes = std::min<int64_t>(4, d - 4 * b); w < lanes; ++w) {
-          const int64_t i = 4 * b + w;
-          op[row * d + i] = tp[i] + sp[i * sigma_stride] * static_cast<scalar_t>(sign * n[w]);
+        philox_normal4(b, static_cast<uint32_t>(mp[r]), static_cast<uint32_t>(purpose), static_cast<uint64_t>(seed), n);
+        for (int64_t l = 0; l < lanes; ++l) {
+          const int64_t i = 4 * b + l;
+          const scalar_t e = static_cast<scalar_t>(n[l]);
+          op[r * d + i] = tp[i] + sp[i * sigma_stride] * e;
+          if (antithetic) op[(n_members + r) * d + i] = tp[i] + sp[i * sigma_stride] * -e;
         }
       }
     });
@@ -110,7 +109,8 @@ Tensor noise_perturb_cpu(const Tensor& theta, const Tensor& sigma, const Tensor&
   return out;
 }
 
-// sum_p w[p, i] * sigma_i * f(s_p * eps_p[i]) with f(e) = e (kSigmaTerm false) or e^2 - 1 (true).
+// sum_p w[p, i] * sigma_i * f(s_p * eps_p[i]) with f(e) = e (kSigmaTerm false) or e^2 - 1 (true). With
+// antithetic, each stream is generated once for its pair: (w[r] - w[R + r]) * e, or (w[r] + w[R + r]) * (e^2 - 1).
 template <bool kSigmaTerm>
 Tensor weighted_sum_cpu(const Tensor& weights, const Tensor& sigma, const Tensor& members, int64_t d, int64_t seed, int64_t purpose,
                         bool antithetic, const char* op) {
@@ -128,22 +128,23 @@ Tensor weighted_sum_cpu(const Tensor& weights, const Tensor& sigma, const Tensor
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "noise_weighted_sum_cpu", [&] {
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const scalar_t* sp = sg.const_data_ptr<scalar_t>();
-    scalar_t* op_ = out.mutable_data_ptr<scalar_t>();
+    scalar_t* outp = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, blocks, kGrain / 4, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const int64_t lanes = std::min<int64_t>(4, d - 4 * b);
         scalar_t acc[4] = {0, 0, 0, 0};
-        for (int64_t row = 0; row < rows; ++row) {
-          float sign;
-          const int64_t src = population_member_row(row, n_members, antithetic, sign);
+        for (int64_t r = 0; r < n_members; ++r) {
           float n[4];
-          philox_normal4(b, static_cast<uint32_t>(mp[src]), static_cast<uint32_t>(purpose), static_cast<uint64_t>(seed), n);
+          philox_normal4(b, static_cast<uint32_t>(mp[r]), static_cast<uint32_t>(purpose), static_cast<uint64_t>(seed), n);
           for (int64_t l = 0; l < lanes; ++l) {
-            const scalar_t e = static_cast<scalar_t>(sign * n[l]);
-            acc[l] += wp[row * w_row + (4 * b + l) * w_col] * (kSigmaTerm ? e * e - scalar_t(1) : e);
+            const int64_t i = 4 * b + l;
+            const scalar_t e = static_cast<scalar_t>(n[l]);
+            scalar_t weight = wp[r * w_row + i * w_col];
+            if (antithetic) weight += (kSigmaTerm ? 1 : -1) * wp[(n_members + r) * w_row + i * w_col];
+            acc[l] += weight * (kSigmaTerm ? e * e - scalar_t(1) : e);
           }
         }
-        for (int64_t l = 0; l < lanes; ++l) op_[4 * b + l] = sp[(4 * b + l) * sigma_stride] * acc[l];
+        for (int64_t l = 0; l < lanes; ++l) outp[4 * b + l] = sp[(4 * b + l) * sigma_stride] * acc[l];
       }
     });
   });

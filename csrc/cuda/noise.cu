@@ -1,6 +1,7 @@
 // CUDA kernels of the counter-based Gaussian noise ops; same math as the CPU build (gls/philox.h).
-// One thread per Philox block (4 consecutive elements of one population row); the reductions loop over
-// the population inside the thread, in a fixed order, so results are deterministic.
+// One thread per Philox block (4 consecutive elements of one member's stream, written to both rows of an
+// antithetic pair); the reductions loop over the population inside the thread, in a fixed order, so
+// results are deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -31,46 +32,47 @@ __global__ void philox_kernel(const int64_t* __restrict__ c, const int64_t* __re
   }
 }
 
-// out[row, i] = theta[i] + sigma[i] * s_row * eps_row[i]; without theta (normal): out = s_row * eps_row.
+// Rows r and (antithetic) R + r of out: theta[i] + sigma[i] * (+-eps_r[i]); without theta (normal): +-eps_r[i].
 template <typename T, bool kPerturb>
 __global__ void population_kernel(const T* __restrict__ theta, const T* __restrict__ sigma, int64_t sigma_stride,
-                                  const int64_t* __restrict__ members, int64_t n_members, int64_t rows, int64_t d, uint64_t seed,
-                                  uint32_t purpose, bool antithetic, T* __restrict__ out) {
+                                  const int64_t* __restrict__ members, int64_t n_members, int64_t d, uint64_t seed, uint32_t purpose,
+                                  bool antithetic, T* __restrict__ out) {
   const int64_t blocks = (d + 3) / 4;
-  for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < rows * blocks; j += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t row = j / blocks, b = j % blocks;
-    float sign;
-    const int64_t src = population_member_row(row, n_members, antithetic, sign);
+  for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < n_members * blocks; j += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = j / blocks, b = j % blocks;
     float n[4];
-    philox_normal4(b, (uint32_t)members[src], purpose, seed, n);
+    philox_normal4(b, (uint32_t)members[r], purpose, seed, n);
     const int64_t lanes = d - 4 * b < 4 ? d - 4 * b : 4;
     for (int64_t l = 0; l < lanes; ++l) {
       const int64_t i = 4 * b + l;
-      const T e = static_cast<T>(sign * n[l]);
-      out[row * d + i] = kPerturb ? theta[i] + sigma[i * sigma_stride] * e : e;
+      const T e = static_cast<T>(n[l]);
+      out[r * d + i] = kPerturb ? theta[i] + sigma[i * sigma_stride] * e : e;
+      if (antithetic) out[(n_members + r) * d + i] = kPerturb ? theta[i] + sigma[i * sigma_stride] * -e : -e;
     }
   }
 }
 
-// out[i] = sigma[i] * sum_row w[row, i] * f(s_row * eps_row[i]), f(e) = e or e^2 - 1 (kSigmaTerm).
+// out[i] = sigma[i] * sum_p w[p, i] * f(s_p * eps_p[i]), f(e) = e or e^2 - 1 (kSigmaTerm); each stream is
+// generated once per antithetic pair: (w[r] - w[R + r]) * e, or (w[r] + w[R + r]) * (e^2 - 1).
 template <typename T, bool kSigmaTerm>
 __global__ void weighted_sum_kernel(const T* __restrict__ w, int64_t w_row, int64_t w_col, const T* __restrict__ sigma,
-                                    int64_t sigma_stride, const int64_t* __restrict__ members, int64_t n_members, int64_t rows,
-                                    int64_t d, uint64_t seed, uint32_t purpose, bool antithetic, T* __restrict__ out) {
+                                    int64_t sigma_stride, const int64_t* __restrict__ members, int64_t n_members, int64_t d,
+                                    uint64_t seed, uint32_t purpose, bool antithetic, T* __restrict__ out) {
   const int64_t blocks = (d + 3) / 4;
   for (int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; b < blocks; b += (int64_t)gridDim.x * blockDim.x) {
     const int64_t lanes = d - 4 * b < 4 ? d - 4 * b : 4;
     T acc[4] = {0, 0, 0, 0};
-    for (int64_t row = 0; row < rows; ++row) {
-      float sign;
-      const int64_t src = population_member_row(row, n_members, antithetic, sign);
+    for (int64_t r = 0; r < n_members; ++r) {
       float n[4];
-      philox_normal4(b, (uint32_t)members[src], purpose, seed, n);
+      philox_normal4(b, (uint32_t)members[r], purpose, seed, n);
 #pragma unroll
       for (int l = 0; l < 4; ++l) {
         if (l < lanes) {
-          const T e = static_cast<T>(sign * n[l]);
-          acc[l] += w[row * w_row + (4 * b + l) * w_col] * (kSigmaTerm ? e * e - T(1) : e);
+          const int64_t i = 4 * b + l;
+          const T e = static_cast<T>(n[l]);
+          T weight = w[r * w_row + i * w_col];
+          if (antithetic) weight += (kSigmaTerm ? T(1) : T(-1)) * w[(n_members + r) * w_row + i * w_col];
+          acc[l] += weight * (kSigmaTerm ? e * e - T(1) : e);
         }
       }
     }
@@ -117,8 +119,8 @@ Tensor noise_normal_cuda(const Tensor& members, int64_t d, int64_t seed, int64_t
   const int64_t n_members = m.size(0), rows = antithetic ? 2 * n_members : n_members;
   Tensor out = at::empty({rows, d}, m.options().dtype(at::kFloat));
   if (rows == 0) return out;
-  population_kernel<float, false><<<grid_for(rows * ((d + 3) / 4)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      nullptr, nullptr, 0, m.const_data_ptr<int64_t>(), n_members, rows, d, (uint64_t)seed, (uint32_t)purpose, antithetic,
+  population_kernel<float, false><<<grid_for(n_members * ((d + 3) / 4)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      nullptr, nullptr, 0, m.const_data_ptr<int64_t>(), n_members, d, (uint64_t)seed, (uint32_t)purpose, antithetic,
       out.mutable_data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -136,8 +138,8 @@ Tensor noise_perturb_cuda(const Tensor& theta, const Tensor& sigma, const Tensor
   Tensor out = at::empty({rows, d}, th.options());
   if (rows == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(th.scalar_type(), "noise_perturb_cuda", [&] {
-    population_kernel<scalar_t, true><<<grid_for(rows * ((d + 3) / 4)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        th.const_data_ptr<scalar_t>(), sg.const_data_ptr<scalar_t>(), sigma_stride, m.const_data_ptr<int64_t>(), n_members, rows, d,
+    population_kernel<scalar_t, true><<<grid_for(n_members * ((d + 3) / 4)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        th.const_data_ptr<scalar_t>(), sg.const_data_ptr<scalar_t>(), sigma_stride, m.const_data_ptr<int64_t>(), n_members, d,
         (uint64_t)seed, (uint32_t)purpose, antithetic, out.mutable_data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -160,8 +162,8 @@ Tensor weighted_sum_cuda(const Tensor& weights, const Tensor& sigma, const Tenso
   Tensor out = at::empty({d}, w.options());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "noise_weighted_sum_cuda", [&] {
     weighted_sum_kernel<scalar_t, kSigmaTerm><<<grid_for(blocks), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        w.const_data_ptr<scalar_t>(), w_row, w_col, sg.const_data_ptr<scalar_t>(), sigma_stride, m.const_data_ptr<int64_t>(), n_members, rows,
-        d, (uint64_t)seed, (uint32_t)purpose, antithetic, out.mutable_data_ptr<scalar_t>());
+        w.const_data_ptr<scalar_t>(), w_row, w_col, sg.const_data_ptr<scalar_t>(), sigma_stride, m.const_data_ptr<int64_t>(), n_members, d,
+        (uint64_t)seed, (uint32_t)purpose, antithetic, out.mutable_data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

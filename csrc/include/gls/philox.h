@@ -80,15 +80,7 @@ GLS_HD void philox_normal4(uint64_t block, uint32_t member, uint32_t purpose, ui
   box_muller(x.v[2], x.v[3], n[2], n[3]);
 }
 
-// Row layout of a population: with `antithetic`, rows [0, R) are +eps of members[r] and rows
-// [R, 2R) are -eps of members[r - R]; otherwise row r is +eps of members[r].
-GLS_HD int64_t population_member_row(int64_t row, int64_t n_members, bool antithetic, float& sign) {
-  if (antithetic && row >= n_members) {
-    sign = -1.0f;
-    return row - n_members;
-  }
-  sign = 1.0f;
-  return row;
-}
+// Population layout (all kernels): row r < R is +eps of members[r]; with antithetic, row R + r is -eps of
+// the same member, so the kernels generate each stream once and use it for both rows of a pair.
 
 }  // namespace gls
