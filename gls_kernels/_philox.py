@@ -2,9 +2,11 @@
 
 Same math as csrc/include/gls/philox.h and gls/reference/noise.py: Philox4x32-10 on uint32 words
 (tl.umulhi for the high product), uniforms ((x >> 8) + 0.5) * 2^-24 in float32 and Box-Muller on lane
-pairs (0, 1) and (2, 3). On a GPU the transcendental functions come from libdevice (tl.log / tl.cos /
-tl.sin lower to approximate PTX instructions there, whose absolute error near u = 1 breaks the stated
-cross-backend tolerance); Triton's CPU interpreter cannot call libdevice and uses numpy's float32 ones.
+pairs (0, 1) and (2, 3). On a GPU the transcendental functions are libdevice's logf / cosf / sinf,
+called explicitly: the same accurate functions the CUDA kernels use, whatever a Triton version lowers
+tl.log / tl.cos / tl.sin to (fast approximations in some versions, whose absolute error near u = 1
+would break the cross-backend tolerance). Triton's CPU interpreter cannot call libdevice and uses
+numpy's float32 functions. (Checked: the kernels compile for sm_90 without a GPU.)
 """
 import os
 
