@@ -110,13 +110,14 @@ def test_purpose_and_seed_words_separate_streams():
 @pytest.mark.parametrize("backend,device", ALL)
 def test_deterministic_across_calls_and_threads(backend, device):
     threads = torch.get_num_threads()
+    d = 130 if backend == "triton" else 1001  # > one parallel chunk of the CPU kernels
     try:
         torch.set_num_threads(1)
-        a = noise.noise_weighted_sum(torch.linspace(-1, 1, 6, device=device), 0.3, 77, 1001, antithetic=True, backend=backend)
-        b = noise.population_normal(5, 1001, seed=77, device=device, backend=backend)
+        a = noise.noise_weighted_sum(torch.linspace(-1, 1, 6, device=device), 0.3, 77, d, antithetic=True, backend=backend)
+        b = noise.population_normal(5, d, seed=77, device=device, backend=backend)
         torch.set_num_threads(max(2, threads))
-        assert torch.equal(a, noise.noise_weighted_sum(torch.linspace(-1, 1, 6, device=device), 0.3, 77, 1001, antithetic=True, backend=backend))
-        assert torch.equal(b, noise.population_normal(5, 1001, seed=77, device=device, backend=backend))
+        assert torch.equal(a, noise.noise_weighted_sum(torch.linspace(-1, 1, 6, device=device), 0.3, 77, d, antithetic=True, backend=backend))
+        assert torch.equal(b, noise.population_normal(5, d, seed=77, device=device, backend=backend))
     finally:
         torch.set_num_threads(threads)
 
@@ -191,31 +192,35 @@ def test_reference_gradcheck():
     assert torch.autograd.gradcheck(lambda a, s: ref.noise_sigma_weighted_sum(a, s, members, 9, 1, 0, True), (w, sigma))
 
 
-def _opcheck_cases(ns):
-    members = torch.arange(3, 6)
-    theta, sigma = torch.randn(11, dtype=torch.float64), torch.rand(11, dtype=torch.float64)
-    w = torch.randn(6, dtype=torch.float64)
+def _opcheck_cases(ns, device):
+    members = torch.arange(3, 6, device=device)
+    theta, sigma = torch.randn(11, dtype=torch.float64, device=device), torch.rand(11, dtype=torch.float64, device=device)
+    w = torch.randn(6, dtype=torch.float64, device=device)
+    words = lambda *shape: torch.randint(0, 2**32, shape, device=device)  # noqa: E731
     return [
-        (ns.philox4x32_10, (torch.randint(0, 2**32, (5, 4)), torch.randint(0, 2**32, (5, 2)))),
+        (ns.philox4x32_10, (words(5, 4), words(5, 2))),
         (ns.noise_normal, (members, 11, -3, 1, True)),
         (ns.noise_perturb, (theta.requires_grad_(), sigma.requires_grad_(), members, 7, 0, True)),
-        (ns.noise_perturb, (theta.float(), torch.tensor(0.5), members, 7, 0, False)),
+        (ns.noise_perturb, (theta.float(), torch.tensor(0.5, device=device), members, 7, 0, False)),
         (ns.noise_weighted_sum, (w.requires_grad_(), sigma, members, 11, 7, 0, True)),
-        (ns.noise_sigma_weighted_sum, (w, torch.tensor(0.2, dtype=torch.float64), members, 11, 7, 0, True)),
+        (ns.noise_sigma_weighted_sum, (w, torch.tensor(0.2, dtype=torch.float64, device=device), members, 11, 7, 0, True)),
     ]
 
 
-@pytest.mark.skipif(not native.has_kernel("noise_normal", "CPU"), reason="gls._C not built")
-def test_opcheck_cpp():
-    for op, args in _opcheck_cases(torch.ops.gls):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_opcheck_compiled(device):
+    if not native.has_kernel("noise_normal", "CPU" if device == "cpu" else "CUDA"):
+        pytest.skip(f"gls._C has no {device} noise kernels")
+    for op, args in _opcheck_cases(torch.ops.gls, device):
         torch.library.opcheck(op.default, args)
 
 
-@pytest.mark.skipif(not HAS_TRITON or HAS_CUDA, reason="needs triton (interpreter on CPU)")
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_opcheck_triton():
+    device = "cuda" if HAS_CUDA else "cpu"  # the interpreter on CPU (tests/conftest.py)
     for name in ("philox4x32_10", "noise_normal", "noise_perturb", "noise_weighted_sum", "noise_sigma_weighted_sum"):
-        assert ops.resolve(name, torch.device("cpu"), "triton")[0] == "triton"
-    for op, args in _opcheck_cases(torch.ops.gls_triton):
+        assert ops.resolve(name, torch.device(device), "triton")[0] == "triton"
+    for op, args in _opcheck_cases(torch.ops.gls_triton, device):
         torch.library.opcheck(op, args)
 
 
