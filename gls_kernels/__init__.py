@@ -2,5 +2,6 @@
 
 Each op is a ``torch.library.custom_op`` in the ``gls_triton`` namespace; gls.ops picks it when the
 ``triton`` backend is chosen. Kernels run on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
-float32 only (other dtypes raise TypeError): float64 work such as gradcheck runs on the reference.
+The bound ops take float32 only (other dtypes raise TypeError): float64 work such as gradcheck runs on
+the reference. Shared JIT helpers live in private modules (``_philox.py``, ``common.py``).
 """
