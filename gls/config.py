@@ -207,6 +207,7 @@ def validate(cfg: dict) -> dict:
         cfg["train_eps"] = cfg["eps"]
     for key in ("epochs", "batch_size", "population", "eval_batch_size", "pgd_restarts"):
         need(isinstance(cfg[key], int) and cfg[key] >= 1, f"--{key.replace('_', '-')} must be a positive integer, got {cfg[key]}")
+    need(isinstance(cfg["seed"], int) and 0 <= cfg["seed"] < 2 ** 32, f"--seed must be an integer in [0, 2**32), got {cfg['seed']}")
     need(isinstance(cfg["threads"], int) and cfg["threads"] >= 0, "--threads must be >= 0")
     need(isinstance(cfg["pgd_steps"], int) and cfg["pgd_steps"] >= 0, "--pgd-steps must be >= 0")
     need(cfg["width"] is None or (isinstance(cfg["width"], int) and cfg["width"] >= 1), "--width must be a positive integer")

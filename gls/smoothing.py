@@ -5,19 +5,20 @@ a *population loss*: a callable mapping perturbed weight vectors ``(P, d)`` to p
 ``(P,)``, evaluated in one batched pass (``gls.bounds`` bounds every member at once). Plain gradient
 training is RGS with ``sigma = 0`` and one sample.
 
-Noise is regenerated from ``(seed, step)`` whenever it is needed, never kept between the evaluation
-and the update. It comes from the single function :func:`_population_noise`; it is the one place to
-switch to the counter-based Philox ops of ``gls.noise`` (until they land it uses a
-``torch.Generator`` seeded from ``(seed, step)``).
+Noise is never stored: the population is written by ``gls.noise.perturb`` and PGPE's gradients are
+reduced by ``gls.noise.noise_weighted_sum`` / ``noise_sigma_weighted_sum``, which regenerate the
+counter-based Philox normals of step ``t`` from the key :func:`_noise_seed` ``(seed, t)``; beyond the
+population itself nothing of size ``P * d`` exists.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+
+from gls import noise
 
 PopulationLoss = Callable[[torch.Tensor], torch.Tensor]
 """theta_pop (P, d) -> per-member losses (P,)."""
@@ -29,18 +30,18 @@ class NonFiniteCenterError(FloatingPointError):
     """The centre weights became NaN/inf; training cannot continue from this state."""
 
 
+def _noise_seed(seed: int, step: int) -> int:
+    """The 64-bit Philox key of step `step`: key words (lo, hi) = (step, seed)."""
+    if not (0 <= int(seed) < 2 ** 32 and 0 <= int(step) < 2 ** 32):
+        raise ValueError(f"seed and step must be 32-bit unsigned ints, got seed={seed}, step={step}")
+    return (int(seed) << 32) | int(step)
+
+
 def _population_noise(d: int, n: int, seed: int, step: int, *, device=None,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normals (n, d) for the n antithetic pairs (or samples) of optimisation step `step`.
-
-    A pure function of (seed, step): calling it again regenerates the same noise, which is how the
-    update recovers z without having stored it.
-    """
-    # torch's CPU generator keeps only 32 bits of its seed, so (seed, step) is hashed down to 32 bits.
-    key = hashlib.blake2b(f"{int(seed)}:{int(step)}".encode(), digest_size=4).digest()
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(int.from_bytes(key, "little"))
-    return torch.randn(n, d, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    """The normals (n, d) of members 0..n-1 (PGPE: pair indices) at `step`, materialised — for checks
+    only; the optimisers use the fused ops, which produce the same numbers without storing them."""
+    return noise.population_normal(n, d, seed=_noise_seed(seed, step), device=device).to(dtype)
 
 
 def centered_ranks(fitness: torch.Tensor) -> torch.Tensor:
@@ -125,20 +126,19 @@ class PGPE:
 
     def population_of(self, step: int) -> torch.Tensor:
         """The (P, d) weights evaluated at `step`: mu + sigma*z_i for the first half, mu - sigma*z_i after."""
-        n = self.population // 2
-        scaled = self.sigma * _population_noise(self.theta.numel(), n, self.seed, step,
-                                                device=self.theta.device, dtype=self.theta.dtype)
-        return torch.cat([self.theta + scaled, self.theta - scaled])
+        return noise.perturb(self.theta, self.sigma, _noise_seed(self.seed, step), self.population, antithetic=True)
 
     def gradients(self, losses: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(g_mu, g_sigma) of the fitness -losses at `step` (DESIGN §2); the noise is regenerated."""
+        """(g_mu, g_sigma) of the fitness -losses at `step` (DESIGN §2); the noise is regenerated.
+
+        With rows p and p + n holding +z_i and -z_i, g_mu = sum_p f_p/(2n) sigma eps_p and
+        g_sigma = sum_p (f_p - mean f)/(2n) ((sigma eps_p)^2 - sigma^2)/sigma, f the centred ranks.
+        """
         n = self.population // 2
         ranks = centered_ranks(-losses.detach().to(self.theta.dtype))
-        f_plus, f_minus = ranks[:n], ranks[n:]
-        scaled = self.sigma * _population_noise(self.theta.numel(), n, self.seed, step,
-                                                device=self.theta.device, dtype=self.theta.dtype)
-        g_mu = (0.5 * (f_plus - f_minus)) @ scaled / n
-        g_sigma = ((0.5 * (f_plus + f_minus) - ranks.mean()) @ (scaled.square() - self.sigma.square())) / (n * self.sigma)
+        key, d = _noise_seed(self.seed, step), self.theta.numel()
+        g_mu = noise.noise_weighted_sum(ranks / (2 * n), self.sigma, key, d, antithetic=True)
+        g_sigma = noise.noise_sigma_weighted_sum((ranks - ranks.mean()) / (2 * n), self.sigma, key, d, antithetic=True)
         return g_mu, g_sigma
 
     def _center_step(self, g_mu: torch.Tensor) -> None:
@@ -216,11 +216,7 @@ class RGS:
         base = self.theta.detach()
         if self.sigma == 0:
             return base.expand(self.samples, -1).clone()
-        n = self.samples // 2 if self.antithetic else self.samples
-        scaled = self.sigma * _population_noise(base.numel(), n, self.seed, step, device=base.device, dtype=base.dtype)
-        if self.antithetic:
-            return torch.cat([base + scaled, base - scaled])
-        return base + scaled
+        return noise.perturb(base, self.sigma, _noise_seed(self.seed, step), self.samples, antithetic=self.antithetic)
 
     def gradient(self, loss_fn: PopulationLoss, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(smoothed gradient (d,), member losses (N,), finite-member mask (N,)) at `step`."""

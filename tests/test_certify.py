@@ -12,6 +12,15 @@ from gls.net import Network
 from gls.nn import Normalize
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine two busy-waiting threads run 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_pgd_is_exact_on_a_linear_classifier():
     """For an affine classifier the worst case is a corner of the box, which both IBP (exact on one
     affine layer) and PGD (signed gradient steps reach it) find: the two verdicts agree."""

@@ -10,6 +10,15 @@ from gls import data
 from gls.schedule import EpsSchedule, lr_factor
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine two busy-waiting threads run 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_bundled_mnist_splits():
     assert data.bundled_mnist_path() is not None
     ds = data.load("mnist")
@@ -63,6 +72,9 @@ def test_missing_data_says_what_to_provide(tmp_path):
                  "t10k-labels-idx1-ubyte"):
         (bad / stem).write_bytes(b"\x01\x02\x03\x04")
     with pytest.raises(data.DataError, match="not an unsigned-byte IDX file"):
+        data.load("mnist", bad)
+    (bad / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(data.DataError, match="missing t10k-labels-idx1-ubyte"):
         data.load("mnist", bad)
 
 

@@ -8,6 +8,15 @@ from gls.net import Network
 from gls.nn import Normalize
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine two busy-waiting threads run 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("name", models.NETS)
 def test_builds_and_ir_matches_pytorch(name):
     in_shape = (1, 28, 28)

@@ -13,6 +13,16 @@ import torch
 import gls.train as train
 from gls import checkpoint, config, smoothing
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine two busy-waiting threads run 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY = ["--train-subset", "64", "--val-subset", "32", "--test-subset", "32", "--batch-size", "32",
         "--width", "4", "--certify", "ibp,deeppoly", "--pgd-steps", "2", "--eps-end-epoch", "1",
         "--lr-milestones", "", "--progress", "false"]
