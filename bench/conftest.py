@@ -21,6 +21,19 @@ def pytest_addoption(parser):
         help="quick: fits the 10-minute CPU budget; full: the GPU sizes "
              "(default: full when a CUDA device is present, else quick)",
     )
+    parser.addoption(
+        "--bench-threads", type=int, default=None,
+        help="torch CPU threads for the whole run (default: torch's own choice). On a machine busy with "
+             "other work, 1 avoids OpenMP threads waiting on a descheduled sibling (100x outliers)",
+    )
+
+
+def pytest_configure(config):
+    threads = config.getoption("--bench-threads", default=None)
+    if threads is not None:
+        if threads < 1:
+            raise pytest.UsageError(f"--bench-threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

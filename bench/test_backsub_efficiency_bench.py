@@ -63,9 +63,10 @@ def record_backsub(run):
 def test_backsub_efficiency(benchmark, request, device, model, B, P, impl):
     module, x, y, eps = nets.build(model, B, device)
     net = gls.Network.from_module(module)
-    ok, why = workload.fits(workload.bound_pass_bytes(net, x.shape[1:], METHOD, P, B), device)
-    if not ok:
-        pytest.skip(f"does not fit: {why}")
+    rounds = ROUNDS[bench_size(request.config)]
+    why = workload.skip_reason(net, x.shape[1:], METHOD, P, B, device, calls=rounds + 2)
+    if why:
+        pytest.skip(why)
     params = net.layout.unflatten(workload.population(net, workload.flat_params(module), P))
 
     def bound_pass():
@@ -85,7 +86,7 @@ def test_backsub_efficiency(benchmark, request, device, model, B, P, impl):
             def run():
                 return [torch.matmul(a, w) for a, w in pairs]
 
-        measure(benchmark, run, device, rounds=ROUNDS[bench_size(request.config)])
+        measure(benchmark, run, device, rounds=rounds)
     flops = workload.gemm_flops(shapes)
     record(benchmark, request, suite="backsub_efficiency", role="baseline" if impl == "matmul" else "candidate",
            items=flops, unit="FLOP", flops_per_s=flops / benchmark.stats.stats.min, gemms=len(shapes),

@@ -36,32 +36,80 @@ def population_loss(net: gls.Network, x, y, eps, method: str, backend=None):
     return loss
 
 
-def _widths(net: gls.Network, in_shape) -> list[list[int]]:
-    """Per segment between ReLUs, the widths of every activation it touches (input and outputs)."""
-    segs = net.plan(net.params(), in_shape, torch.float32)
-    return [[op.n_in for op in seg] + [seg[-1].n_out] for seg in segs]
+def _segments(net: gls.Network, in_shape) -> list[list[tuple[int, int, int]]]:
+    """Per segment between ReLUs, (n_in, n_out, multiply-adds per sample) of each affine op."""
+    out = []
+    for seg in net.plan(net.params(), in_shape, torch.float32):
+        ops = []
+        for op in seg:
+            W = getattr(op, "W", None)
+            if W is None:  # Diag: elementwise
+                macs = op.n_out
+            elif W.dim() == 3:  # Dense (1, n_out, n_in)
+                macs = op.n_out * op.n_in
+            else:  # Conv (1, C_out, C_in, kh, kw): every output neuron reads C_in * kh * kw inputs
+                macs = op.n_out * math.prod(W.shape[2:])
+            ops.append((op.n_in, op.n_out, macs))
+        out.append(ops)
+    return out
+
+
+def _refined(segs, method: str) -> list[int]:
+    """Indices of the ReLU layers whose pre-activation bounds `method` back-substitutes (gls.bounds)."""
+    if method not in ("deeppoly", "hbox", "crown"):
+        return []
+    maps = sum(n_in != n_out or macs != n_out for n_in, n_out, macs in segs[0])
+    return list(range(0 if maps > 1 else 1, len(segs) - 1))
 
 
 def bound_pass_bytes(net: gls.Network, in_shape, method: str, P: int, B: int) -> int:
     """Upper estimate of the memory of one population pass of `method` (float32, every ReLU unstable).
 
-    The largest tensor is a back-substitution coefficient block (P, B, rows, N): rows = 2 x the width
-    of a refined layer (DeepPoly/hBox intermediate bounds, rows of every unstable neuron, lower and
-    upper) or the K-1 margins (final bound), N the widest layer below it. Untrained networks at the
-    benchmark radii have nearly every ReLU unstable, so the upper estimate is also the likely one.
+    The largest tensor is a back-substitution coefficient block (P, B, rows, N): rows = the K-1
+    margins for the final bound, and for DeepPoly/hBox intermediate bounds 2 x the refined layer's
+    width, in chunks of gls.bounds._CHUNK_ELEMENTS coefficients where the engine has them; N is the
+    widest layer below. Untrained networks at the benchmark radii have nearly every ReLU unstable, so
+    the upper estimate is also the likely one.
     """
-    widths = _widths(net, in_shape)
+    segs = _segments(net, in_shape)
+    widths = [[seg[0][0]] + [n_out for _, n_out, _ in seg] for seg in segs]
     widest = max(max(w) for w in widths)
     K = widths[-1][-1]
     biggest = 4 * P * B * widest  # IBP boxes
     if method != "ibp":
         biggest = max(biggest, P * B * (K - 1) * widest)
-    if method in ("deeppoly", "hbox", "crown"):
-        first = 0 if sum(n != m for n, m in zip(widths[0], widths[0][1:])) > 1 else 1
-        for k in range(first, len(widths) - 1):
-            below = max(max(w) for w in widths[: k + 1])
-            biggest = max(biggest, P * B * 2 * widths[k][-1] * below)
+    chunk = getattr(gls.bounds, "_CHUNK_ELEMENTS", None)
+    for k in _refined(segs, method):
+        below = max(max(w) for w in widths[: k + 1])
+        block = P * B * 2 * widths[k][-1] * below
+        biggest = max(biggest, block if chunk is None else min(block, max(chunk, P * B * below)))
     return 4 * (TEMPORARIES * biggest + 3 * P * net.layout.numel)
+
+
+def bound_pass_flops(net: gls.Network, in_shape, method: str, P: int, B: int) -> float:
+    """Estimated FLOPs of one population pass (every ReLU unstable; a back-substituted row costs the
+    layer's multiply-adds for one sample, as the dense coefficient blocks do)."""
+    segs = _segments(net, in_shape)
+    cost = [sum(macs for _, _, macs in seg) for seg in segs]
+    K = segs[-1][-1][1]
+    flops = 2 * 2 * sum(cost)  # IBP: centre and radius
+    if method != "ibp":
+        flops += 2 * (K - 1) * sum(cost)
+    for k in _refined(segs, method):
+        flops += 2 * 2 * segs[k][-1][1] * sum(cost[: k + 1])
+    return float(P * B * flops)
+
+
+# Sustained float32 rates assumed when deciding whether a case runs in reasonable time.
+ASSUMED_FLOPS = {"cpu": 2e10, "cuda": 1e13}
+MAX_SECONDS = 120.0
+
+
+def fast_enough(flops_per_call: float, calls: int, device: torch.device) -> tuple[bool, str]:
+    """(whether `calls` calls of `flops_per_call` take at most MAX_SECONDS at ASSUMED_FLOPS, a message)."""
+    seconds = calls * flops_per_call / ASSUMED_FLOPS[device.type]
+    return seconds <= MAX_SECONDS, (f"about {flops_per_call:.2g} FLOP per call, ~{seconds:.0f} s for {calls} calls "
+                                    f"at an assumed {ASSUMED_FLOPS[device.type]:.0e} FLOP/s")
 
 
 def available_bytes(device: torch.device) -> int:
@@ -85,3 +133,18 @@ def fits(need: int, device: torch.device) -> tuple[bool, str]:
 def gemm_flops(shapes) -> int:
     """2 * batch * m * k * n summed over (batch, m, k, n) GEMM shapes."""
     return sum(2 * math.prod(s) for s in shapes)
+
+
+def skip_reason(net: gls.Network, in_shape, method: str, P: int, B: int, device: torch.device, *, calls: int,
+                members_per_call: int | None = None, extra_bytes: int = 0, flops_factor: float = 1.0) -> str | None:
+    """Why a benchmark of `calls` passes over P members should not run here (memory or time), else None.
+
+    members_per_call: members bounded per gls call (1 for a per-member loop; default P);
+    flops_factor: work per pass relative to the bound pass (about 3 with a backward pass).
+    """
+    per_call = P if members_per_call is None else members_per_call
+    ok, why = fits(bound_pass_bytes(net, in_shape, method, per_call, B) + extra_bytes, device)
+    if not ok:
+        return f"does not fit: {why}"
+    ok, why = fast_enough(flops_factor * bound_pass_flops(net, in_shape, method, P, B), calls, device)
+    return None if ok else f"too slow here: {why}"
