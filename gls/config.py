@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 
 from gls.bounds import METHODS as RELAXATIONS
-from gls.models import NETS
+from gls.models import INITS, NETS
 from gls.schedule import SCHEDULES
 
 TRAIN_METHODS = ("pgpe", "rgs", "grad")
@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 DEFAULTS: dict = {
     # The default run: real MNIST, the small MLP, plain-gradient IBP training; see README / train.py.
-    "dataset": "mnist", "data_dir": None, "net": "mlp", "width": None,
+    "dataset": "mnist", "data_dir": None, "net": "mlp", "width": None, "init": "default",
     "method": "grad", "relaxation": "ibp", "eps": 0.1, "train_eps": None,
     "epochs": 5, "batch_size": 128, "population": None, "sigma": None, "lr": None, "optimizer": None,
     "eps_schedule": "smooth", "eps_start_epoch": 0, "eps_end_epoch": 2, "robust_weight": 1.0,
@@ -101,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     a("--data-dir", help="directory with MNIST IDX files or the CIFAR-10 python batches")
     a("--net", help=f"network: {', '.join(NETS)} (default mlp)")
     a("--width", type=int, help="base width of the network (default: CTBench's for that network)")
+    a("--init", help="weight initialisation: default (PyTorch) | ibp (Shi et al. 2021, for IBP training)")
     a("--method", help="pgpe | rgs | grad (default grad: plain gradients = RGS with sigma 0, one sample)")
     a("--relaxation", help=f"bound used in the loss: {', '.join(RELAXATIONS)} (default ibp)")
     a("--eps", type=_float, help="test radius in pixel space, e.g. 0.1 or 2/255 (default 0.1)")
@@ -196,6 +197,7 @@ def validate(cfg: dict) -> dict:
     cfg["dataset"] = str(cfg["dataset"]).lower().replace("-", "")
     need(cfg["dataset"] in ("mnist", "cifar10"), f"unknown dataset {cfg['dataset']!r}; expected mnist or cifar10")
     need(cfg["net"] in NETS, f"unknown net {cfg['net']!r}; expected one of {', '.join(NETS)}")
+    need(cfg["init"] in INITS, f"unknown init {cfg['init']!r}; expected one of {', '.join(INITS)}")
     need(cfg["method"] in TRAIN_METHODS, f"unknown method {cfg['method']!r}; expected one of {', '.join(TRAIN_METHODS)}")
     cfg["relaxation"] = {"crown": "deeppoly"}.get(cfg["relaxation"], cfg["relaxation"])
     need(cfg["relaxation"] in RELAXATIONS, f"unknown relaxation {cfg['relaxation']!r}; expected one of {', '.join(RELAXATIONS)}")

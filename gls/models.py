@@ -7,8 +7,10 @@ layer, as CTBench's cnn_*layer_bn; cnn3_bn is the same rule applied to cnn_3laye
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import torch
 from torch import nn
 
 from gls.nn import Normalize
@@ -51,14 +53,30 @@ def cnn7(in_ch: int, in_dim: int, num_classes: int, bn: bool = False, width: int
                      *_bn(bn, linear_size, False), nn.ReLU(), nn.Linear(linear_size, num_classes)]
 
 
+def ibp_init(model: nn.Module) -> nn.Module:
+    """Shi et al. (2021)'s initialisation for IBP training (CTBench's "fast" init): every Linear/Conv2d
+    weight but the last drawn from N(0, 2*pi / fan_in^2), so interval widths neither explode nor vanish
+    with depth at initialisation. Biases keep PyTorch's default."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    with torch.no_grad():
+        for m in layers[:-1]:
+            fan_in = m.weight[0].numel()
+            m.weight.normal_(0.0, math.sqrt(2 * math.pi) / fan_in)
+    return model
+
+
+INITS = ("default", "ibp")
+
 _BODIES: dict[str, Callable[..., list[nn.Module]]] = {"mlp": mlp, "cnn3": cnn3, "cnn5": cnn5, "cnn7": cnn7}
 NETS = tuple(n for b in _BODIES for n in (b, b + "_bn"))
 
 
 def build(name: str, in_shape: tuple[int, int, int], mean, std, num_classes: int = 10,
-          width: int | None = None) -> nn.Sequential:
+          width: int | None = None, init: str = "default") -> nn.Sequential:
     """Network `name` (one of NETS) for inputs of shape (C, H, W), with Normalize(mean, std) first;
-    `width` overrides the base width (None: CTBench's)."""
+    `width` overrides the base width (None: CTBench's); `init` is "default" (PyTorch's) or "ibp"."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
     if name not in NETS:
         raise ValueError(f"unknown network {name!r}; expected one of {', '.join(NETS)}")
     base, bn = (name[:-3], True) if name.endswith("_bn") else (name, False)
@@ -66,4 +84,5 @@ def build(name: str, in_shape: tuple[int, int, int], mean, std, num_classes: int
     if h != w:
         raise ValueError(f"square inputs expected, got {h}x{w}")
     extra = {} if width is None else {"width": width}
-    return nn.Sequential(Normalize(mean, std), *_BODIES[base](c, h, num_classes, bn=bn, **extra))
+    model = nn.Sequential(Normalize(mean, std), *_BODIES[base](c, h, num_classes, bn=bn, **extra))
+    return ibp_init(model) if init == "ibp" else model

@@ -144,7 +144,8 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
 
     ds = data.load(cfg["dataset"], cfg["data_dir"])
     train, val, test = ds.train.subset(cfg["train_subset"]), ds.val.subset(cfg["val_subset"]), ds.test.subset(cfg["test_subset"])
-    model = models.build(cfg["net"], ds.in_shape, ds.mean, ds.std, ds.num_classes, width=cfg["width"]).to(device).eval()
+    model = models.build(cfg["net"], ds.in_shape, ds.mean, ds.std, ds.num_classes, width=cfg["width"],
+                         init=cfg.get("init", "default")).to(device).eval()
     net = Network.from_module(model)
     theta0 = net.layout.flatten(net.params()).detach()[0].clone()
     if cfg["init_from"] and resume_payload is None:
@@ -183,7 +184,7 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
         t0 = time.perf_counter()
         opt.set_lr(cfg["lr"] * lr_factor(epoch, cfg["lr_milestones"], cfg["lr_decay"]))
         gen = torch.Generator().manual_seed(_epoch_seed(cfg["seed"], epoch))
-        sums = {"loss": 0.0, "nat": 0.0, "cert": 0.0, "grad_norm": 0.0}
+        sums = {"loss": 0.0, "nat": 0.0, "cert": 0.0, "grad_norm": 0.0, "nat_loss": 0.0, "rob_loss": 0.0}
         finite_steps = nonfinite = skipped = 0
         cert_steps = 0
         record: dict = {}
@@ -207,6 +208,8 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
                     sums["loss"] += stats.loss_mean
                     sums["grad_norm"] += stats.grad_norm
                 sums["nat"] += float(record["natural_acc"].mean())
+                sums["nat_loss"] += float(record["natural_loss"].nanmean())
+                sums["rob_loss"] += float(record["robust_loss"].nanmean())
                 cert = float(record["certified_acc"].nanmean()) if eps_t > 0 else float("nan")
                 if math.isfinite(cert):
                     sums["cert"] += cert
@@ -226,7 +229,8 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
         eval_eps = cfg["eps"]
         row = {"epoch": epoch + 1, "step": step, "eps": sched(step - 1), "robust_weight": weight,
                "lr": cfg["lr"] * lr_factor(epoch, cfg["lr_milestones"], cfg["lr_decay"]),
-               "train_loss": sums["loss"] / max(finite_steps, 1), "train_natural_acc": sums["nat"] / spe,
+               "train_loss": sums["loss"] / max(finite_steps, 1), "train_natural_loss": sums["nat_loss"] / spe,
+               "train_robust_loss": sums["rob_loss"] / spe, "train_natural_acc": sums["nat"] / spe,
                "train_certified_acc": sums["cert"] / cert_steps if cert_steps else None,
                "nonfinite_members": nonfinite, "skipped_steps": skipped,
                "sigma_mean": stats.sigma_mean, "sigma_min": stats.sigma_min, "sigma_max": stats.sigma_max,

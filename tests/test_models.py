@@ -55,3 +55,15 @@ def test_ctbench_architectures():
 def test_bad_names():
     with pytest.raises(ValueError, match="unknown network 'resnet'"):
         models.build("resnet", (1, 28, 28), (0.5,), (0.2,))
+
+
+def test_ibp_init_scales_all_but_the_last_layer():
+    torch.manual_seed(0)
+    model = models.build("cnn3", (1, 28, 28), (0.5,), (0.2,), init="ibp")
+    first, second, last = [m for m in model if isinstance(m, nn.Conv2d | nn.Linear)]
+    for layer in (first, second):
+        fan_in = layer.weight[0].numel()
+        assert float(layer.weight.detach().std()) == pytest.approx((2 * torch.pi) ** 0.5 / fan_in, rel=0.1)
+    assert float(last.weight.detach().abs().max()) <= 1 / last.in_features ** 0.5  # PyTorch's default bound
+    with pytest.raises(ValueError, match="unknown init"):
+        models.build("mlp", (1, 28, 28), (0.5,), (0.2,), init="zero")
