@@ -158,8 +158,17 @@ def pgpe_memory(suites, model: str, P: int) -> list[tuple[str, str, float, str]]
     return out
 
 
+MODEL_ORDER = ("mlp", "cnn3", "cnn7")
+METHOD_ORDER = ("ibp", "hbox", "crown-ibp", "deeppoly")
+
+
+def _order(value, order) -> tuple:
+    return (order.index(value), value) if value in order else (len(order), value)
+
+
 def plot(suites, path: Path, title: str) -> bool:
-    """Throughput vs P for the population-bound suite, one panel per (model, method); False if no data."""
+    """Throughput vs P for the population-bound suite: a row per model, a column per method, a line per
+    impl (the loop's P = 1 point is the gls call itself, which the suite does not run twice)."""
     runs = [b for case in suites.get("bounds", {}).values() for b in case]
     if not runs:
         return False
@@ -168,31 +177,37 @@ def plot(suites, path: Path, title: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(b["extra_info"]["params"]["model"], b["extra_info"]["params"]["method"]) for b in runs})
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, (model, method) in zip(axes.flat, panels):
-        lines = defaultdict(list)
-        for b in runs:
-            p = b["extra_info"]["params"]
-            if (p["model"], p["method"]) == (model, method):
-                lines[b["extra_info"]["impl"]].append((p["P"], b["extra_info"]["items"] / _time(b)))
-        for impl, pts in sorted(lines.items()):
-            pts.sort()
-            ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=impl)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(f"{model} / {method}")
-        ax.set_xlabel("population P")
-        ax.set_ylabel("bounded samples x members / s")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
+    points = defaultdict(lambda: defaultdict(dict))  # (model, method) -> impl -> {P: throughput}
+    for b in runs:
+        p = b["extra_info"]["params"]
+        points[(p["model"], p["method"])][b["extra_info"]["impl"]][int(p["P"])] = b["extra_info"]["items"] / _time(b)
+    for lines in points.values():
+        if "loop" in lines and 1 in lines.get("gls", {}):
+            lines["loop"].setdefault(1, lines["gls"][1])
+    models = sorted({m for m, _ in points}, key=lambda m: _order(m, MODEL_ORDER))
+    methods = sorted({m for _, m in points}, key=lambda m: _order(m, METHOD_ORDER))
+    fig, axes = plt.subplots(len(models), len(methods), figsize=(4.2 * len(methods), 3.3 * len(models)),
+                             squeeze=False)
+    for i, model in enumerate(models):
+        for j, method in enumerate(methods):
+            ax = axes[i][j]
+            lines = points.get((model, method))
+            if not lines:
+                ax.axis("off")
+                continue
+            for impl, pts in sorted(lines.items()):
+                ps = sorted(pts)
+                ax.plot(ps, [pts[p] for p in ps], marker="o", label=impl)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"{model} / {method}", fontsize=10)
+            ax.set_xlabel("population P")
+            ax.set_ylabel("samples x members / s")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
