@@ -26,11 +26,11 @@ class ConfigError(ValueError):
 
 DEFAULTS: dict = {
     # The default run: real MNIST, the small MLP, plain-gradient IBP training; see README / train.py.
-    "dataset": "mnist", "data_dir": None, "net": "mlp", "width": None, "init": "default",
+    "dataset": "mnist", "data_dir": None, "net": "mlp", "width": None, "init": "ibp",
     "method": "grad", "relaxation": "ibp", "eps": 0.1, "train_eps": None,
-    "epochs": 5, "batch_size": 128, "population": None, "sigma": None, "lr": None, "optimizer": None,
-    "eps_schedule": "smooth", "eps_start_epoch": 0, "eps_end_epoch": 2, "robust_weight": 1.0,
-    "lr_milestones": [4], "lr_decay": 0.2, "grad_clip": 10.0, "antithetic": False,
+    "epochs": 20, "batch_size": 128, "population": None, "sigma": None, "lr": None, "optimizer": None,
+    "eps_schedule": "smooth", "eps_start_epoch": 0, "eps_end_epoch": 6, "robust_weight": 1.0,
+    "lr_milestones": [14, 17], "lr_decay": 0.2, "grad_clip": 10.0, "antithetic": False,
     "adapt_sigma": True, "stdev_lr": 0.1, "stdev_max_change": 0.2, "max_speed": None,
     "seed": 0, "device": "cpu", "threads": 1, "backend": None, "out": None, "init_from": None,
     "certify": ["ibp", "crown-ibp", "deeppoly"], "pgd_steps": 40, "pgd_restarts": 1,
@@ -101,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
     a("--data-dir", help="directory with MNIST IDX files or the CIFAR-10 python batches")
     a("--net", help=f"network: {', '.join(NETS)} (default mlp)")
     a("--width", type=int, help="base width of the network (default: CTBench's for that network)")
-    a("--init", help="weight initialisation: default (PyTorch) | ibp (Shi et al. 2021, for IBP training)")
+    a("--init", help="weight initialisation: ibp (default; Shi et al. 2021, keeps IBP boxes tight at the start) | default (PyTorch's)")
     a("--method", help="pgpe | rgs | grad (default grad: plain gradients = RGS with sigma 0, one sample)")
     a("--relaxation", help=f"bound used in the loss: {', '.join(RELAXATIONS)} (default ibp)")
     a("--eps", type=_float, help="test radius in pixel space, e.g. 0.1 or 2/255 (default 0.1)")
