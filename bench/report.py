@@ -122,7 +122,7 @@ def targets(suites, device_type: str) -> list[str]:
         if not found:
             lines.append(f"| {what} | not measured in this run | - |")
         for name, r in found:
-            lines.append(f"| {what} | {r:.2f} ({name}; target {goal:g}) | {'yes' if r >= goal else 'no'} |")
+            lines.append(f"| {what} | {r:.3g} ({name}; target {goal:g}) | {'yes' if r >= goal else 'no'} |")
     for model, impl, value, how in pgpe_memory(suites, "cnn7", 256):
         met = "-" if impl != "gls" else ("yes" if value < PGPE_MEMORY_TARGET else "no")
         lines.append(f"| PGPE step, CNN7, P = 256, {impl}: peak extra memory (target < 1 GB for gls; naive "
