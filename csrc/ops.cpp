@@ -28,4 +28,18 @@ TORCH_LIBRARY(gls, m) {
   m.def("concretize(Tensor lam, Tensor bias, Tensor x_lo, Tensor x_hi) -> Tensor");
   // Interval step through an affine layer: mid (P|1,B,N_in), rad likewise, W (P|1,N_out,N_in), b (P|1,N_out)? -> (mid, rad) (P,B,N_out).
   m.def("ibp_affine(Tensor mid, Tensor rad, Tensor W, Tensor? b) -> (Tensor, Tensor)");
+
+  // ---- noise (gls/reference/noise.py holds the definitions; DESIGN.md section 2) ----
+  // Seeds are the signed 64-bit reinterpretation of the unsigned seed; members is an int64 (R,) tensor of
+  // member words; with antithetic, populations have 2R rows (+eps of members, then -eps of the same members).
+  // Philox4x32-10 block function on u32 words held in int64: counter (..., 4), key (..., 2) -> (..., 4).
+  m.def("philox4x32_10(Tensor counter, Tensor key) -> Tensor");
+  // Population normals (R or 2R, d), float32.
+  m.def("noise_normal(Tensor members, int d, int seed, int purpose, bool antithetic) -> Tensor");
+  // theta (d,) + sigma (scalar or (d,)) * eps_p -> (P, d) in theta's dtype.
+  m.def("noise_perturb(Tensor theta, Tensor sigma, Tensor members, int seed, int purpose, bool antithetic) -> Tensor");
+  // sum_p weights_p * sigma * eps_p -> (d,); weights (P,) or (P, d).
+  m.def("noise_weighted_sum(Tensor weights, Tensor sigma, Tensor members, int d, int seed, int purpose, bool antithetic) -> Tensor");
+  // sum_p weights_p * sigma * (eps_p^2 - 1) -> (d,): the PGPE stdev reduction ((sigma eps)^2 - sigma^2) / sigma.
+  m.def("noise_sigma_weighted_sum(Tensor weights, Tensor sigma, Tensor members, int d, int seed, int purpose, bool antithetic) -> Tensor");
 }

@@ -121,3 +121,39 @@ def concretize(lam, bias, x_lo, x_hi, *, backend: str | None = None):
 def ibp_affine(mid, rad, W, b, *, backend: str | None = None):
     """Interval step through an affine layer in centre/radius form -> (mid, rad)."""
     return _call("ibp_affine", backend, mid.device, mid, rad, W, b)
+
+
+# ---- noise (counter-based Gaussian noise; public API in gls.noise) ---------------------------------
+
+_OPS.update({
+    "philox4x32_10": ("gls.reference.noise", ("cpp", "cuda", "triton")),
+    "noise_normal": ("gls.reference.noise", ("cpp", "cuda", "triton")),
+    "noise_perturb": ("gls.reference.noise", ("cpp", "cuda", "triton")),
+    "noise_weighted_sum": ("gls.reference.noise", ("cpp", "cuda", "triton")),
+    "noise_sigma_weighted_sum": ("gls.reference.noise", ("cpp", "cuda", "triton")),
+})
+
+
+def philox4x32_10(counter, key, *, backend: str | None = None):
+    """Philox4x32-10 block function on int64-held u32 words: counter (..., 4), key (..., 2) -> (..., 4)."""
+    return _call("philox4x32_10", backend, counter.device, counter, key)
+
+
+def noise_normal(members, d: int, seed: int, purpose: int, antithetic: bool, *, backend: str | None = None):
+    """(R or 2R, d) float32 normals of the members' streams; seed as signed int64 (see gls.noise)."""
+    return _call("noise_normal", backend, members.device, members, d, seed, purpose, antithetic)
+
+
+def noise_perturb(theta, sigma, members, seed: int, purpose: int, antithetic: bool, *, backend: str | None = None):
+    """(P, d) perturbed parameters theta + sigma * eps_p, regenerating the noise."""
+    return _call("noise_perturb", backend, theta.device, theta, sigma, members, seed, purpose, antithetic)
+
+
+def noise_weighted_sum(weights, sigma, members, d: int, seed: int, purpose: int, antithetic: bool, *, backend: str | None = None):
+    """(d,) sum_p weights_p * sigma * eps_p, regenerating the noise."""
+    return _call("noise_weighted_sum", backend, weights.device, weights, sigma, members, d, seed, purpose, antithetic)
+
+
+def noise_sigma_weighted_sum(weights, sigma, members, d: int, seed: int, purpose: int, antithetic: bool, *, backend: str | None = None):
+    """(d,) sum_p weights_p * sigma * (eps_p^2 - 1), regenerating the noise."""
+    return _call("noise_sigma_weighted_sum", backend, weights.device, weights, sigma, members, d, seed, purpose, antithetic)

@@ -29,3 +29,4 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 if AVAILABLE:
     from gls.native import bound_ops  # noqa: F401,E402  (fake + autograd registrations)
+    from gls.native import noise  # noqa: F401,E402  (fake + autograd registrations)

@@ -1,0 +1,192 @@
+// CUDA kernels of the counter-based Gaussian noise ops; same math as the CPU build (gls/philox.h).
+// One thread per Philox block (4 consecutive elements of one member's stream, written to both rows of an
+// antithetic pair); the reductions loop over the population inside the thread, in a fixed order, so
+// results are deterministic.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "gls/philox.h"
+
+namespace gls {
+namespace {
+
+using at::Tensor;
+
+constexpr int kThreads = 256;
+
+int grid_for(int64_t n) { return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8))); }
+
+__global__ void philox_kernel(const int64_t* __restrict__ c, const int64_t* __restrict__ k, int64_t n, int64_t* __restrict__ out) {
+  for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < n; j += (int64_t)gridDim.x * blockDim.x) {
+    U32x4 x{{(uint32_t)c[4 * j], (uint32_t)c[4 * j + 1], (uint32_t)c[4 * j + 2], (uint32_t)c[4 * j + 3]}};
+    x = philox4x32_10(x, (uint32_t)k[2 * j], (uint32_t)k[2 * j + 1]);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) out[4 * j + w] = x.v[w];
+  }
+}
+
+// Rows r and (antithetic) R + r of out: theta[i] + sigma[i] * (+-eps_r[i]); without theta (normal): +-eps_r[i].
+template <typename T, bool kPerturb>
+__global__ void population_kernel(const T* __restrict__ theta, const T* __restrict__ sigma, int64_t sigma_stride,
+                                  const int64_t* __restrict__ members, int64_t n_members, int64_t d, uint64_t seed, uint32_t purpose,
+                                  bool antithetic, T* __restrict__ out) {
+  const int64_t blocks = (d + 3) / 4;
+  for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < n_members * blocks; j += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = j / blocks, b = j % blocks;
+    float n[4];
+    philox_normal4(b, (uint32_t)members[r], purpose, seed, n);
+    const int64_t lanes = d - 4 * b < 4 ? d - 4 * b : 4;
+    for (int64_t l = 0; l < lanes; ++l) {
+      const int64_t i = 4 * b + l;
+      const T e = static_cast<T>(n[l]);
+      out[r * d + i] = kPerturb ? theta[i] + sigma[i * sigma_stride] * e : e;
+      if (antithetic) out[(n_members + r) * d + i] = kPerturb ? theta[i] + sigma[i * sigma_stride] * -e : -e;
+    }
+  }
+}
+
+// out[i] = sigma[i] * sum_p w[p, i] * f(s_p * eps_p[i]), f(e) = e or e^2 - 1 (kSigmaTerm); each stream is
+// generated once per antithetic pair: (w[r] - w[R + r]) * e, or (w[r] + w[R + r]) * (e^2 - 1).
+template <typename T, bool kSigmaTerm>
+__global__ void weighted_sum_kernel(const T* __restrict__ w, int64_t w_row, int64_t w_col, const T* __restrict__ sigma,
+                                    int64_t sigma_stride, const int64_t* __restrict__ members, int64_t n_members, int64_t d,
+                                    uint64_t seed, uint32_t purpose, bool antithetic, T* __restrict__ out) {
+  const int64_t blocks = (d + 3) / 4;
+  for (int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; b < blocks; b += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t lanes = d - 4 * b < 4 ? d - 4 * b : 4;
+    T acc[4] = {0, 0, 0, 0};
+    for (int64_t r = 0; r < n_members; ++r) {
+      float n[4];
+      philox_normal4(b, (uint32_t)members[r], purpose, seed, n);
+#pragma unroll
+      for (int l = 0; l < 4; ++l) {
+        if (l < lanes) {
+          const int64_t i = 4 * b + l;
+          const T e = static_cast<T>(n[l]);
+          T weight = w[r * w_row + i * w_col];
+          if (antithetic) weight += (kSigmaTerm ? T(1) : T(-1)) * w[(n_members + r) * w_row + i * w_col];
+          acc[l] += weight * (kSigmaTerm ? e * e - T(1) : e);
+        }
+      }
+    }
+    for (int64_t l = 0; l < lanes; ++l) out[4 * b + l] = sigma[(4 * b + l) * sigma_stride] * acc[l];
+  }
+}
+
+void check_members(const Tensor& members, const Tensor& like, const char* op) {
+  TORCH_CHECK(members.dim() == 1 && members.scalar_type() == at::kLong, op, ": members must be a 1-D int64 tensor of member words, got ",
+              members.scalar_type(), " of shape ", members.sizes());
+  TORCH_CHECK(members.is_cuda() && members.device() == like.device(), op, ": members must be on ", like.device(), ", got ", members.device());
+}
+
+int64_t check_sigma(const Tensor& sigma, int64_t d, const Tensor& like, const char* op) {
+  TORCH_CHECK(sigma.numel() == 1 || (sigma.dim() == 1 && sigma.size(0) == d), op, ": sigma must be a scalar or have shape (d,) = (", d,
+              ",), got ", sigma.sizes());
+  TORCH_CHECK(sigma.scalar_type() == like.scalar_type(), op, ": sigma must have dtype ", like.scalar_type(), ", got ", sigma.scalar_type());
+  TORCH_CHECK(sigma.device() == like.device(), op, ": sigma must be on ", like.device(), ", got ", sigma.device());
+  return sigma.numel() == 1 ? 0 : 1;
+}
+
+Tensor philox4x32_10_cuda(const Tensor& counter, const Tensor& key) {
+  TORCH_CHECK(counter.dim() >= 1 && counter.size(-1) == 4, "philox4x32_10: counter must have shape (..., 4), got ", counter.sizes());
+  TORCH_CHECK(key.dim() == counter.dim() && key.size(-1) == 2 && key.sizes().slice(0, key.dim() - 1) == counter.sizes().slice(0, counter.dim() - 1),
+              "philox4x32_10: key must have shape (..., 2) with the leading shape of counter ", counter.sizes(), ", got ", key.sizes());
+  TORCH_CHECK(counter.scalar_type() == at::kLong && key.scalar_type() == at::kLong, "philox4x32_10: counter and key must be int64 tensors of u32 words");
+  TORCH_CHECK(counter.is_cuda() && key.device() == counter.device(), "philox4x32_10: counter and key must be on the same CUDA device");
+  const c10::cuda::CUDAGuard guard(counter.device());
+  const Tensor c = counter.contiguous(), k = key.contiguous();
+  Tensor out = at::empty(c.sizes(), c.options());
+  const int64_t n = c.numel() / 4;
+  if (n == 0) return out;
+  philox_kernel<<<grid_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(c.const_data_ptr<int64_t>(), k.const_data_ptr<int64_t>(), n,
+                                                                                 out.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+Tensor noise_normal_cuda(const Tensor& members, int64_t d, int64_t seed, int64_t purpose, bool antithetic) {
+  check_members(members, members, "noise_normal");
+  TORCH_CHECK(d >= 1, "noise_normal: the number of elements d must be >= 1, got ", d);
+  const c10::cuda::CUDAGuard guard(members.device());
+  const Tensor m = members.contiguous();
+  const int64_t n_members = m.size(0), rows = antithetic ? 2 * n_members : n_members;
+  Tensor out = at::empty({rows, d}, m.options().dtype(at::kFloat));
+  if (rows == 0) return out;
+  population_kernel<float, false><<<grid_for(n_members * ((d + 3) / 4)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      nullptr, nullptr, 0, m.const_data_ptr<int64_t>(), n_members, d, (uint64_t)seed, (uint32_t)purpose, antithetic,
+      out.mutable_data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+Tensor noise_perturb_cuda(const Tensor& theta, const Tensor& sigma, const Tensor& members, int64_t seed, int64_t purpose, bool antithetic) {
+  TORCH_CHECK(theta.dim() == 1 && theta.size(0) >= 1, "noise_perturb: theta must be a non-empty flat (d,) vector, got shape ", theta.sizes());
+  TORCH_CHECK(theta.is_cuda(), "noise_perturb: CUDA kernel called with non-CUDA theta");
+  check_members(members, theta, "noise_perturb");
+  const int64_t d = theta.size(0);
+  const int64_t sigma_stride = check_sigma(sigma, d, theta, "noise_perturb");
+  const c10::cuda::CUDAGuard guard(theta.device());
+  const Tensor th = theta.contiguous(), sg = sigma.reshape({-1}).contiguous(), m = members.contiguous();
+  const int64_t n_members = m.size(0), rows = antithetic ? 2 * n_members : n_members;
+  Tensor out = at::empty({rows, d}, th.options());
+  if (rows == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(th.scalar_type(), "noise_perturb_cuda", [&] {
+    population_kernel<scalar_t, true><<<grid_for(n_members * ((d + 3) / 4)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        th.const_data_ptr<scalar_t>(), sg.const_data_ptr<scalar_t>(), sigma_stride, m.const_data_ptr<int64_t>(), n_members, d,
+        (uint64_t)seed, (uint32_t)purpose, antithetic, out.mutable_data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+template <bool kSigmaTerm>
+Tensor weighted_sum_cuda(const Tensor& weights, const Tensor& sigma, const Tensor& members, int64_t d, int64_t seed, int64_t purpose,
+                         bool antithetic, const char* op) {
+  TORCH_CHECK(d >= 1, op, ": the number of elements d must be >= 1, got ", d);
+  TORCH_CHECK(weights.is_cuda(), op, ": CUDA kernel called with non-CUDA weights");
+  check_members(members, weights, op);
+  const int64_t n_members = members.size(0), rows = antithetic ? 2 * n_members : n_members;
+  TORCH_CHECK((weights.dim() == 1 || (weights.dim() == 2 && weights.size(1) == d)) && weights.size(0) == rows, op,
+              ": weights must be (P,) or (P, d) with P = ", rows, " population rows and d = ", d, ", got ", weights.sizes());
+  const int64_t sigma_stride = check_sigma(sigma, d, weights, op);
+  const c10::cuda::CUDAGuard guard(weights.device());
+  const Tensor w = weights.contiguous(), sg = sigma.reshape({-1}).contiguous(), m = members.contiguous();
+  const int64_t w_row = w.dim() == 2 ? d : 1, w_col = w.dim() == 2 ? 1 : 0, blocks = (d + 3) / 4;
+  Tensor out = at::empty({d}, w.options());
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "noise_weighted_sum_cuda", [&] {
+    weighted_sum_kernel<scalar_t, kSigmaTerm><<<grid_for(blocks), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        w.const_data_ptr<scalar_t>(), w_row, w_col, sg.const_data_ptr<scalar_t>(), sigma_stride, m.const_data_ptr<int64_t>(), n_members, d,
+        (uint64_t)seed, (uint32_t)purpose, antithetic, out.mutable_data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+Tensor noise_weighted_sum_cuda(const Tensor& weights, const Tensor& sigma, const Tensor& members, int64_t d, int64_t seed, int64_t purpose,
+                               bool antithetic) {
+  return weighted_sum_cuda<false>(weights, sigma, members, d, seed, purpose, antithetic, "noise_weighted_sum");
+}
+
+Tensor noise_sigma_weighted_sum_cuda(const Tensor& weights, const Tensor& sigma, const Tensor& members, int64_t d, int64_t seed,
+                                     int64_t purpose, bool antithetic) {
+  return weighted_sum_cuda<true>(weights, sigma, members, d, seed, purpose, antithetic, "noise_sigma_weighted_sum");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gls, CUDA, m) {
+  m.impl("philox4x32_10", &philox4x32_10_cuda);
+  m.impl("noise_normal", &noise_normal_cuda);
+  m.impl("noise_perturb", &noise_perturb_cuda);
+  m.impl("noise_weighted_sum", &noise_weighted_sum_cuda);
+  m.impl("noise_sigma_weighted_sum", &noise_sigma_weighted_sum_cuda);
+}
+
+}  // namespace gls

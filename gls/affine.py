@@ -1,0 +1,114 @@
+"""Population-batched affine maps of the network IR: forward, interval step and back-substitution.
+
+Activations are kept flat, (P|1, B, N) (a leading 1 = shared by every member, as the input is), and
+back-substitution coefficients are (P, B, S, N_out) -> (P, B, S, N_in). Dense (Linear) goes through
+gls.ops; Conv and Diag (elementwise scaling: Normalize, a BatchNorm that follows no Linear/Conv) are
+plain PyTorch here, Conv batched over the population as a grouped convolution (groups = P).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gls import ops
+
+
+class Dense:
+    """z = x W^T + b; W (P, N_out, N_in), b (P, N_out) or None."""
+
+    def __init__(self, W: torch.Tensor, b: torch.Tensor | None):
+        self.W, self.b = W, b
+        self.n_out, self.n_in = W.shape[-2], W.shape[-1]
+
+    def forward(self, x):
+        out = torch.matmul(x, self.W.transpose(-1, -2))
+        return out if self.b is None else out + self.b.unsqueeze(-2)
+
+    def ibp(self, mid, rad, backend=None):
+        return ops.ibp_affine(mid, rad, self.W, self.b, backend=backend)
+
+    def back(self, lam):
+        """Coefficients on the input and the constant lam . b collected on the way."""
+        B, S = lam.shape[1], lam.shape[2]
+        g = torch.matmul(lam.flatten(1, 2), self.W).unflatten(1, (B, S))
+        if self.b is None:
+            return g, lam.new_zeros(g.shape[:-1])
+        return g, torch.matmul(lam.flatten(1, 2), self.b.unsqueeze(-1)).squeeze(-1).unflatten(1, (B, S))
+
+
+class Conv:
+    """2-D convolution per member: W (P, C_out, C_in, kh, kw), b (P, C_out) or None.
+
+    in_shape (C_in, H, W) and out_shape (C_out, H_out, W_out) are the per-sample shapes; the
+    activations stay flat. Transposition is conv_transpose2d with the output padding that restores
+    the input size whatever the stride and padding.
+    """
+
+    def __init__(self, W, b, stride, padding, dilation, in_shape, out_shape):
+        self.W, self.b = W, b
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        self.n_in, self.n_out = math.prod(in_shape), math.prod(out_shape)
+        k = W.shape[-2:]
+        self.output_padding = tuple(
+            self.in_shape[1 + i] - ((self.out_shape[1 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k[i] - 1) + 1)
+            for i in range(2))
+
+    def _conv(self, x, weight, bias):
+        P, (c_out, c_in) = weight.shape[0], weight.shape[1:3]
+        B = x.shape[1]
+        w = weight.reshape(P * c_out, c_in, *weight.shape[-2:])
+        bias = None if bias is None else bias.reshape(P * c_out)
+        if x.shape[0] == 1:  # input shared by the population: one ordinary convolution, P*C_out filters
+            y = F.conv2d(x[0].reshape(B, *self.in_shape), w, bias, self.stride, self.padding, self.dilation)
+        else:
+            xs = x.transpose(0, 1).reshape(B, P * c_in, *self.in_shape[1:])
+            y = F.conv2d(xs, w, bias, self.stride, self.padding, self.dilation, groups=P)
+        return y.reshape(B, P, self.n_out).transpose(0, 1).contiguous()
+
+    def forward(self, x):
+        return self._conv(x, self.W, self.b)
+
+    def ibp(self, mid, rad, backend=None):
+        return self._conv(mid, self.W, self.b), self._conv(rad, self.W.abs(), None)
+
+    def back(self, lam):
+        P, B, S = lam.shape[:3]
+        c_out, c_in = self.W.shape[1:3]
+        y = lam.reshape(P, B * S, *self.out_shape).transpose(0, 1).reshape(B * S, P * c_out, *self.out_shape[1:])
+        w = self.W.reshape(P * c_out, c_in, *self.W.shape[-2:])
+        g = F.conv_transpose2d(y, w, None, self.stride, self.padding, self.output_padding, P, self.dilation)
+        g = g.reshape(B * S, P, self.n_in).transpose(0, 1).reshape(P, B, S, self.n_in)
+        if self.b is None:
+            return g, lam.new_zeros((P, B, S))
+        per_channel = lam.reshape(P, B, S, c_out, -1).sum(-1)
+        return g, (per_channel * self.b[:, None, None, :]).sum(-1)
+
+
+class Diag:
+    """z = x * s + t elementwise; s, t (P|1, N) (per-channel values already spread over the pixels)."""
+
+    def __init__(self, s: torch.Tensor, t: torch.Tensor):
+        self.s, self.t = s, t
+        self.n_in = self.n_out = s.shape[-1]
+
+    def forward(self, x):
+        return x * self.s.unsqueeze(1) + self.t.unsqueeze(1)
+
+    def ibp(self, mid, rad, backend=None):
+        return mid * self.s.unsqueeze(1) + self.t.unsqueeze(1), rad * self.s.abs().unsqueeze(1)
+
+    def back(self, lam):
+        return lam * self.s[:, None, None, :], (lam * self.t[:, None, None, :]).sum(-1)
+
+
+def relax_step(lam, a_l, c_l, a_u, c_u):
+    """Back-substitution through a ReLU with lines a_l z + c_l <= y <= a_u z + c_u (lower bound of lam.y).
+
+    lam (P, B, S, N), lines (P, B, N) -> coefficients on z and the constant lam^+ c_l + lam^- c_u.
+    """
+    pos = lam >= 0  # select the line per coefficient: same numbers as lam^+ a_l + lam^- a_u, fewer passes
+    new = lam * torch.where(pos, a_l.unsqueeze(2), a_u.unsqueeze(2))
+    return new, (lam * torch.where(pos, c_l.unsqueeze(2), c_u.unsqueeze(2))).sum(-1)

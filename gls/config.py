@@ -1,0 +1,237 @@
+"""Options of ``python -m gls.train``: defaults, named presets, config files and the command line.
+
+Precedence, lowest first: built-in defaults, the method's defaults, a preset (``--preset`` or a
+``preset`` key in the file), the config file (``--config``, TOML or JSON, keys spelled as the options,
+with - or _), the command line. With ``--resume`` the run's saved config replaces the first four and
+only options given on the command line override it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tomllib
+from pathlib import Path
+
+from gls.bounds import METHODS as RELAXATIONS
+from gls.models import NETS
+from gls.schedule import SCHEDULES
+
+TRAIN_METHODS = ("pgpe", "rgs", "grad")
+
+
+class ConfigError(ValueError):
+    """A bad option value or config file; the message is one line for the user."""
+
+
+DEFAULTS: dict = {
+    # The default run: real MNIST, the small MLP, plain-gradient IBP training; see README / train.py.
+    "dataset": "mnist", "data_dir": None, "net": "mlp", "width": None,
+    "method": "grad", "relaxation": "ibp", "eps": 0.1, "train_eps": None,
+    "epochs": 5, "batch_size": 128, "population": None, "sigma": None, "lr": None, "optimizer": None,
+    "eps_schedule": "smooth", "eps_start_epoch": 0, "eps_end_epoch": 2, "robust_weight": 1.0,
+    "lr_milestones": [4], "lr_decay": 0.2, "grad_clip": 10.0, "antithetic": False,
+    "adapt_sigma": True, "stdev_lr": 0.1, "stdev_max_change": 0.2, "max_speed": None,
+    "seed": 0, "device": "cpu", "threads": 1, "backend": None, "out": None, "init_from": None,
+    "certify": ["ibp", "crown-ibp", "deeppoly"], "pgd_steps": 40, "pgd_restarts": 1,
+    "eval_batch_size": 256, "train_subset": None, "val_subset": 1000, "test_subset": None,
+    "halt_after_epoch": None, "progress": None,
+}
+
+METHOD_DEFAULTS = {
+    "grad": {"population": 1, "sigma": 0.0, "lr": 1e-3, "optimizer": "adam"},
+    "rgs": {"population": 4, "sigma": 1e-2, "lr": 1e-3, "optimizer": "adam"},
+    "pgpe": {"population": 16, "sigma": 1e-2, "lr": 1e-2, "optimizer": "clipup"},
+}
+
+# CTBench's standard settings (epochs, eps ramp, lr decay); the network is cnn7 unless --net says.
+PRESETS = {
+    "mnist-0.1": {"dataset": "mnist", "eps": 0.1, "net": "cnn7", "epochs": 70, "batch_size": 256,
+                  "eps_start_epoch": 0, "eps_end_epoch": 20, "lr": 5e-4, "lr_milestones": [50, 60]},
+    "mnist-0.3": {"dataset": "mnist", "eps": 0.3, "net": "cnn7", "epochs": 70, "batch_size": 256,
+                  "eps_start_epoch": 0, "eps_end_epoch": 20, "lr": 5e-4, "lr_milestones": [50, 60]},
+    "cifar10-2/255": {"dataset": "cifar10", "eps": 2 / 255, "net": "cnn7", "epochs": 160, "batch_size": 128,
+                      "eps_start_epoch": 1, "eps_end_epoch": 81, "lr": 5e-4, "lr_milestones": [120, 140]},
+    "cifar10-8/255": {"dataset": "cifar10", "eps": 8 / 255, "net": "cnn7", "epochs": 160, "batch_size": 128,
+                      "eps_start_epoch": 1, "eps_end_epoch": 81, "lr": 5e-4, "lr_milestones": [120, 140]},
+}
+
+_HIDDEN = {"train_subset", "val_subset", "test_subset", "halt_after_epoch"}
+
+
+def _bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
+
+
+def _float(s: str) -> float:
+    s = s.strip()
+    if "/" in s:  # 2/255
+        num, den = s.split("/", 1)
+        return float(num) / float(den)
+    return float(s)
+
+
+def _int_list(s: str) -> list[int]:
+    return [int(v) for v in s.replace(",", " ").split()] if s.strip() else []
+
+
+def _str_list(s: str) -> list[str]:
+    return [v for v in s.replace(",", " ").split() if v]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one readable line, no usage dump
+        raise ConfigError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m gls.train", argument_default=argparse.SUPPRESS,
+                description="Certified training with Gaussian loss smoothing (PGPE, RGS) or plain gradients. "
+                            "Without arguments: real MNIST, a small MLP, IBP training at eps 0.1 for a few minutes "
+                            "on a CPU, then the evaluation table.")
+    a = p.add_argument
+    a("--config", metavar="FILE", help="TOML or JSON file with option values (same names as the options)")
+    a("--preset", choices=sorted(PRESETS), help="a standard CTBench setting (dataset, eps, schedule, epochs)")
+    a("--dataset", help="mnist | cifar10 (default mnist)")
+    a("--data-dir", help="directory with MNIST IDX files or the CIFAR-10 python batches")
+    a("--net", help=f"network: {', '.join(NETS)} (default mlp)")
+    a("--width", type=int, help="base width of the network (default: CTBench's for that network)")
+    a("--method", help="pgpe | rgs | grad (default grad: plain gradients = RGS with sigma 0, one sample)")
+    a("--relaxation", help=f"bound used in the loss: {', '.join(RELAXATIONS)} (default ibp)")
+    a("--eps", type=_float, help="test radius in pixel space, e.g. 0.1 or 2/255 (default 0.1)")
+    a("--train-eps", type=_float, help="training radius (default: --eps)")
+    a("--epochs", type=int, help="number of epochs")
+    a("--batch-size", type=int, help="mini-batch size")
+    a("--population", type=int, help="PGPE population (even) or RGS samples (default 16 / 4 / 1)")
+    a("--sigma", type=float, help="smoothing stdev (PGPE initial stdev; RGS noise scale)")
+    a("--lr", type=float, help="learning rate (ClipUp step for PGPE)")
+    a("--optimizer", help="PGPE: clipup | adam; RGS/grad: any torch.optim name (adam, sgd, adamw, ...)")
+    a("--eps-schedule", help="smooth | linear eps ramp")
+    a("--eps-start-epoch", type=int, help="epoch at which the eps ramp starts")
+    a("--eps-end-epoch", type=int, help="epoch at which eps reaches --train-eps")
+    a("--robust-weight", type=float, help="weight w of the robust loss: (1-w) CE + w robust (ramped with eps)")
+    a("--lr-milestones", type=_int_list, help="epochs at which the lr is multiplied by --lr-decay, e.g. 50,60")
+    a("--lr-decay", type=float, help="lr decay factor at each milestone (default 0.2)")
+    a("--grad-clip", type=float, help="RGS/grad: clip the gradient norm (<= 0: off; default 10)")
+    a("--antithetic", type=_bool, help="RGS: antithetic noise pairs (true/false)")
+    a("--adapt-sigma", type=_bool, help="PGPE: adapt the stdev (true/false; default true)")
+    a("--stdev-lr", type=float, help="PGPE: stdev learning rate (default 0.1)")
+    a("--stdev-max-change", type=float, help="PGPE: max relative stdev change per step (default 0.2)")
+    a("--max-speed", type=float, help="PGPE ClipUp max speed (default 2 * lr)")
+    a("--seed", type=int, help="random seed (init, data order, noise)")
+    a("--device", help="torch device (default cpu)")
+    a("--threads", type=int, help="CPU threads for torch (default 1: on a shared machine torch's busy-waiting "
+                                  "threads ran 10-40x slower than one thread; 0 = torch's default)")
+    a("--backend", help="gls.ops backend for the bounds (default: automatic)")
+    a("--out", help="run directory (default runs/<dataset>-<net>-<method>-<relaxation>-eps<eps>-s<seed>)")
+    a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where its last checkpoint left off")
+    a("--init-from", metavar="CKPT", help="start from the weights of a checkpoint (e.g. a grad warm-up run)")
+    a("--certify", type=_str_list, help="relaxations for the final certification (default ibp,crown-ibp,deeppoly)")
+    a("--pgd-steps", type=int, help="PGD steps in the final evaluation (default 40)")
+    a("--pgd-restarts", type=int, help="PGD restarts in the final evaluation (default 1)")
+    a("--eval-batch-size", type=int, help="batch size of the evaluations")
+    a("--progress", type=_bool, help="progress bars (default: when stderr is a terminal)")
+    for name in sorted(_HIDDEN):  # for tests and quick runs
+        a("--" + name.replace("_", "-"), type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def _read_file(path: str) -> dict:
+    f = Path(path)
+    if not f.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        raw = tomllib.loads(f.read_text()) if f.suffix.lower() == ".toml" else json.loads(f.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot parse config file {path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a table of option values")
+    out = {}
+    for k, v in raw.items():
+        key = k.replace("-", "_")
+        if key not in DEFAULTS and key != "preset":
+            raise ConfigError(f"config file {path}: unknown option {k!r}")
+        out[key] = v
+    return out
+
+
+def parse_args(argv) -> dict:
+    """Only the options given on the command line, as {snake_case: value}."""
+    return vars(parser().parse_args(argv))
+
+
+def resolve(cli: dict, saved: dict | None = None) -> dict:
+    """The full config from the command-line options `cli` (and a resumed run's `saved` config)."""
+    cli = dict(cli)
+    cli.pop("resume", None)
+    if saved is not None:
+        cfg = {**DEFAULTS, **saved, "halt_after_epoch": None}
+        cfg.update({k: v for k, v in cli.items() if k not in ("config", "preset")})
+        return validate(cfg)
+    file = _read_file(cli.pop("config")) if "config" in cli else {}
+    preset = cli.pop("preset", None) or file.pop("preset", None)
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; expected one of {', '.join(sorted(PRESETS))}")
+    method = cli.get("method", file.get("method", DEFAULTS["method"]))
+    preset_values = dict(PRESETS.get(preset, {}))
+    if method == "pgpe":  # the presets' learning rates are Adam's; ClipUp steps are on another scale
+        preset_values.pop("lr", None)
+    chosen = {**preset_values, **file, **cli}
+    cfg = {**DEFAULTS, **METHOD_DEFAULTS.get(method, {}), **chosen}
+    cfg["preset"] = preset
+    return validate(cfg)
+
+
+def validate(cfg: dict) -> dict:
+    """Check every value; fill derived ones (train_eps). Raises ConfigError with one line."""
+    def need(cond, msg):
+        if not cond:
+            raise ConfigError(msg)
+
+    cfg["dataset"] = str(cfg["dataset"]).lower().replace("-", "")
+    need(cfg["dataset"] in ("mnist", "cifar10"), f"unknown dataset {cfg['dataset']!r}; expected mnist or cifar10")
+    need(cfg["net"] in NETS, f"unknown net {cfg['net']!r}; expected one of {', '.join(NETS)}")
+    need(cfg["method"] in TRAIN_METHODS, f"unknown method {cfg['method']!r}; expected one of {', '.join(TRAIN_METHODS)}")
+    cfg["relaxation"] = {"crown": "deeppoly"}.get(cfg["relaxation"], cfg["relaxation"])
+    need(cfg["relaxation"] in RELAXATIONS, f"unknown relaxation {cfg['relaxation']!r}; expected one of {', '.join(RELAXATIONS)}")
+    for key in ("eps", "train_eps"):
+        v = cfg[key]
+        if v is not None:
+            need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, f"--{key.replace('_', '-')} must be a finite number >= 0, got {v}")
+    if cfg["train_eps"] is None:
+        cfg["train_eps"] = cfg["eps"]
+    for key in ("epochs", "batch_size", "population", "eval_batch_size", "pgd_restarts"):
+        need(isinstance(cfg[key], int) and cfg[key] >= 1, f"--{key.replace('_', '-')} must be a positive integer, got {cfg[key]}")
+    need(isinstance(cfg["threads"], int) and cfg["threads"] >= 0, "--threads must be >= 0")
+    need(isinstance(cfg["pgd_steps"], int) and cfg["pgd_steps"] >= 0, "--pgd-steps must be >= 0")
+    need(cfg["width"] is None or (isinstance(cfg["width"], int) and cfg["width"] >= 1), "--width must be a positive integer")
+    need(isinstance(cfg["lr"], (int, float)) and 0 < cfg["lr"] and math.isfinite(cfg["lr"]), f"--lr must be positive, got {cfg['lr']}")
+    need(isinstance(cfg["sigma"], (int, float)) and cfg["sigma"] >= 0 and math.isfinite(cfg["sigma"]), f"--sigma must be >= 0, got {cfg['sigma']}")
+    if cfg["method"] == "pgpe":
+        need(cfg["sigma"] > 0, "--sigma must be > 0 for pgpe")
+        need(cfg["population"] >= 2 and cfg["population"] % 2 == 0, f"--population must be even and >= 2 for pgpe (antithetic pairs), got {cfg['population']}")
+        need(cfg["optimizer"] in ("clipup", "adam"), f"--optimizer for pgpe must be clipup or adam, got {cfg['optimizer']!r}")
+    else:
+        need(cfg["optimizer"] != "clipup", "--optimizer clipup is PGPE's; use a torch optimizer (adam, sgd, ...) for rgs/grad")
+        if cfg["antithetic"]:
+            need(cfg["population"] % 2 == 0, "--antithetic needs an even --population")
+    if cfg["method"] == "grad":
+        need(cfg["sigma"] == 0 and cfg["population"] == 1, "--method grad is plain gradient training: it takes no --sigma/--population (use --method rgs)")
+    need(cfg["eps_schedule"] in SCHEDULES, f"unknown eps schedule {cfg['eps_schedule']!r}; expected one of {', '.join(SCHEDULES)}")
+    need(0 <= cfg["eps_start_epoch"] <= cfg["eps_end_epoch"], "need 0 <= --eps-start-epoch <= --eps-end-epoch")
+    need(0 <= cfg["robust_weight"] <= 1, f"--robust-weight must lie in [0, 1], got {cfg['robust_weight']}")
+    need(cfg["lr_decay"] > 0, "--lr-decay must be positive")
+    bad = [m for m in cfg["certify"] if {"crown": "deeppoly"}.get(m, m) not in RELAXATIONS]
+    need(not bad, f"unknown relaxation(s) for --certify: {', '.join(bad)}")
+    for key in _HIDDEN:
+        need(cfg[key] is None or (isinstance(cfg[key], int) and cfg[key] >= 1), f"--{key.replace('_', '-')} must be a positive integer")
+    return cfg
+
+
+def default_out(cfg: dict) -> str:
+    return f"runs/{cfg['dataset']}-{cfg['net']}-{cfg['method']}-{cfg['relaxation']}-eps{cfg['eps']:g}-s{cfg['seed']}"

@@ -1,0 +1,69 @@
+"""The networks of certified training, as in CTBench's networks.py, with input normalisation as layer 0.
+
+Every model is an ``nn.Sequential`` whose first layer is ``gls.nn.Normalize(mean, std)``, so inputs
+(and eps) are in pixel space [0, 1]. Names: ``mlp`` (CTBench's fc_3layer: 256-64, small enough for a
+CPU), ``cnn3``, ``cnn5``, ``cnn7`` and their ``_bn`` variants (BatchNorm after every hidden affine
+layer, as CTBench's cnn_*layer_bn; cnn3_bn is the same rule applied to cnn_3layer).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from gls.nn import Normalize
+
+
+def _bn(bn: bool, c: int, conv: bool = True) -> list[nn.Module]:
+    if not bn:
+        return []
+    return [nn.BatchNorm2d(c) if conv else nn.BatchNorm1d(c)]
+
+
+def mlp(in_ch: int, in_dim: int, num_classes: int, bn: bool = False, width: int = 64) -> list[nn.Module]:
+    return [nn.Flatten(), nn.Linear(in_ch * in_dim * in_dim, 4 * width), *_bn(bn, 4 * width, False), nn.ReLU(),
+            nn.Linear(4 * width, width), *_bn(bn, width, False), nn.ReLU(), nn.Linear(width, num_classes)]
+
+
+def cnn3(in_ch: int, in_dim: int, num_classes: int, bn: bool = False, width: int = 16) -> list[nn.Module]:
+    return [nn.Conv2d(in_ch, width, 5, stride=2, padding=2), *_bn(bn, width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), *_bn(bn, 2 * width), nn.ReLU(),
+            nn.Flatten(), nn.Linear((in_dim // 4) ** 2 * 2 * width, num_classes)]
+
+
+def cnn5(in_ch: int, in_dim: int, num_classes: int, bn: bool = False, width: int = 16,
+         linear_size: int = 512) -> list[nn.Module]:
+    return [nn.Conv2d(in_ch, width, 3, stride=1, padding=1), *_bn(bn, width), nn.ReLU(),
+            nn.Conv2d(width, width, 4, stride=2, padding=1), *_bn(bn, width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), *_bn(bn, 2 * width), nn.ReLU(),
+            nn.Flatten(), nn.Linear((in_dim // 4) ** 2 * 2 * width, linear_size), *_bn(bn, linear_size, False),
+            nn.ReLU(), nn.Linear(linear_size, num_classes)]
+
+
+def cnn7(in_ch: int, in_dim: int, num_classes: int, bn: bool = False, width: int = 64,
+         linear_size: int = 512) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    chans = [(in_ch, width, 1), (width, width, 1), (width, 2 * width, 2), (2 * width, 2 * width, 1),
+             (2 * width, 2 * width, 1)]
+    for c_in, c_out, stride in chans:
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), *_bn(bn, c_out), nn.ReLU()]
+    return layers + [nn.Flatten(), nn.Linear((in_dim // 2) ** 2 * 2 * width, linear_size),
+                     *_bn(bn, linear_size, False), nn.ReLU(), nn.Linear(linear_size, num_classes)]
+
+
+_BODIES: dict[str, Callable[..., list[nn.Module]]] = {"mlp": mlp, "cnn3": cnn3, "cnn5": cnn5, "cnn7": cnn7}
+NETS = tuple(n for b in _BODIES for n in (b, b + "_bn"))
+
+
+def build(name: str, in_shape: tuple[int, int, int], mean, std, num_classes: int = 10,
+          width: int | None = None) -> nn.Sequential:
+    """Network `name` (one of NETS) for inputs of shape (C, H, W), with Normalize(mean, std) first;
+    `width` overrides the base width (None: CTBench's)."""
+    if name not in NETS:
+        raise ValueError(f"unknown network {name!r}; expected one of {', '.join(NETS)}")
+    base, bn = (name[:-3], True) if name.endswith("_bn") else (name, False)
+    c, h, w = in_shape
+    if h != w:
+        raise ValueError(f"square inputs expected, got {h}x{w}")
+    extra = {} if width is None else {"width": width}
+    return nn.Sequential(Normalize(mean, std), *_BODIES[base](c, h, num_classes, bn=bn, **extra))

@@ -1,0 +1,279 @@
+"""Gaussian loss smoothing: PGPE (zeroth order) and RGS (first order) on a flat weight vector.
+
+Both optimise ``L_sigma(theta) = E_z L(theta + sigma*z)`` (DESIGN §2). They see the model only through
+a *population loss*: a callable mapping perturbed weight vectors ``(P, d)`` to per-member losses
+``(P,)``, evaluated in one batched pass (``gls.bounds`` bounds every member at once). Plain gradient
+training is RGS with ``sigma = 0`` and one sample.
+
+Noise is regenerated from ``(seed, step)`` whenever it is needed, never kept between the evaluation
+and the update. It comes from the single function :func:`_population_noise`; it is the one place to
+switch to the counter-based Philox ops of ``gls.noise`` (until they land it uses a
+``torch.Generator`` seeded from ``(seed, step)``).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+PopulationLoss = Callable[[torch.Tensor], torch.Tensor]
+"""theta_pop (P, d) -> per-member losses (P,)."""
+
+CENTER_OPTIMIZERS = ("clipup", "adam")
+
+
+class NonFiniteCenterError(FloatingPointError):
+    """The centre weights became NaN/inf; training cannot continue from this state."""
+
+
+def _population_noise(d: int, n: int, seed: int, step: int, *, device=None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normals (n, d) for the n antithetic pairs (or samples) of optimisation step `step`.
+
+    A pure function of (seed, step): calling it again regenerates the same noise, which is how the
+    update recovers z without having stored it.
+    """
+    # torch's CPU generator keeps only 32 bits of its seed, so (seed, step) is hashed down to 32 bits.
+    key = hashlib.blake2b(f"{int(seed)}:{int(step)}".encode(), digest_size=4).digest()
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int.from_bytes(key, "little"))
+    return torch.randn(n, d, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def centered_ranks(fitness: torch.Tensor) -> torch.Tensor:
+    """Centred ranks in [-0.5, 0.5] (higher fitness -> higher rank). Non-finite fitness ranks worst."""
+    n = fitness.numel()
+    if n < 2:
+        raise ValueError("centred ranks need at least two fitness values")
+    f = torch.where(torch.isfinite(fitness), fitness, torch.full_like(fitness, -math.inf))
+    order = torch.argsort(f, stable=True)
+    ranks = torch.empty(n, dtype=fitness.dtype, device=fitness.device)
+    ranks[order] = torch.arange(n, dtype=fitness.dtype, device=fitness.device)
+    return ranks / (n - 1) - 0.5
+
+
+@dataclass
+class StepStats:
+    """What one update saw: population losses (finite members), non-finite count, sigma, gradient."""
+
+    loss_mean: float
+    loss_min: float
+    loss_max: float
+    nonfinite: int
+    population: int
+    sigma_mean: float
+    sigma_min: float
+    sigma_max: float
+    grad_norm: float
+    skipped: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _loss_summary(losses: torch.Tensor) -> tuple[float, float, float, int]:
+    ok = torch.isfinite(losses)
+    bad = int((~ok).sum())
+    if bad == losses.numel():
+        return math.nan, math.nan, math.nan, bad
+    f = losses[ok]
+    return float(f.mean()), float(f.min()), float(f.max()), bad
+
+
+def _check_center(theta: torch.Tensor, step: int) -> None:
+    if not bool(torch.isfinite(theta).all()):
+        raise NonFiniteCenterError(f"the centre weights became non-finite at step {step}")
+
+
+class PGPE:
+    """PGPE with antithetic sampling, centred-rank fitness shaping and ClipUp or Adam centre steps.
+
+    Maximises fitness ``-loss``. ``sigma`` is a per-weight stdev vector; its adaptation (gradient step
+    of ``stdev_lr``, clipped to ``±stdev_max_change`` of its value per update) can be switched off so
+    that sigma stays the fixed smoothing width.
+    """
+
+    def __init__(self, theta: torch.Tensor, *, sigma: float | torch.Tensor, lr: float, population: int,
+                 seed: int, optimizer: str = "clipup", momentum: float = 0.9, max_speed: float | None = None,
+                 adapt_sigma: bool = True, stdev_lr: float = 0.1, stdev_max_change: float = 0.2,
+                 betas: tuple[float, float] = (0.9, 0.999)):
+        if population < 2 or population % 2:
+            raise ValueError(f"PGPE population must be an even number >= 2 (antithetic pairs), got {population}")
+        if optimizer not in CENTER_OPTIMIZERS:
+            raise ValueError(f"unknown PGPE centre optimizer {optimizer!r}; expected one of {CENTER_OPTIMIZERS}")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.theta = theta.detach().clone()
+        self.sigma = torch.as_tensor(sigma, dtype=theta.dtype, device=theta.device).expand_as(self.theta).clone()
+        if not bool((self.sigma > 0).all()):
+            raise ValueError("PGPE needs sigma > 0")
+        self.population, self.seed, self.optimizer = population, int(seed), optimizer
+        self.momentum, self.adapt_sigma = momentum, adapt_sigma
+        self.stdev_lr, self.stdev_max_change = stdev_lr, stdev_max_change
+        self.max_speed_ratio = 2.0 if max_speed is None else max_speed / lr
+        self.betas = betas
+        self.set_lr(lr)
+        self.velocity = torch.zeros_like(self.theta)
+        self.adam_m = torch.zeros_like(self.theta)
+        self.adam_v = torch.zeros_like(self.theta)
+        self.adam_t = 0
+
+    def set_lr(self, lr: float) -> None:
+        """Centre step size (ClipUp's max speed follows it at a fixed ratio)."""
+        self.lr, self.max_speed = lr, self.max_speed_ratio * lr
+
+    def population_of(self, step: int) -> torch.Tensor:
+        """The (P, d) weights evaluated at `step`: mu + sigma*z_i for the first half, mu - sigma*z_i after."""
+        n = self.population // 2
+        scaled = self.sigma * _population_noise(self.theta.numel(), n, self.seed, step,
+                                                device=self.theta.device, dtype=self.theta.dtype)
+        return torch.cat([self.theta + scaled, self.theta - scaled])
+
+    def gradients(self, losses: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g_mu, g_sigma) of the fitness -losses at `step` (DESIGN §2); the noise is regenerated."""
+        n = self.population // 2
+        ranks = centered_ranks(-losses.detach().to(self.theta.dtype))
+        f_plus, f_minus = ranks[:n], ranks[n:]
+        scaled = self.sigma * _population_noise(self.theta.numel(), n, self.seed, step,
+                                                device=self.theta.device, dtype=self.theta.dtype)
+        g_mu = (0.5 * (f_plus - f_minus)) @ scaled / n
+        g_sigma = ((0.5 * (f_plus + f_minus) - ranks.mean()) @ (scaled.square() - self.sigma.square())) / (n * self.sigma)
+        return g_mu, g_sigma
+
+    def _center_step(self, g_mu: torch.Tensor) -> None:
+        if self.optimizer == "clipup":
+            norm = g_mu.norm()
+            if norm > 0:
+                self.velocity = self.momentum * self.velocity + self.lr * (g_mu / norm)
+                speed = self.velocity.norm()
+                if speed > self.max_speed:
+                    self.velocity = self.velocity * (self.max_speed / speed)
+            self.theta = self.theta + self.velocity
+        else:  # Adam ascent on the fitness
+            b1, b2 = self.betas
+            self.adam_t += 1
+            self.adam_m = b1 * self.adam_m + (1 - b1) * g_mu
+            self.adam_v = b2 * self.adam_v + (1 - b2) * g_mu.square()
+            m_hat = self.adam_m / (1 - b1 ** self.adam_t)
+            v_hat = self.adam_v / (1 - b2 ** self.adam_t)
+            self.theta = self.theta + self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+
+    def step(self, loss_fn: PopulationLoss, step: int) -> StepStats:
+        """Evaluate the population of `step` with `loss_fn` (no autograd) and update mu and sigma."""
+        with torch.no_grad():
+            losses = loss_fn(self.population_of(step)).detach()
+            if losses.shape != (self.population,):
+                raise ValueError(f"the population loss must have shape ({self.population},), got {tuple(losses.shape)}")
+            g_mu, g_sigma = self.gradients(losses, step)
+            self._center_step(g_mu)
+            if self.adapt_sigma:
+                limit = self.stdev_max_change * self.sigma.abs()
+                self.sigma = self.sigma + torch.clamp(self.stdev_lr * g_sigma, -limit, limit)
+        _check_center(self.theta, step)
+        mean, lo, hi, bad = _loss_summary(losses)
+        return StepStats(mean, lo, hi, bad, self.population, float(self.sigma.mean()), float(self.sigma.min()),
+                         float(self.sigma.max()), float(g_mu.norm()))
+
+    def state_dict(self) -> dict:
+        return {"theta": self.theta, "sigma": self.sigma, "velocity": self.velocity, "adam_m": self.adam_m,
+                "adam_v": self.adam_v, "adam_t": self.adam_t, "lr": self.lr}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("theta", "sigma", "velocity", "adam_m", "adam_v"):
+            setattr(self, k, state[k].to(self.theta.device, self.theta.dtype).clone())
+        self.adam_t = int(state["adam_t"])
+        self.set_lr(float(state["lr"]))
+
+
+class RGS:
+    """Randomised gradient smoothing: ``g = mean_j grad L(theta + sigma*z_j)`` over N members evaluated
+    in one population pass, then a step of any torch optimiser on theta, with optional norm clipping.
+
+    ``sigma = 0, samples = 1`` is plain gradient training. Members whose loss or gradient is NaN/inf are
+    left out of the mean and counted; if none is finite the step is skipped.
+    """
+
+    def __init__(self, theta: torch.Tensor, *, sigma: float, samples: int, seed: int,
+                 optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
+                 antithetic: bool = False, grad_clip: float | None = None):
+        if samples < 1:
+            raise ValueError(f"RGS needs at least one sample, got {samples}")
+        if sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        if antithetic and samples % 2:
+            raise ValueError(f"antithetic RGS needs an even number of samples, got {samples}")
+        if grad_clip is not None and grad_clip <= 0:
+            raise ValueError(f"grad_clip must be positive, got {grad_clip}")
+        self.theta = torch.nn.Parameter(theta.detach().clone())
+        self.sigma, self.samples, self.seed = float(sigma), samples, int(seed)
+        self.antithetic, self.grad_clip = antithetic, grad_clip
+        make = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        self.optimizer = make([self.theta])
+
+    def population_of(self, step: int) -> torch.Tensor:
+        """The (N, d) perturbed weights of `step` (no autograd)."""
+        base = self.theta.detach()
+        if self.sigma == 0:
+            return base.expand(self.samples, -1).clone()
+        n = self.samples // 2 if self.antithetic else self.samples
+        scaled = self.sigma * _population_noise(base.numel(), n, self.seed, step, device=base.device, dtype=base.dtype)
+        if self.antithetic:
+            return torch.cat([base + scaled, base - scaled])
+        return base + scaled
+
+    def gradient(self, loss_fn: PopulationLoss, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(smoothed gradient (d,), member losses (N,), finite-member mask (N,)) at `step`."""
+        pop = self.population_of(step).requires_grad_(True)
+        losses = loss_fn(pop)
+        if losses.shape != (self.samples,):
+            raise ValueError(f"the population loss must have shape ({self.samples},), got {tuple(losses.shape)}")
+        ok = torch.isfinite(losses.detach())
+        (grad,) = torch.autograd.grad(torch.where(ok, losses, torch.zeros_like(losses)).sum(), pop,
+                                      allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(pop)
+        ok = ok & torch.isfinite(grad).all(dim=1)
+        count = int(ok.sum())
+        g = grad[ok].sum(0) / count if count else torch.zeros_like(self.theta)
+        return g.detach(), losses.detach(), ok
+
+    def step(self, loss_fn: PopulationLoss, step: int) -> StepStats:
+        g, losses, ok = self.gradient(loss_fn, step)
+        bad = int((~ok).sum())
+        skipped = bad == self.samples
+        norm = float(g.norm())
+        if not skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.theta.grad = g.clone()
+            if self.grad_clip is not None:
+                norm = float(torch.nn.utils.clip_grad_norm_([self.theta], self.grad_clip))
+            self.optimizer.step()
+        _check_center(self.theta.detach(), step)
+        mean, lo, hi, _ = _loss_summary(torch.where(ok, losses, torch.full_like(losses, math.nan)))
+        return StepStats(mean, lo, hi, bad, self.samples, self.sigma, self.sigma, self.sigma, norm, skipped)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def state_dict(self) -> dict:
+        return {"theta": self.theta.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.theta.copy_(state["theta"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def make_torch_optimizer(name: str, lr: float, **kwargs) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
+    """Factory for ``torch.optim.<name>`` (case-insensitive: adam, adamw, sgd, ...)."""
+    lookup = {k.lower(): getattr(torch.optim, k) for k in dir(torch.optim)
+              if isinstance(getattr(torch.optim, k), type) and issubclass(getattr(torch.optim, k), torch.optim.Optimizer)
+              and k != "Optimizer"}
+    cls = lookup.get(name.lower())
+    if cls is None:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(sorted(lookup))}")
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    return lambda params: cls(params, lr=lr, **kwargs)

@@ -1,0 +1,48 @@
+"""The CTBench networks: shapes, layer structure, and that gls's IR runs them like PyTorch does."""
+import pytest
+import torch
+from torch import nn
+
+from gls import models
+from gls.net import Network
+from gls.nn import Normalize
+
+
+@pytest.mark.parametrize("name", models.NETS)
+def test_builds_and_ir_matches_pytorch(name):
+    in_shape = (1, 28, 28)
+    model = models.build(name, in_shape, (0.1307,), (0.3081,), width=4 if name.startswith("cnn7") else None).eval()
+    assert isinstance(model[0], Normalize)
+    assert any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in model) == name.endswith("_bn")
+    x = torch.rand(3, *in_shape)
+    if name.endswith("_bn"):  # non-trivial running statistics
+        with torch.no_grad():
+            model.train()(torch.rand(16, *in_shape))
+        model.eval()
+    net = Network.from_module(model)
+    out = net.forward(x)
+    assert out.shape == (1, 3, 10)
+    torch.testing.assert_close(out[0], model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_ctbench_architectures():
+    def kinds(m):
+        return [type(layer).__name__ for layer in m]
+
+    cnn3 = models.build("cnn3", (3, 32, 32), (0.5,) * 3, (0.2,) * 3)
+    assert kinds(cnn3) == ["Normalize", "Conv2d", "ReLU", "Conv2d", "ReLU", "Flatten", "Linear"]
+    assert (cnn3[1].out_channels, cnn3[1].kernel_size, cnn3[3].kernel_size, cnn3[6].in_features) == (16, (5, 5), (4, 4), 2048)
+    cnn5 = models.build("cnn5", (1, 28, 28), (0.5,), (0.2,))
+    assert [m.out_channels for m in cnn5 if isinstance(m, nn.Conv2d)] == [16, 16, 32] and cnn5[-1].in_features == 512
+    cnn7 = models.build("cnn7_bn", (3, 32, 32), (0.5,) * 3, (0.2,) * 3)
+    convs = [m for m in cnn7 if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 128] and [c.stride[0] for c in convs] == [1, 1, 2, 1, 1]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in cnn7) == 5 and sum(isinstance(m, nn.BatchNorm1d) for m in cnn7) == 1
+    assert [m for m in cnn7 if isinstance(m, nn.Linear)][0].in_features == 16 * 16 * 128
+    mlp = models.build("mlp", (1, 28, 28), (0.5,), (0.2,))
+    assert [m.out_features for m in mlp if isinstance(m, nn.Linear)] == [256, 64, 10]
+
+
+def test_bad_names():
+    with pytest.raises(ValueError, match="unknown network 'resnet'"):
+        models.build("resnet", (1, 28, 28), (0.5,), (0.2,))

@@ -1,0 +1,158 @@
+"""python -m gls.train: artefacts, exact resume, CLI errors, non-finite members and centres.
+
+Runs are tiny (64 MNIST training images, a width-4 MLP, cheap evaluation) so the file stays fast.
+"""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gls.train as train
+from gls import checkpoint, config, smoothing
+
+TINY = ["--train-subset", "64", "--val-subset", "32", "--test-subset", "32", "--batch-size", "32",
+        "--width", "4", "--certify", "ibp,deeppoly", "--pgd-steps", "2", "--eps-end-epoch", "1",
+        "--lr-milestones", "", "--progress", "false"]
+
+
+def _run(tmp_path, name, *args):
+    out = tmp_path / name
+    return train.main([*TINY, "--out", str(out), *args]), out
+
+
+def test_one_epoch_writes_every_artefact(tmp_path, capsys):
+    code, out = _run(tmp_path, "run", "--epochs", "1", "--method", "rgs", "--relaxation", "crown-ibp")
+    assert code == 0
+    for f in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "curves.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"] == "rgs" and cfg["relaxation"] == "crown-ibp" and cfg["population"] == 4
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train_loss", "eps", "sigma_mean", "val_natural_acc", "val_certified_acc", "time_s",
+                "nonfinite_members", "train_natural_acc", "train_certified_acc"):
+        assert key in row, key
+    assert row["eps"] == pytest.approx(0.1) and row["sigma_mean"] == pytest.approx(0.01)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["test"]["n"] == 32
+    assert set(summary["test"]["accuracy"]) == {"natural", "pgd", "ibp", "deeppoly", "best"}
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    text = capsys.readouterr().out
+    assert "certified best" in text and "epoch 1/1" in text
+    # a second run into the same directory is refused, with one line
+    assert train.main([*TINY, "--out", str(out), "--epochs", "1"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["pgpe", "rgs"])
+def test_resume_after_a_kill_is_exact(tmp_path, method):
+    args = ["--epochs", "3", "--method", method, "--relaxation", "ibp", "--seed", "7"]
+    code, full = _run(tmp_path, "full", *args)
+    assert code == 0
+    code, part = _run(tmp_path, "part", *args, "--halt-after-epoch", "1")
+    assert code == 0 and not (part / "summary.json").exists()
+    assert checkpoint.load(part)["epoch"] == 1
+    with open(part / "metrics.jsonl", "a") as f:  # a killed run may have logged past its checkpoint
+        f.write(json.dumps({"epoch": 2, "junk": True}) + "\n")
+    assert train.main(["--resume", str(part)]) == 0
+    a, b = checkpoint.load(full), checkpoint.load(part)
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
+    assert torch.equal(a["theta"], b["theta"])
+    if method == "pgpe":
+        assert torch.equal(a["optimizer"]["sigma"], b["optimizer"]["sigma"])
+    rows = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and not any("junk" in r for r in rows)
+    full_rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in full_rows]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--net", "resnet"], "unknown net 'resnet'"),
+    (["--eps", "-0.1"], "--eps must be a finite number >= 0"),
+    (["--dataset", "cifar10", "--data-dir", "{tmp}"], "CIFAR-10 not found"),
+    (["--method", "pgpe", "--population", "3"], "--population must be even"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--config", "{tmp}/none.toml"], "config file"),
+    (["--resume", "{tmp}"], "no checkpoint"),
+])
+def test_bad_options_exit_with_one_line(tmp_path, capsys, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = train.main([*argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_config_file_presets_and_precedence(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('preset = "mnist-0.3"\nnet = "cnn5"\nbatch-size = 64\n')
+    cfg = config.resolve(config.parse_args(["--config", str(f), "--batch-size", "16"]))
+    assert (cfg["eps"], cfg["net"], cfg["batch_size"], cfg["epochs"], cfg["train_eps"]) == (0.3, "cnn5", 16, 70, 0.3)
+    cfg = config.resolve(config.parse_args(["--preset", "cifar10-2/255", "--method", "pgpe"]))
+    assert cfg["eps"] == pytest.approx(2 / 255) and cfg["lr"] == 1e-2 and cfg["optimizer"] == "clipup"
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"nope": 1}))
+    with pytest.raises(config.ConfigError, match="unknown option 'nope'"):
+        config.resolve(config.parse_args(["--config", str(j)]))
+    assert config.parse_args(["--eps", "2/255"])["eps"] == pytest.approx(2 / 255)
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--help"])
+    text = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--population" in text and "--preset" in text and "--train-subset" not in text
+
+
+def test_cli_error_in_a_subprocess():
+    done = subprocess.run([sys.executable, "-m", "gls.train", "--net", "nope"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "unknown net" in done.stderr
+
+
+def test_nonfinite_members_are_counted_and_training_goes_on(tmp_path, monkeypatch):
+    real = train.population_loss
+
+    def poisoned(*args, **kwargs):
+        fn = real(*args, **kwargs)
+
+        def loss(pop):
+            out = fn(pop)
+            bad = torch.zeros_like(out)
+            bad[0] = math.nan
+            return out + bad
+        return loss
+
+    monkeypatch.setattr(train, "population_loss", poisoned)
+    code, out = _run(tmp_path, "nan", "--epochs", "1", "--method", "pgpe", "--population", "4")
+    assert code == 0
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert row["nonfinite_members"] == 2 and math.isfinite(row["train_loss"])
+
+
+def test_nonfinite_centre_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    real = train._make_optimizer
+
+    class Faulty:
+        def __init__(self, opt):
+            self.opt = opt
+
+        def __getattr__(self, name):
+            return getattr(self.opt, name)
+
+        def step(self, loss_fn, step):
+            stats = self.opt.step(loss_fn, step)
+            if step == 3:  # second step of epoch 2
+                self.opt.theta.data.fill_(math.nan)
+                smoothing._check_center(self.opt.theta, step)
+            return stats
+
+    monkeypatch.setattr(train, "_make_optimizer", lambda cfg, theta: Faulty(real(cfg, theta)))
+    code, out = _run(tmp_path, "div", "--epochs", "3")
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "non-finite at step 3" in err and "last.pt" in err
+    last = checkpoint.load(out)
+    assert last["epoch"] == 1 and torch.isfinite(last["theta"]).all()
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
