@@ -1,0 +1,75 @@
+"""Population bound throughput: gls's batched pass vs a loop of P single-network calls vs the reference.
+
+impl `gls` bounds all P members in one `gls.compute_bounds` call (default backends); `loop` makes P
+calls with one member each (what a user without population batching does); `reference` is the
+batched pass on the plain-PyTorch ops (`backend="reference"`). Throughput = bounded samples x members
+per second. At P = 1 the loop is the gls call itself, so it is not run.
+
+Sizes. full (GPU): batch 64, P in {1, 16, 64, 256}, every model and method. quick (CPU, keeps the
+suite inside 10 minutes on 2 cores): batch 64 where it is cheap (IBP, CROWN-IBP on the MLP), smaller
+batches where back-substitution is heavy (DeepPoly MLP 8, CROWN-IBP CNN3 16, DeepPoly CNN3 1), CNN3
+DeepPoly only up to P = 16 and CNN7 only with IBP, batch 8, P <= 16. Whatever size is asked, a case
+whose estimated memory (bench.workload.bound_pass_bytes) exceeds this machine's is skipped with the
+estimate in the reason: DeepPoly refines every unstable ReLU with a (P, B, 2n, N) coefficient block,
+which at batch 64 is 16 GiB for one CNN3 member and far beyond any GPU for CNN7.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gls
+from bench import nets, workload
+from bench.harness import bench_size, measure, record
+
+FULL_P = (1, 16, 64, 256)
+QUICK = [  # (model, method, batch, populations)
+    ("mlp", "ibp", 64, (1, 16, 64)),
+    ("mlp", "crown-ibp", 64, (1, 16, 64)),
+    ("mlp", "deeppoly", 8, (1, 16, 64)),
+    ("cnn3", "ibp", 64, (1, 16, 64)),
+    ("cnn3", "crown-ibp", 16, (1, 16, 64)),
+    ("cnn3", "deeppoly", 1, (1, 16)),
+    ("cnn7", "ibp", 8, (1, 16)),
+]
+FULL = [(m, meth, 64, FULL_P) for m in ("mlp", "cnn3", "cnn7") for meth in ("ibp", "crown-ibp", "deeppoly")]
+IMPLS = ("gls", "loop", "reference")
+ROUNDS = {"quick": 2, "full": 5}
+
+
+def pytest_generate_tests(metafunc):
+    if "impl" not in metafunc.fixturenames:
+        return
+    grid = FULL if bench_size(metafunc.config) == "full" else QUICK
+    cases = [pytest.param(m, meth, B, P, impl, id=f"{m}-{meth}-B{B}-P{P}-{impl}")
+             for m, meth, B, pops in grid for P in pops for impl in IMPLS if not (impl == "loop" and P == 1)]
+    metafunc.parametrize(("model", "method", "B", "P", "impl"), cases)
+
+
+def test_population_bounds(benchmark, request, device, model, method, B, P, impl):
+    module, x, y, eps = nets.build(model, B, device)
+    net = gls.Network.from_module(module)
+    ok, why = workload.fits(workload.bound_pass_bytes(net, x.shape[1:], method, 1 if impl == "loop" else P, B)
+                            + (4 * 2 * P * net.layout.numel if impl == "loop" else 0), device)
+    if not ok:
+        pytest.skip(f"does not fit: {why}")
+    params = net.layout.unflatten(workload.population(net, workload.flat_params(module), P))
+    if impl == "loop":
+        members = [{k: v[p:p + 1] for k, v in params.items()} for p in range(P)]
+
+        def run():
+            return [gls.compute_bounds(net, x, eps, method=method, labels=y, params=m) for m in members]
+    else:
+        backend = "reference" if impl == "reference" else None
+
+        def run():
+            return gls.compute_bounds(net, x, eps, method=method, labels=y, params=params, backend=backend)
+
+    try:
+        with torch.inference_mode():
+            measure(benchmark, run, device, rounds=ROUNDS[bench_size(request.config)])
+    except torch.cuda.OutOfMemoryError as exc:
+        torch.cuda.empty_cache()
+        pytest.skip(f"out of GPU memory: {exc}")
+    record(benchmark, request, suite="bounds", role="candidate" if impl == "gls" else "baseline",
+           items=B * P, unit="bounds")

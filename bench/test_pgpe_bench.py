@@ -1,0 +1,106 @@
+"""PGPE step: time and peak memory of gls.smoothing.PGPE.step vs a naive step.
+
+`gls` (candidate): gls.smoothing.PGPE.step on a population loss that bounds all P members in one
+gls.compute_bounds pass (robust loss of the lower margin bounds). `naive` (baseline): the noise
+materialised as a (P/2, d) tensor and kept for the update, the (P, d) population built from it, one
+bound pass per member in a Python loop, then the same centred-rank PGPE gradient and ClipUp step.
+
+Memory: peak memory above the level before the first step (bench.harness.peak_extra_bytes: the
+torch.cuda.max_memory_allocated delta on a GPU, the sampled live-heap delta from glibc's mallinfo2 on
+a CPU; the report says which). Where a size does not fit, it is skipped; bench.report extrapolates the peak to P = 256
+linearly in P from the populations measured, and marks the figure as extrapolated.
+
+Sizes (d = 29,930 for CNN3, 89,610 for the MLP, 17.2 M for CNN7): full: batch 64 (CNN7: 8),
+P in {16, 64, 256}; quick (CPU): batch 8 (CNN7: 1), P in {16, 64} (CNN7: {4, 16}: a CNN7 population
+of 64 alone is 4.4 GB, and CPU time is the limit).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gls
+from gls.smoothing import PGPE, centered_ranks
+from bench import nets, workload
+from bench.harness import bench_size, measure, peak_extra_bytes, record
+
+SIGMA, LR = 0.01, 0.01
+GRID = {  # (model, method, batch, populations)
+    "quick": [("mlp", "crown-ibp", 8, (16, 64)), ("cnn3", "crown-ibp", 8, (16, 64)), ("cnn7", "ibp", 1, (4, 16))],
+    "full": [("mlp", "crown-ibp", 64, (16, 64, 256)), ("cnn3", "crown-ibp", 64, (16, 64, 256)),
+             ("cnn7", "ibp", 8, (16, 64, 256))],
+}
+IMPLS = ("gls", "naive")
+ROUNDS = {"quick": 2, "full": 5}
+
+
+def pytest_generate_tests(metafunc):
+    if "impl" not in metafunc.fixturenames:
+        return
+    cases = [pytest.param(m, meth, B, P, impl, id=f"{m}-{meth}-B{B}-P{P}-{impl}")
+             for m, meth, B, pops in GRID[bench_size(metafunc.config)] for P in pops for impl in IMPLS]
+    metafunc.parametrize(("model", "method", "B", "P", "impl"), cases)
+
+
+class NaivePGPE:
+    """The textbook step with everything materialised: noise (P/2, d) kept, a loop over members."""
+
+    def __init__(self, theta: torch.Tensor, population: int, member_loss):
+        self.theta, self.population, self.member_loss = theta.clone(), population, member_loss
+        self.sigma = torch.full_like(theta, SIGMA)
+        self.velocity = torch.zeros_like(theta)
+
+    def step(self):
+        n = self.population // 2
+        z = torch.randn(n, self.theta.numel(), device=self.theta.device)
+        pop = torch.cat([self.theta + self.sigma * z, self.theta - self.sigma * z])
+        losses = torch.stack([self.member_loss(pop[p:p + 1])[0] for p in range(self.population)])
+        ranks = centered_ranks(-losses)
+        f_plus, f_minus = ranks[:n], ranks[n:]
+        g_mu = (0.5 * (f_plus - f_minus)) @ (self.sigma * z) / n
+        g_sigma = ((0.5 * (f_plus + f_minus) - ranks.mean()) @ ((self.sigma * z) ** 2 - self.sigma ** 2)) / (n * self.sigma)
+        self.velocity = 0.9 * self.velocity + LR * g_mu / g_mu.norm().clamp_min(1e-30)
+        speed = self.velocity.norm()
+        if speed > 2 * LR:
+            self.velocity = self.velocity * (2 * LR / speed)
+        self.theta = self.theta + self.velocity
+        limit = 0.2 * self.sigma
+        self.sigma = self.sigma + torch.clamp(0.1 * g_sigma, -limit, limit)
+
+
+def _naive_bytes(P: int, d: int, pass_bytes: int) -> int:
+    return 4 * d * (3 * P // 2 + 4) + pass_bytes
+
+
+def test_pgpe_step(benchmark, request, device, model, method, B, P, impl):
+    module, x, y, eps = nets.build(model, B, device)
+    net = gls.Network.from_module(module)
+    d = net.layout.numel
+    # gls: population + noise copies (about 3 P d floats) and one P-member pass; naive: see _naive_bytes
+    need = (4 * 3 * P * d + workload.bound_pass_bytes(net, x.shape[1:], method, P, B) if impl == "gls"
+            else _naive_bytes(P, d, workload.bound_pass_bytes(net, x.shape[1:], method, 1, B)))
+    ok, why = workload.fits(need, device)
+    if not ok:
+        pytest.skip(f"does not fit: {why}")
+    loss = workload.population_loss(net, x, y, eps, method)
+    theta0 = workload.flat_params(module)
+    if impl == "gls":
+        opt = PGPE(theta0, sigma=SIGMA, lr=LR, population=P, seed=0)
+        counter = iter(range(10**9))
+
+        def step():
+            return opt.step(loss, next(counter))
+    else:
+        opt = NaivePGPE(theta0, P, loss)
+        step = opt.step
+
+    with torch.no_grad():
+        try:
+            peak, how = peak_extra_bytes(step, device)  # the first step, also the warm-up
+            measure(benchmark, step, device, rounds=ROUNDS[bench_size(request.config)], warmup=0)
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            pytest.skip(f"out of GPU memory: {exc}")
+    record(benchmark, request, suite="pgpe", role="candidate" if impl == "gls" else "baseline", items=P,
+           unit="members", d=d, peak_bytes=peak, memory_measure=how,
+           note=f"memory: {how}; items = population members evaluated per step")
