@@ -29,7 +29,7 @@ using at::Tensor;
 // kLanes independent partial sums (fixed order, so results do not depend on the vector width), which
 // lets the compiler vectorise it without reassociating.
 template <typename T>
-__attribute__((noinline)) T relax_row(T* __restrict__ o, const T* __restrict__ al, const T* __restrict__ cl,
+GLS_SIMD_CLONES __attribute__((noinline)) T relax_row(T* __restrict__ o, const T* __restrict__ al, const T* __restrict__ cl,
                                       const T* __restrict__ au, const T* __restrict__ cu, int64_t n) {
   T lane[kLanes<T>] = {};
   int64_t j = 0;
@@ -70,15 +70,16 @@ void backsub_cpu_impl(const BacksubShape& s, const T* lam, const T* W, const T* 
           std::fill(out_p, out_p + (r1 - r0) * n_in, T(0));
         }
       }
+      T* bias_p = bias + p * rows + r0;
+      if (b != nullptr && n_out > 0) {  // bias = lam . b for the block's rows: one GEMV
+        gemm_block<T>(r1 - r0, 1, n_out, lam_p, n_out, b + p * b_stride, 1, false, bias_p, 1);
+      } else {
+        std::fill(bias_p, bias_p + (r1 - r0), T(0));
+      }
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t relax_off = p * r_stride + (r / s.S) * n_in;
-        const T *al = a_l + relax_off, *cl = c_l + relax_off, *au = a_u + relax_off, *cu = c_u + relax_off;
-        T* o = out_p + (r - r0) * n_in;
-        T acc = relax_row<T>(o, al, cl, au, cu, n_in);
-        if (b != nullptr) {
-          acc += dot(lam_p + (r - r0) * n_out, b + p * b_stride, n_out);
-        }
-        bias[p * rows + r] = acc;
+        bias_p[r - r0] += relax_row<T>(out_p + (r - r0) * n_in, a_l + relax_off, c_l + relax_off, a_u + relax_off,
+                                       c_u + relax_off, n_in);
       }
     }
   });

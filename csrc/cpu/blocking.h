@@ -1,5 +1,5 @@
-// Building blocks of the CPU bound-propagation kernels: task sizes, GEMM on raw blocks, and row
-// reductions in a fixed number of partial sums (vectorisable, and independent of the vector width).
+// Building blocks of the CPU bound-propagation kernels: task sizes, GEMM on raw blocks, and the
+// partial-sum width of row reductions (fixed, so results do not depend on the vector width).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -49,17 +49,6 @@ T lane_sum(T (&lane)[N]) {
   for (int64_t half = N / 2; half > 0; half /= 2)
     for (int64_t l = 0; l < half; ++l) lane[l] += lane[l + half];
   return lane[0];
-}
-
-// a . b over n entries.
-template <typename T>
-__attribute__((noinline)) T dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
-  T lane[kLanes<T>] = {};
-  int64_t j = 0;
-  for (; j + kLanes<T> <= n; j += kLanes<T>)
-    for (int64_t l = 0; l < kLanes<T>; ++l) lane[l] += a[j + l] * b[j + l];
-  for (int64_t l = 0; j < n; ++j, ++l) lane[l] += a[j] * b[j];
-  return lane_sum(lane);
 }
 
 }  // namespace gls

@@ -18,7 +18,7 @@ using at::Tensor;
 
 // sum_j lam_j^+ lo_j + lam_j^- hi_j, in kLanes fixed partial sums.
 template <typename T>
-__attribute__((noinline)) T box_row(const T* __restrict__ lam, const T* __restrict__ lo, const T* __restrict__ hi,
+GLS_SIMD_CLONES __attribute__((noinline)) T box_row(const T* __restrict__ lam, const T* __restrict__ lo, const T* __restrict__ hi,
                                     int64_t n) {
   T lane[kLanes<T>] = {};
   int64_t j = 0;

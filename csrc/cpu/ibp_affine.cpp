@@ -25,7 +25,7 @@ namespace {
 using at::Tensor;
 
 template <typename T>
-__attribute__((noinline)) void abs_block(const T* __restrict__ w, T* __restrict__ out, int64_t n) {
+GLS_SIMD_CLONES __attribute__((noinline)) void abs_block(const T* __restrict__ w, T* __restrict__ out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = abs_value(w[j]);
 }
 
