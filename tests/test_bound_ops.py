@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gls import native, ops
+from gls.native import backsub_backward
 from gls.reference import bound_ops as ref
 
 OPS = ("backsub_linear_relu", "concretize", "ibp_affine")
@@ -151,7 +152,8 @@ def _grads(fn, args):
     out = out if isinstance(out, tuple) else (out,)
     gen = torch.Generator(device=out[0].device).manual_seed(1)
     loss = sum((o * torch.randn(o.shape, dtype=o.dtype, device=o.device, generator=gen)).sum() for o in out)
-    return torch.autograd.grad(loss, leaves)
+    got = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, got)]
 
 
 def _leaf_args(args):
@@ -168,6 +170,45 @@ def _gradient_cases(device):
 
 
 REFERENCE = {"backsub_linear_relu": ref.backsub_linear_relu, "concretize": ref.concretize, "ibp_affine": _ibp_joint}
+
+
+@pytest.mark.parametrize("backend,device", _backends("backsub_linear_relu"))
+@pytest.mark.parametrize("members", [(3, 3, 3), (1, 1, 1), (3, None, 1)])  # W, b, relaxation
+def test_backsub_gradients_match_reference(backend, device, members):
+    """The closed-form backward against autograd through the reference, shared inputs and g == 0 included."""
+    w_m, b_m, r_m = members
+    args = _backsub_args(3, 2, 4, 7, 9, w_members=w_m, b_members=b_m, r_members=r_m, dtype=torch.float64, device=device)
+    args[0][1, 1, 2] = 0  # a zero row of lam: g == 0 exactly, where the reference's clamps pass no gradient
+    kernel = lambda *a: ops.backsub_linear_relu(*a, backend=backend)  # noqa: E731
+    for g, r in zip(_grads(kernel, _leaf_args(args)), _grads(ref.backsub_linear_relu, _leaf_args(args))):
+        torch.testing.assert_close(g, r)
+    only_bias = lambda *a: kernel(*a)[1]  # noqa: E731  (an unused output: its gradient arrives as None)
+    for g, r in zip(_grads(only_bias, _leaf_args(args)), _grads(lambda *a: ref.backsub_linear_relu(*a)[1], _leaf_args(args))):
+        torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("backend,device", _backends("backsub_linear_relu_backward"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (3, 2, 5, 33, 17), (2, 3, 1, 129, 65), (2, 3, 0, 4, 5), (2, 3, 2, 0, 5), (0, 2, 2, 3, 4)])
+@pytest.mark.parametrize("members", [(None, None), (1, 1)])  # W, relaxation: per member / shared
+def test_backsub_backward_kernel_matches_torch(backend, device, dtype, shape, members):
+    """The fused backward epilogue against the same formulas in torch ops (its double-backward path)."""
+    P = shape[0]
+    w_m, r_m = (m if m is not None else P for m in members)
+    lam, W, _, *relax = _backsub_args(*shape, w_members=w_m, b_members=None, r_members=r_m, dtype=dtype, device=device)
+    lam[..., :1, :] = 0  # g == 0 rows
+    g_lam = torch.randn(*shape[:3], shape[4], dtype=dtype, device=device)
+    g_bias = torch.randn(shape[:3], dtype=dtype, device=device)
+    got = torch.ops.gls.backsub_linear_relu_backward(lam, W, g_lam, g_bias, *relax)
+    want = backsub_backward._epilogue_torch(lam, W, g_lam, g_bias, *relax)
+    _assert_all_close(tuple(got), tuple(want), dtype)
+
+
+@pytest.mark.parametrize("backend,device", _backends("backsub_linear_relu"))
+def test_backsub_double_backward(backend, device):
+    args = _backsub_args(2, 2, 2, 3, 4, w_members=2, b_members=2, r_members=2, dtype=torch.float64, device=device)
+    fn = lambda *a: ops.backsub_linear_relu(*a, backend=backend)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, tuple(_leaf_args(args)))
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -204,6 +245,10 @@ def test_opcheck(op):
     torch.library.opcheck(getattr(torch.ops.gls, op).default, tuple(f32))
     f64 = _leaf_args(_gradient_cases("cpu")[op])
     torch.library.opcheck(getattr(torch.ops.gls, op).default, tuple(f64))
+    if op == "backsub_linear_relu":
+        lam, W, _, *relax = f64
+        grads = (torch.randn(*lam.shape[:3], W.shape[-1], dtype=lam.dtype), torch.randn(lam.shape[:3], dtype=lam.dtype))
+        torch.library.opcheck(torch.ops.gls.backsub_linear_relu_backward.default, (lam.detach(), W.detach(), *grads, *(r.detach() for r in relax)))
     if op != "concretize":  # b = None
         no_b = list(f64)
         no_b[2 if op == "backsub_linear_relu" else 3] = None
@@ -233,6 +278,12 @@ def test_errors():
     for args, msg in _backsub_bad_inputs():
         with pytest.raises(RuntimeError, match=msg):
             ops.backsub_linear_relu(*args, backend="cpp")
+    lam, W, _, *relax = _backsub_args(2, 3, 4, 5, 6, w_members=2, b_members=None, r_members=2)
+    for grads, msg in [((torch.zeros(2, 3, 4, 5), torch.zeros(2, 3, 4)), "grad_lam must have shape"),
+                       ((torch.zeros(2, 3, 4, 6), torch.zeros(2, 3)), "grad_bias must have shape"),
+                       ((torch.zeros(2, 3, 4, 6, dtype=torch.float64), torch.zeros(2, 3, 4)), "same dtype")]:
+        with pytest.raises(RuntimeError, match=msg):
+            torch.ops.gls.backsub_linear_relu_backward(lam, W, *grads, *relax)
     lam, bias, lo, hi = _concretize_args(2, 3, 4, 5)
     for args, msg in [((lam, bias[..., :2], lo, hi), "bias must have shape"),
                       ((lam, bias, lo[:2], hi), "x_lo must have shape"),

@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kThreads)
     backsub_tile_kernel(BacksubArgs a, const T* __restrict__ lam, const T* __restrict__ W, const T* __restrict__ a_l,
                         const T* __restrict__ c_l, const T* __restrict__ a_u, const T* __restrict__ c_u,
                         T* __restrict__ out, T* __restrict__ partial) {
-  __shared__ T lam_s[kTileK][kTileM];  // lam tile, transposed: [k][row]
+  __shared__ T lam_s[kTileK][kTileM + 1];  // lam tile, transposed: [k][row] (+1: conflict-free transposing stores)
   __shared__ T w_s[kTileK][kTileN];    // W tile: [k][col]
   const int tid = threadIdx.x, tx = tid % kLanes, ty = tid / kLanes;
   const int64_t p = blockIdx.z, row0 = int64_t(blockIdx.y) * kTileM, col0 = int64_t(blockIdx.x) * kTileN;

@@ -29,9 +29,9 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     ibp_affine_kernel(IbpArgs a, const T* __restrict__ mid, const T* __restrict__ rad, const T* __restrict__ W,
                       const T* __restrict__ b, T* __restrict__ mid_out, T* __restrict__ rad_out) {
-  __shared__ T mid_s[kTileK][kTileM];  // [k][batch row]
-  __shared__ T rad_s[kTileK][kTileM];
-  __shared__ T w_s[kTileK][kTileN];  // [k][output column] = W[column][k]
+  __shared__ T mid_s[kTileK][kTileM + 1];  // [k][batch row] (+1: conflict-free transposing stores)
+  __shared__ T rad_s[kTileK][kTileM + 1];
+  __shared__ T w_s[kTileK][kTileN + 1];  // [k][output column] = W[column][k]
   const int tid = threadIdx.x, tx = tid % kLanes, ty = tid / kLanes;
   const int64_t p = blockIdx.z, row0 = int64_t(blockIdx.y) * kTileM, col0 = int64_t(blockIdx.x) * kTileN;
   const T* mid_p = mid + p * a.mid_stride;

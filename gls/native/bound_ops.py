@@ -1,8 +1,13 @@
-"""Fake kernels and autograd for the compiled bound-propagation ops (schemas in csrc/ops.cpp)."""
+"""Fake kernels and autograd for the compiled bound-propagation ops (schemas in csrc/ops.cpp).
+
+backsub_linear_relu has a closed-form backward (gls/native/backsub_backward.py); the others back-propagate
+through their reference (gls/native/autograd.py).
+"""
 from __future__ import annotations
 
 import torch
 
+from gls.native import backsub_backward
 from gls.native.autograd import register_reference_vjp
 from gls.reference import bound_ops as ref
 
@@ -23,7 +28,7 @@ def _backsub_linear_relu_fake(lam, W, b, a_l, c_l, a_u, c_u):
     return lam.new_empty((P, B, S, W.shape[-1])), lam.new_empty((P, B, S))
 
 
-register_reference_vjp("gls::backsub_linear_relu", ref.backsub_linear_relu, tensor_args=(0, 1, 2, 3, 4, 5, 6))
+torch.library.register_autograd("gls::backsub_linear_relu", backsub_backward.backward, setup_context=backsub_backward.setup_context)
 
 
 @torch.library.register_fake("gls::concretize")
@@ -53,3 +58,10 @@ def _ibp_affine_joint(mid, rad, W, b):
 
 
 register_reference_vjp("gls::ibp_affine", _ibp_affine_joint, tensor_args=(0, 1, 2, 3))
+
+
+@torch.library.register_fake("gls::backsub_linear_relu_backward")
+def _backsub_linear_relu_backward_fake(lam, W, grad_lam, grad_bias, a_l, c_l, a_u, c_u):
+    P, B, _, _ = lam.shape
+    relax = lam.new_empty((P, B, W.shape[-1]))
+    return torch.empty_like(grad_lam), relax, torch.empty_like(relax), torch.empty_like(relax), torch.empty_like(relax)
