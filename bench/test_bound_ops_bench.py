@@ -3,7 +3,9 @@ GEMM-shaped ones against torch.matmul on the same shapes (the FLOP/s ceiling), i
 
 impl: `kernel` (candidate: backend cpp on a CPU, cuda on a GPU), `reference` (baseline:
 gls.reference.bound_ops) and, for backsub_linear_relu and ibp_affine, `matmul` (baseline: the bare
-matmuls, no epilogue; its ratio is the kernel's fraction of matmul's FLOP/s).
+matmuls, no epilogue; its ratio is the kernel's fraction of matmul's FLOP/s). backsub_linear_relu_grad
+times forward + backward (the kernel's closed-form backward vs autograd through the reference;
+throughput counts the three GEMMs of forward and backward).
 
 Grid (`--bench-size`): quick = MLP 784-100-100-10 shapes (B=64, S=18: 9 margins, lower and upper)
 for P in 1, 16, 64, and one CNN-dense-sized step, all CPU-friendly; full adds GPU sizes (CNN7's dense
@@ -25,6 +27,10 @@ BACKSUB = {  # (P, B, S, N_out, N_in)
               (64, 64, 18, 10, 100), (16, 16, 18, 512, 1024)],
     "full": [(256, 64, 18, 100, 100), (64, 128, 18, 512, 4096), (256, 128, 18, 512, 512)],
 }
+BACKSUB_GRAD = {  # (P, B, S, N_out, N_in): forward and backward (RGS back-propagates through the bounds)
+    "quick": [(1, 64, 18, 100, 100), (16, 64, 18, 100, 100), (64, 64, 18, 100, 100)],
+    "full": [(256, 64, 18, 100, 100), (64, 128, 18, 512, 1024)],
+}
 CONCRETIZE = {  # (P, B, S, N)
     "quick": [(1, 64, 18, 784), (16, 64, 18, 784), (64, 64, 18, 784)],
     "full": [(256, 128, 18, 784), (64, 128, 18, 3072)],
@@ -43,6 +49,7 @@ def _grid(table, size):
 def pytest_generate_tests(metafunc):
     size = bench_size(metafunc.config)
     for name, table, impls in (("backsub", BACKSUB, ("kernel", "reference", "matmul")),
+                               ("backsub_grad", BACKSUB_GRAD, ("kernel", "reference")),
                                ("concretize", CONCRETIZE, ("kernel", "reference")),
                                ("ibp", IBP, ("kernel", "reference", "matmul"))):
         if f"{name}_case" in metafunc.fixturenames:
@@ -75,6 +82,26 @@ def test_backsub_linear_relu(benchmark, request, device, backsub_case, impl):
         measure(benchmark, fn, device, rounds=ROUNDS[bench_size(request.config)])
     record(benchmark, request, suite="bound_ops.backsub_linear_relu", role="candidate" if impl == "kernel" else "baseline",
            items=2 * P * B * S * n_out * n_in, unit="FLOP", backend=backend)
+
+
+def test_backsub_linear_relu_grad(benchmark, request, device, backsub_grad_case, impl):
+    """Forward and backward: the kernel with its closed-form backward vs autograd through the reference."""
+    backend = _backend(device, "backsub_linear_relu", backsub_grad_case, BACKSUB_GRAD)
+    P, B, S, n_out, n_in = backsub_grad_case
+    lo = torch.randn(P, B, n_in, device=device)
+    relax = [t.requires_grad_() for t in ref.relu_relax(lo, lo + torch.rand_like(lo) * 2, "deeppoly")]
+    args = (torch.randn(P, B, S, n_out, device=device, requires_grad=True),
+            (torch.randn(P, n_out, n_in, device=device) / n_out ** 0.5).requires_grad_(),
+            torch.randn(P, n_out, device=device, requires_grad=True), *relax)
+    fn = {"kernel": lambda *a: ops.backsub_linear_relu(*a, backend=backend), "reference": ref.backsub_linear_relu}[impl]
+
+    def step():
+        lam, bias = fn(*args)
+        return torch.autograd.grad(lam.sum() + bias.sum(), args)
+
+    measure(benchmark, step, device, rounds=ROUNDS[bench_size(request.config)])
+    record(benchmark, request, suite="bound_ops.backsub_linear_relu_grad", role="candidate" if impl == "kernel" else "baseline",
+           items=6 * P * B * S * n_out * n_in, unit="FLOP", backend=backend)
 
 
 def test_concretize(benchmark, request, device, concretize_case, impl):
