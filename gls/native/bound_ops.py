@@ -1,8 +1,13 @@
-"""Fake kernels and autograd for the compiled bound-propagation ops (schemas in csrc/ops.cpp)."""
+"""Fake kernels and autograd for the compiled bound-propagation ops (schemas in csrc/ops.cpp).
+
+backsub_linear_relu has a closed-form backward (gls/native/backsub_backward.py); the others back-propagate
+through their reference (gls/native/autograd.py).
+"""
 from __future__ import annotations
 
 import torch
 
+from gls.native import backsub_backward
 from gls.native.autograd import register_reference_vjp
 from gls.reference import bound_ops as ref
 
@@ -14,3 +19,49 @@ def _relu_relax_fake(l, u, method):
 
 
 register_reference_vjp("gls::relu_relax", ref.relu_relax, tensor_args=(0, 1))
+
+
+@torch.library.register_fake("gls::backsub_linear_relu")
+def _backsub_linear_relu_fake(lam, W, b, a_l, c_l, a_u, c_u):
+    torch._check(lam.dim() == 4 and W.dim() == 3, lambda: "backsub_linear_relu: lam must be 4-D and W 3-D")
+    P, B, S, _ = lam.shape
+    return lam.new_empty((P, B, S, W.shape[-1])), lam.new_empty((P, B, S))
+
+
+torch.library.register_autograd("gls::backsub_linear_relu", backsub_backward.backward, setup_context=backsub_backward.setup_context)
+
+
+@torch.library.register_fake("gls::concretize")
+def _concretize_fake(lam, bias, x_lo, x_hi):
+    torch._check(lam.dim() == 4, lambda: "concretize: lam must be 4-D (P,B,S,N)")
+    return lam.new_empty(lam.shape[:3])
+
+
+register_reference_vjp("gls::concretize", ref.concretize, tensor_args=(0, 1, 2, 3))
+
+
+@torch.library.register_fake("gls::ibp_affine")
+def _ibp_affine_fake(mid, rad, W, b):
+    torch._check(mid.dim() == 3 and rad.dim() == 3 and W.dim() == 3, lambda: "ibp_affine: mid, rad and W must be 3-D")
+    members = [t.shape[0] for t in (mid, rad, W, b) if t is not None and t.shape[0] != 1]
+    P = members[-1] if members else 1
+    shape = (P, mid.shape[1], W.shape[1])
+    return mid.new_empty(shape), mid.new_empty(shape)
+
+
+def _ibp_affine_joint(mid, rad, W, b):
+    """The reference with both outputs on the joint population axis, as the kernels return them.
+
+    (The reference broadcasts each output on its own: with only b or only mid per member, its rad has P = 1.)
+    """
+    return tuple(torch.broadcast_tensors(*ref.ibp_affine(mid, rad, W, b)))
+
+
+register_reference_vjp("gls::ibp_affine", _ibp_affine_joint, tensor_args=(0, 1, 2, 3))
+
+
+@torch.library.register_fake("gls::backsub_linear_relu_backward")
+def _backsub_linear_relu_backward_fake(lam, W, grad_lam, grad_bias, a_l, c_l, a_u, c_u):
+    P, B, _, _ = lam.shape
+    relax = lam.new_empty((P, B, W.shape[-1]))
+    return torch.empty_like(grad_lam), relax, torch.empty_like(relax), torch.empty_like(relax), torch.empty_like(relax)

@@ -1,0 +1,54 @@
+// Building blocks of the CPU bound-propagation kernels: task sizes, GEMM on raw blocks, and the
+// partial-sum width of row reductions (fixed, so results do not depend on the vector width).
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace gls {
+
+// Rows per task so that one task's block of `row_bytes`-wide rows fits in L2 (`target_bytes`) while
+// `members * rows` rows still give every thread a few tasks to balance.
+inline int64_t row_block(int64_t rows, int64_t members, int64_t row_bytes, int64_t target_bytes = int64_t(256) << 10) {
+  int64_t block = std::max<int64_t>(8, target_bytes / std::max<int64_t>(row_bytes, 1));
+  const int64_t tasks_wanted = 4 * int64_t(at::get_num_threads());
+  const int64_t rows_per_task = (members * rows + tasks_wanted - 1) / tasks_wanted;
+  block = std::min(block, std::max<int64_t>(8, rows_per_task));
+  return std::clamp<int64_t>(block, 1, std::max<int64_t>(rows, 1));
+}
+
+// A (rows x cols) row-major matrix view of raw memory with leading dimension `ld` (no copy, no ownership).
+template <typename T>
+at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<T*>(data), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// C = A @ B on raw blocks through ATen's BLAS (MKL/OpenBLAS; runs single-threaded inside our
+// parallel_for). `b_transposed`: B is stored as its (cols x k) transpose. Per-call overhead is ~1 us.
+template <typename T>
+void gemm_block(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed,
+                T* C, int64_t ldc) {
+  at::Tensor c = matrix_view(C, m, n, ldc);
+  const at::Tensor b = b_transposed ? matrix_view(B, n, k, ldb).t() : matrix_view(B, k, n, ldb);
+  at::mm_out(c, matrix_view(A, m, k, lda), b);
+}
+
+// Partial sums per row reduction: one cache line of T, enough for AVX-512 with no reassociation.
+template <typename T>
+inline constexpr int64_t kLanes = 64 / sizeof(T);
+
+// Sum of the partial sums, pairwise.
+template <typename T, int64_t N>
+T lane_sum(T (&lane)[N]) {
+  for (int64_t half = N / 2; half > 0; half /= 2)
+    for (int64_t l = 0; l < half; ++l) lane[l] += lane[l + half];
+  return lane[0];
+}
+
+}  // namespace gls
