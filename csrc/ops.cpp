@@ -28,6 +28,12 @@ TORCH_LIBRARY(gls, m) {
   m.def("concretize(Tensor lam, Tensor bias, Tensor x_lo, Tensor x_hi) -> Tensor");
   // Interval step through an affine layer: mid (P|1,B,N_in), rad likewise, W (P|1,N_out,N_in), b (P|1,N_out)? -> (mid, rad) (P,B,N_out).
   m.def("ibp_affine(Tensor mid, Tensor rad, Tensor W, Tensor? b) -> (Tensor, Tensor)");
+  // Fused backward epilogue of backsub_linear_relu: with g = lam W recomputed (never stored by the
+  // forward), dg = grad_lam*a_l + grad_bias*c_l where g > 0, grad_lam*a_u + grad_bias*c_u where g < 0,
+  // 0 where g == 0, and the relaxation gradients summed over specs: d_a_l = sum_s grad_lam*g^+,
+  // d_c_l = sum_s grad_bias*g^+, d_a_u = sum_s grad_lam*g^-, d_c_u = sum_s grad_bias*g^-, each
+  // (P,B,N_in) -> (dg, d_a_l, d_c_l, d_a_u, d_c_u).
+  m.def("backsub_linear_relu_backward(Tensor lam, Tensor W, Tensor grad_lam, Tensor grad_bias, Tensor a_l, Tensor c_l, Tensor a_u, Tensor c_u) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // ---- noise (gls/reference/noise.py holds the definitions; DESIGN.md section 2) ----
   // Seeds are the signed 64-bit reinterpretation of the unsigned seed; members is an int64 (R,) tensor of
