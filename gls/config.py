@@ -16,6 +16,7 @@ from pathlib import Path
 from gls.bounds import METHODS as RELAXATIONS
 from gls.models import INITS, NETS
 from gls.schedule import SCHEDULES
+from gls.smoothing import CENTER_OPTIMIZERS
 
 TRAIN_METHODS = ("pgpe", "rgs", "grad")
 
@@ -68,10 +69,12 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {s!r}")
 
 
-def _float(s: str) -> float:
+def number(s: str) -> float:
     s = s.strip()
     if "/" in s:  # 2/255
         num, den = s.split("/", 1)
+        if float(den) == 0:
+            raise ValueError(f"division by zero in {s!r}")
         return float(num) / float(den)
     return float(s)
 
@@ -101,11 +104,12 @@ def parser() -> argparse.ArgumentParser:
     a("--data-dir", help="directory with MNIST IDX files or the CIFAR-10 python batches")
     a("--net", help=f"network: {', '.join(NETS)} (default mlp)")
     a("--width", type=int, help="base width of the network (default: CTBench's for that network)")
-    a("--init", help="weight initialisation: ibp (default; Shi et al. 2021, keeps IBP boxes tight at the start) | default (PyTorch's)")
+    a("--init", help="weight initialisation: ibp (default; Shi et al. 2021, keeps IBP boxes tight at the "
+                     "start) | default (PyTorch's)")
     a("--method", help="pgpe | rgs | grad (default grad: plain gradients = RGS with sigma 0, one sample)")
     a("--relaxation", help=f"bound used in the loss: {', '.join(RELAXATIONS)} (default ibp)")
-    a("--eps", type=_float, help="test radius in pixel space, e.g. 0.1 or 2/255 (default 0.1)")
-    a("--train-eps", type=_float, help="training radius (default: --eps)")
+    a("--eps", type=number, help="test radius in pixel space, e.g. 0.1 or 2/255 (default 0.1)")
+    a("--train-eps", type=number, help="training radius (default: --eps)")
     a("--epochs", type=int, help="number of epochs")
     a("--batch-size", type=int, help="mini-batch size")
     a("--population", type=int, help="PGPE population (even) or RGS samples (default 16 / 4 / 1)")
@@ -127,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
     a("--seed", type=int, help="random seed (init, data order, noise)")
     a("--device", help="torch device (default cpu)")
     a("--threads", type=int, help="CPU threads for torch (default 1: on a shared machine torch's busy-waiting "
-                                  "threads ran 10-40x slower than one thread; 0 = torch's default)")
+                                  "threads ran 10-25x slower than one thread; 0 = torch's default)")
     a("--backend", help="gls.ops backend for the bounds (default: automatic)")
     a("--out", help="run directory (default runs/<dataset>-<net>-<method>-<relaxation>-eps<eps>-s<seed>)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where its last checkpoint left off")
@@ -188,53 +192,83 @@ def resolve(cli: dict, saved: dict | None = None) -> dict:
     return validate(cfg)
 
 
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _number(cfg: dict, key: str, *, lo: float = 0.0, strict: bool = False, integer: bool = False,
+            optional: bool = False, hi: float = math.inf) -> None:
+    """cfg[key] is a finite number in [lo, hi] (> lo if strict), an int if `integer`, or None if `optional`."""
+    v = cfg[key]
+    if v is None and optional:
+        return
+    if isinstance(v, str) and not integer:  # config files may spell eps as "2/255"
+        try:
+            v = cfg[key] = number(v)
+        except ValueError:
+            pass
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    ok = ok and not isinstance(v, bool) and math.isfinite(v) and (v > lo if strict else v >= lo) and v <= hi
+    if not ok:
+        bound = f"> {lo:g}" if strict else f">= {lo:g}"
+        upper = "" if hi == math.inf else f" and <= {int(hi) if integer else f'{hi:g}'}"
+        raise ConfigError(f"{_flag(key)} must be {kind} {bound}{upper}, got {v!r}")
+
+
+def _choice(cfg: dict, key: str, choices, what: str) -> None:
+    if cfg[key] not in choices:
+        raise ConfigError(f"unknown {what} {cfg[key]!r}; expected one of {', '.join(choices)}")
+
+
 def validate(cfg: dict) -> dict:
     """Check every value; fill derived ones (train_eps). Raises ConfigError with one line."""
+    cfg["dataset"] = str(cfg["dataset"]).lower().replace("-", "")
+    cfg["relaxation"] = {"crown": "deeppoly"}.get(cfg["relaxation"], cfg["relaxation"])
+    _choice(cfg, "dataset", ("mnist", "cifar10"), "dataset")
+    _choice(cfg, "net", NETS, "net")
+    _choice(cfg, "init", INITS, "init")
+    _choice(cfg, "method", TRAIN_METHODS, "method")
+    _choice(cfg, "relaxation", RELAXATIONS, "relaxation")
+    _choice(cfg, "eps_schedule", SCHEDULES, "eps schedule")
+    _number(cfg, "eps")
+    _number(cfg, "train_eps", optional=True)
+    if cfg["train_eps"] is None:
+        cfg["train_eps"] = cfg["eps"]
+    for key in ("epochs", "batch_size", "population", "eval_batch_size", "pgd_restarts"):
+        _number(cfg, key, lo=1, integer=True)
+    for key in ("pgd_steps", "threads", "eps_start_epoch", "eps_end_epoch"):
+        _number(cfg, key, integer=True)
+    for key in ("width", *sorted(_HIDDEN)):
+        _number(cfg, key, lo=1, integer=True, optional=True)
+    _number(cfg, "seed", integer=True, hi=2 ** 32 - 1)
+    _number(cfg, "lr", strict=True)
+    _number(cfg, "lr_decay", strict=True)
+    _number(cfg, "sigma")
+    _number(cfg, "robust_weight", hi=1.0)
+
     def need(cond, msg):
         if not cond:
             raise ConfigError(msg)
 
-    cfg["dataset"] = str(cfg["dataset"]).lower().replace("-", "")
-    need(cfg["dataset"] in ("mnist", "cifar10"), f"unknown dataset {cfg['dataset']!r}; expected mnist or cifar10")
-    need(cfg["net"] in NETS, f"unknown net {cfg['net']!r}; expected one of {', '.join(NETS)}")
-    need(cfg["init"] in INITS, f"unknown init {cfg['init']!r}; expected one of {', '.join(INITS)}")
-    need(cfg["method"] in TRAIN_METHODS, f"unknown method {cfg['method']!r}; expected one of {', '.join(TRAIN_METHODS)}")
-    cfg["relaxation"] = {"crown": "deeppoly"}.get(cfg["relaxation"], cfg["relaxation"])
-    need(cfg["relaxation"] in RELAXATIONS, f"unknown relaxation {cfg['relaxation']!r}; expected one of {', '.join(RELAXATIONS)}")
-    for key in ("eps", "train_eps"):
-        v = cfg[key]
-        if v is not None:
-            need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, f"--{key.replace('_', '-')} must be a finite number >= 0, got {v}")
-    if cfg["train_eps"] is None:
-        cfg["train_eps"] = cfg["eps"]
-    for key in ("epochs", "batch_size", "population", "eval_batch_size", "pgd_restarts"):
-        need(isinstance(cfg[key], int) and cfg[key] >= 1, f"--{key.replace('_', '-')} must be a positive integer, got {cfg[key]}")
-    need(isinstance(cfg["seed"], int) and 0 <= cfg["seed"] < 2 ** 32, f"--seed must be an integer in [0, 2**32), got {cfg['seed']}")
-    need(isinstance(cfg["threads"], int) and cfg["threads"] >= 0, "--threads must be >= 0")
-    need(isinstance(cfg["pgd_steps"], int) and cfg["pgd_steps"] >= 0, "--pgd-steps must be >= 0")
-    need(cfg["width"] is None or (isinstance(cfg["width"], int) and cfg["width"] >= 1), "--width must be a positive integer")
-    need(isinstance(cfg["lr"], (int, float)) and 0 < cfg["lr"] and math.isfinite(cfg["lr"]), f"--lr must be positive, got {cfg['lr']}")
-    need(isinstance(cfg["sigma"], (int, float)) and cfg["sigma"] >= 0 and math.isfinite(cfg["sigma"]), f"--sigma must be >= 0, got {cfg['sigma']}")
-    if cfg["method"] == "pgpe":
+    pop, method = cfg["population"], cfg["method"]
+    if method == "pgpe":
         need(cfg["sigma"] > 0, "--sigma must be > 0 for pgpe")
-        need(cfg["population"] >= 2 and cfg["population"] % 2 == 0, f"--population must be even and >= 2 for pgpe (antithetic pairs), got {cfg['population']}")
-        need(cfg["optimizer"] in ("clipup", "adam"), f"--optimizer for pgpe must be clipup or adam, got {cfg['optimizer']!r}")
+        need(pop >= 2 and pop % 2 == 0, f"--population must be even and >= 2 for pgpe (antithetic pairs), got {pop}")
+        need(cfg["optimizer"] in CENTER_OPTIMIZERS,
+             f"--optimizer for pgpe must be clipup or adam, got {cfg['optimizer']!r}")
     else:
-        need(cfg["optimizer"] != "clipup", "--optimizer clipup is PGPE's; use a torch optimizer (adam, sgd, ...) for rgs/grad")
-        if cfg["antithetic"]:
-            need(cfg["population"] % 2 == 0, "--antithetic needs an even --population")
-    if cfg["method"] == "grad":
-        need(cfg["sigma"] == 0 and cfg["population"] == 1, "--method grad is plain gradient training: it takes no --sigma/--population (use --method rgs)")
-    need(cfg["eps_schedule"] in SCHEDULES, f"unknown eps schedule {cfg['eps_schedule']!r}; expected one of {', '.join(SCHEDULES)}")
-    need(0 <= cfg["eps_start_epoch"] <= cfg["eps_end_epoch"], "need 0 <= --eps-start-epoch <= --eps-end-epoch")
-    need(0 <= cfg["robust_weight"] <= 1, f"--robust-weight must lie in [0, 1], got {cfg['robust_weight']}")
-    need(cfg["lr_decay"] > 0, "--lr-decay must be positive")
+        need(cfg["optimizer"] != "clipup", "--optimizer clipup is PGPE's; use a torch optimizer (adam, sgd, ...)")
+        need(not cfg["antithetic"] or pop % 2 == 0, "--antithetic needs an even --population")
+    if method == "grad":
+        need(cfg["sigma"] == 0 and pop == 1,
+             "--method grad is plain gradient training: it takes no --sigma/--population (use --method rgs)")
+    need(cfg["eps_start_epoch"] <= cfg["eps_end_epoch"], "need --eps-start-epoch <= --eps-end-epoch")
     bad = [m for m in cfg["certify"] if {"crown": "deeppoly"}.get(m, m) not in RELAXATIONS]
     need(not bad, f"unknown relaxation(s) for --certify: {', '.join(bad)}")
-    for key in _HIDDEN:
-        need(cfg[key] is None or (isinstance(cfg[key], int) and cfg[key] >= 1), f"--{key.replace('_', '-')} must be a positive integer")
     return cfg
 
 
 def default_out(cfg: dict) -> str:
-    return f"runs/{cfg['dataset']}-{cfg['net']}-{cfg['method']}-{cfg['relaxation']}-eps{cfg['eps']:g}-s{cfg['seed']}"
+    name = f"{cfg['dataset']}-{cfg['net']}-{cfg['method']}-{cfg['relaxation']}-eps{cfg['eps']:g}-s{cfg['seed']}"
+    return f"runs/{name}"

