@@ -1,8 +1,8 @@
 """gls: population-batched bound propagation (IBP, hBox, CROWN-IBP, DeepPoly) and Gaussian Loss
 Smoothing certified training. See DESIGN.md; the public names are re-exported here."""
-from gls import nn
+from gls import nn, noise
 from gls.bounds import METHODS, Bounds, compute_bounds, margin_spec
 from gls.loss import robust_loss
 from gls.net import Network, ParamLayout
 
-__all__ = ["nn", "METHODS", "Bounds", "compute_bounds", "margin_spec", "robust_loss", "Network", "ParamLayout"]
+__all__ = ["nn", "noise", "METHODS", "Bounds", "compute_bounds", "margin_spec", "robust_loss", "Network", "ParamLayout"]
