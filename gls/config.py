@@ -33,6 +33,7 @@ DEFAULTS: dict = {
     "eps_schedule": "smooth", "eps_start_epoch": 0, "eps_end_epoch": 6, "robust_weight": 1.0,
     "lr_milestones": [14, 17], "lr_decay": 0.2, "grad_clip": 10.0, "antithetic": False,
     "adapt_sigma": True, "stdev_lr": 0.1, "stdev_max_change": 0.2, "max_speed": None,
+    "pair_chunk": 0,
     "seed": 0, "device": "cpu", "threads": 1, "backend": None, "out": None, "init_from": None,
     "certify": ["ibp", "crown-ibp", "deeppoly"], "pgd_steps": 40, "pgd_restarts": 1,
     "eval_batch_size": 256, "train_subset": None, "val_subset": 1000, "test_subset": None,
@@ -128,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     a("--stdev-lr", type=float, help="PGPE: stdev learning rate (default 0.1)")
     a("--stdev-max-change", type=float, help="PGPE: max relative stdev change per step (default 0.2)")
     a("--max-speed", type=float, help="PGPE ClipUp max speed (default 2 * lr)")
+    a("--pair-chunk", type=int, help="PGPE: evaluate the population this many antithetic pairs at a time "
+                                     "(memory O(d) for large networks; default 0 = all in one pass)")
     a("--seed", type=int, help="random seed (init, data order, noise)")
     a("--device", help="torch device (default cpu)")
     a("--threads", type=int, help="CPU threads for torch (default 1: on a shared machine torch's busy-waiting "
@@ -237,7 +240,7 @@ def validate(cfg: dict) -> dict:
         cfg["train_eps"] = cfg["eps"]
     for key in ("epochs", "batch_size", "population", "eval_batch_size", "pgd_restarts"):
         _number(cfg, key, lo=1, integer=True)
-    for key in ("pgd_steps", "threads", "eps_start_epoch", "eps_end_epoch"):
+    for key in ("pgd_steps", "threads", "eps_start_epoch", "eps_end_epoch", "pair_chunk"):
         _number(cfg, key, integer=True)
     for key in ("width", *sorted(_HIDDEN)):
         _number(cfg, key, lo=1, integer=True, optional=True)

@@ -17,8 +17,8 @@ from gls.net import Network
 
 def population_loss(net: Network, x: torch.Tensor, y: torch.Tensor, *, eps: float, relaxation: str,
                     robust_weight: float, domain=(0.0, 1.0), backend=None, record: dict | None = None):
-    """A PopulationLoss for one mini-batch. If `record` is given, each call stores there the batch's
-    per-member natural and certified accuracy (fractions, (P,)) for the metrics."""
+    """A PopulationLoss for one mini-batch. If `record` is given, each call appends there the batch's
+    per-member natural and certified accuracy (fractions) and losses for the metrics; clear it per step."""
 
     def loss(theta_pop: torch.Tensor) -> torch.Tensor:
         params = net.layout.unflatten(theta_pop)
@@ -33,9 +33,11 @@ def population_loss(net: Network, x: torch.Tensor, y: torch.Tensor, *, eps: floa
             cert = (lower > 0).all(-1).float().mean(1)
         else:
             robust, cert = natural, nat_acc if eps == 0 else torch.full_like(nat_acc, float("nan"))
-        if record is not None:
-            record["natural_acc"], record["certified_acc"] = nat_acc.detach(), cert.detach()
-            record["natural_loss"], record["robust_loss"] = natural.detach(), robust.detach()
+        if record is not None:  # members evaluated in chunks append to what earlier calls stored
+            for key, value in (("natural_acc", nat_acc), ("certified_acc", cert), ("natural_loss", natural),
+                               ("robust_loss", robust)):
+                value = value.detach()
+                record[key] = torch.cat([record[key], value]) if key in record else value
         return (1 - robust_weight) * natural + robust_weight * robust
 
     return loss

@@ -93,18 +93,27 @@ class PGPE:
     Maximises fitness ``-loss``. ``sigma`` is a per-weight stdev vector; its adaptation (gradient step
     of ``stdev_lr``, clipped to ``±stdev_max_change`` of its value per update) can be switched off so
     that sigma stays the fixed smoothing width.
+
+    ``pair_chunk`` bounds memory: the population is evaluated ``pair_chunk`` antithetic pairs at a
+    time (each chunk written by ``noise.perturb`` with a member offset), so at most
+    ``2 * pair_chunk`` perturbed weight vectors exist at once and the step's memory is O(d) in the
+    number of weights. ``None`` evaluates the whole population in one batched pass (fastest when it
+    fits). The losses, and so the update, are the same either way.
     """
 
     def __init__(self, theta: torch.Tensor, *, sigma: float | torch.Tensor, lr: float, population: int,
                  seed: int, optimizer: str = "clipup", momentum: float = 0.9, max_speed: float | None = None,
                  adapt_sigma: bool = True, stdev_lr: float = 0.1, stdev_max_change: float = 0.2,
-                 betas: tuple[float, float] = (0.9, 0.999)):
+                 betas: tuple[float, float] = (0.9, 0.999), pair_chunk: int | None = None):
         if population < 2 or population % 2:
             raise ValueError(f"PGPE population must be an even number >= 2 (antithetic pairs), got {population}")
         if optimizer not in CENTER_OPTIMIZERS:
             raise ValueError(f"unknown PGPE centre optimizer {optimizer!r}; expected one of {CENTER_OPTIMIZERS}")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
+        if pair_chunk is not None and pair_chunk < 1:
+            raise ValueError(f"pair_chunk must be a positive number of antithetic pairs, got {pair_chunk}")
+        self.pair_chunk = pair_chunk
         self.theta = theta.detach().clone()
         self.sigma = torch.as_tensor(sigma, dtype=theta.dtype, device=theta.device).expand_as(self.theta).clone()
         if not bool((self.sigma > 0).all()):
@@ -124,9 +133,26 @@ class PGPE:
         """Centre step size (ClipUp's max speed follows it at a fixed ratio)."""
         self.lr, self.max_speed = lr, self.max_speed_ratio * lr
 
-    def population_of(self, step: int) -> torch.Tensor:
-        """The (P, d) weights evaluated at `step`: mu + sigma*z_i for the first half, mu - sigma*z_i after."""
-        return noise.perturb(self.theta, self.sigma, _noise_seed(self.seed, step), self.population, antithetic=True)
+    def population_of(self, step: int, first_pair: int = 0, pairs: int | None = None) -> torch.Tensor:
+        """The weights of pairs first_pair.. (all by default) at `step`, (2 * pairs, d): mu + sigma*z_i
+        in the first half, mu - sigma*z_i in the second."""
+        pairs = self.population // 2 - first_pair if pairs is None else pairs
+        return noise.perturb(self.theta, self.sigma, _noise_seed(self.seed, step), 2 * pairs,
+                             member_offset=first_pair, antithetic=True)
+
+    def losses(self, loss_fn: PopulationLoss, step: int) -> torch.Tensor:
+        """Member losses (P,) at `step`, rows ordered as population_of(step), in chunks of pair_chunk pairs."""
+        n = self.population // 2
+        chunk = self.pair_chunk or n
+        plus, minus = [], []
+        for first in range(0, n, chunk):
+            c = min(chunk, n - first)
+            out = loss_fn(self.population_of(step, first, c)).detach()
+            if out.shape != (2 * c,):
+                raise ValueError(f"the population loss must have shape ({2 * c},), got {tuple(out.shape)}")
+            plus.append(out[:c])
+            minus.append(out[c:])
+        return torch.cat(plus + minus)
 
     def gradients(self, losses: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(g_mu, g_sigma) of the fitness -losses at `step` (DESIGN §2); the noise is regenerated.
@@ -162,9 +188,7 @@ class PGPE:
     def step(self, loss_fn: PopulationLoss, step: int) -> StepStats:
         """Evaluate the population of `step` with `loss_fn` (no autograd) and update mu and sigma."""
         with torch.no_grad():
-            losses = loss_fn(self.population_of(step)).detach()
-            if losses.shape != (self.population,):
-                raise ValueError(f"the population loss must have shape ({self.population},), got {tuple(losses.shape)}")
+            losses = self.losses(loss_fn, step)
             g_mu, g_sigma = self.gradients(losses, step)
             self._center_step(g_mu)
             if self.adapt_sigma:

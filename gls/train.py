@@ -45,7 +45,8 @@ def _make_optimizer(cfg: dict, theta: torch.Tensor):
     if cfg["method"] == "pgpe":
         return PGPE(theta, sigma=cfg["sigma"], lr=cfg["lr"], population=cfg["population"], seed=cfg["seed"],
                     optimizer=cfg["optimizer"], max_speed=cfg["max_speed"], adapt_sigma=cfg["adapt_sigma"],
-                    stdev_lr=cfg["stdev_lr"], stdev_max_change=cfg["stdev_max_change"])
+                    stdev_lr=cfg["stdev_lr"], stdev_max_change=cfg["stdev_max_change"],
+                    pair_chunk=cfg["pair_chunk"] or None)
     clip = cfg["grad_clip"] if cfg["grad_clip"] and cfg["grad_clip"] > 0 else None
     return RGS(theta, sigma=cfg["sigma"], samples=cfg["population"], seed=cfg["seed"], antithetic=cfg["antithetic"],
                optimizer=make_torch_optimizer(cfg["optimizer"], cfg["lr"]), grad_clip=clip)
@@ -197,6 +198,7 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
                 weight = cfg["robust_weight"] * sched.ramp_fraction(step)
                 if bn:
                     _update_bn_stats(model, _center(opt), x)
+                record.clear()
                 loss_fn = population_loss(net, x, y, eps=eps_t, relaxation=cfg["relaxation"], robust_weight=weight,
                                           backend=cfg["backend"], record=record)
                 stats = opt.step(loss_fn, step)

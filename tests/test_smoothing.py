@@ -8,14 +8,7 @@ import torch
 from gls import smoothing
 from gls.smoothing import PGPE, RGS, NonFiniteCenterError, _population_noise, centered_ranks, make_torch_optimizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two busy-waiting threads run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 D = 7
@@ -140,6 +133,28 @@ def test_pgpe_update_matches_textbook_formula():
         pgpe.step(smooth_loss, step)
         np.testing.assert_allclose(pgpe.theta.numpy(), want_theta, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(pgpe.sigma.numpy(), want_sigma, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("pair_chunk", [1, 3])
+def test_pgpe_chunked_population_gives_the_same_update(pair_chunk):
+    theta = torch.randn(D, dtype=torch.float64)
+    whole = PGPE(theta, sigma=0.1, lr=0.05, population=10, seed=3)
+    chunked = PGPE(theta, sigma=0.1, lr=0.05, population=10, seed=3, pair_chunk=pair_chunk)
+    sizes = []
+
+    def counting_loss(pop):
+        sizes.append(len(pop))
+        return smooth_loss(pop)
+
+    for step in range(3):
+        torch.testing.assert_close(chunked.losses(counting_loss, step), smooth_loss(whole.population_of(step)))
+        whole.step(smooth_loss, step)
+        chunked.step(counting_loss, step)
+        torch.testing.assert_close(chunked.theta, whole.theta, rtol=0, atol=1e-12)
+        torch.testing.assert_close(chunked.sigma, whole.sigma, rtol=0, atol=1e-12)
+    assert max(sizes) == 2 * pair_chunk  # never more than pair_chunk pairs of weight vectors at once
+    with pytest.raises(ValueError, match="pair_chunk"):
+        PGPE(theta, sigma=0.1, lr=0.05, population=10, seed=3, pair_chunk=0)
 
 
 def test_pgpe_stdev_clip_and_fixed_sigma():

@@ -13,14 +13,7 @@ import torch
 import gls.train as train
 from gls import checkpoint, config, smoothing
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two busy-waiting threads run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = ["--train-subset", "64", "--val-subset", "32", "--test-subset", "32", "--batch-size", "32",
@@ -54,6 +47,18 @@ def test_one_epoch_writes_every_artefact(tmp_path, capsys):
     # a second run into the same directory is refused, with one line
     assert train.main([*TINY, "--out", str(out), "--epochs", "1"]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_pgpe_pair_chunks_train_the_same_weights(tmp_path):
+    args = ["--epochs", "1", "--method", "pgpe", "--population", "6", "--relaxation", "crown-ibp", "--seed", "3"]
+    code, whole = _run(tmp_path, "whole", *args)
+    assert code == 0
+    code, chunked = _run(tmp_path, "chunked", *args, "--pair-chunk", "1")
+    assert code == 0
+    a, b = checkpoint.load(whole), checkpoint.load(chunked)
+    torch.testing.assert_close(a["theta"], b["theta"], rtol=0, atol=1e-6)
+    rows = [json.loads((d / "metrics.jsonl").read_text().splitlines()[0]) for d in (whole, chunked)]
+    assert rows[0]["train_natural_acc"] == pytest.approx(rows[1]["train_natural_acc"])
 
 
 @pytest.mark.parametrize("method", ["pgpe", "rgs"])
