@@ -21,6 +21,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread, for the training-layer modules (pytestmark = usefixtures("one_thread")): on a
+    shared 2-core machine torch's busy-waiting threads ran them 10x slower. Kernel tests keep the
+    default count so the parallel paths are exercised."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -9,14 +9,7 @@ import torch
 from gls import data
 from gls.schedule import EpsSchedule, lr_factor
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two busy-waiting threads run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bundled_mnist_splits():
