@@ -190,6 +190,21 @@ def test_row_chunks_do_not_change_the_numbers(method, monkeypatch):
     torch.testing.assert_close(chunked.upper, whole.upper, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["ibp", "deeppoly"])
+def test_member_chunks_do_not_change_the_numbers(method):
+    model, shape = build("cnn")
+    model = model.double()
+    params = _stacked(population(model, 5), torch.float64)
+    x = _inputs(shape).double()
+    kw = dict(method=method, labels=torch.tensor([0, 1, 2]), params=params, bound="both")
+    whole = gls.compute_bounds(model, x, EPS["cnn"], member_chunk=5, **kw)
+    chunked = gls.compute_bounds(model, x, EPS["cnn"], member_chunk=2, **kw)  # passes of 2, 2 and 1 members
+    torch.testing.assert_close(chunked.lower, whole.lower, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunked.upper, whole.upper, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="member_chunk"):
+        gls.compute_bounds(model, x, EPS["cnn"], member_chunk=0, **kw)
+
+
 def test_tighter_methods_are_tighter_and_eps_is_per_sample():
     model, shape = build("mlp")
     x = _inputs(shape)
