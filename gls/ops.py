@@ -31,6 +31,11 @@ _OPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "backsub_linear_relu": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "concretize": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "ibp_affine": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
+    "philox4x32_10": ("gls.reference.noise", ("cpp", "cuda", "triton")),
+    "noise_normal": ("gls.reference.noise", ("cpp", "cuda", "triton")),
+    "noise_perturb": ("gls.reference.noise", ("cpp", "cuda", "triton")),
+    "noise_weighted_sum": ("gls.reference.noise", ("cpp", "cuda", "triton")),
+    "noise_sigma_weighted_sum": ("gls.reference.noise", ("cpp", "cuda", "triton")),
 }
 
 
@@ -124,15 +129,6 @@ def ibp_affine(mid, rad, W, b, *, backend: str | None = None):
 
 
 # ---- noise (counter-based Gaussian noise; public API in gls.noise) ---------------------------------
-
-_OPS.update({
-    "philox4x32_10": ("gls.reference.noise", ("cpp", "cuda", "triton")),
-    "noise_normal": ("gls.reference.noise", ("cpp", "cuda", "triton")),
-    "noise_perturb": ("gls.reference.noise", ("cpp", "cuda", "triton")),
-    "noise_weighted_sum": ("gls.reference.noise", ("cpp", "cuda", "triton")),
-    "noise_sigma_weighted_sum": ("gls.reference.noise", ("cpp", "cuda", "triton")),
-})
-
 
 def philox4x32_10(counter, key, *, backend: str | None = None):
     """Philox4x32-10 block function on int64-held u32 words: counter (..., 4), key (..., 2) -> (..., 4)."""
