@@ -12,6 +12,7 @@
 
 #include <algorithm>
 
+#include "gls/noise_checks.h"
 #include "gls/philox.h"
 
 namespace gls {
@@ -80,26 +81,8 @@ __global__ void weighted_sum_kernel(const T* __restrict__ w, int64_t w_row, int6
   }
 }
 
-void check_members(const Tensor& members, const Tensor& like, const char* op) {
-  TORCH_CHECK(members.dim() == 1 && members.scalar_type() == at::kLong, op, ": members must be a 1-D int64 tensor of member words, got ",
-              members.scalar_type(), " of shape ", members.sizes());
-  TORCH_CHECK(members.is_cuda() && members.device() == like.device(), op, ": members must be on ", like.device(), ", got ", members.device());
-}
-
-int64_t check_sigma(const Tensor& sigma, int64_t d, const Tensor& like, const char* op) {
-  TORCH_CHECK(sigma.numel() == 1 || (sigma.dim() == 1 && sigma.size(0) == d), op, ": sigma must be a scalar or have shape (d,) = (", d,
-              ",), got ", sigma.sizes());
-  TORCH_CHECK(sigma.scalar_type() == like.scalar_type(), op, ": sigma must have dtype ", like.scalar_type(), ", got ", sigma.scalar_type());
-  TORCH_CHECK(sigma.device() == like.device(), op, ": sigma must be on ", like.device(), ", got ", sigma.device());
-  return sigma.numel() == 1 ? 0 : 1;
-}
-
 Tensor philox4x32_10_cuda(const Tensor& counter, const Tensor& key) {
-  TORCH_CHECK(counter.dim() >= 1 && counter.size(-1) == 4, "philox4x32_10: counter must have shape (..., 4), got ", counter.sizes());
-  TORCH_CHECK(key.dim() == counter.dim() && key.size(-1) == 2 && key.sizes().slice(0, key.dim() - 1) == counter.sizes().slice(0, counter.dim() - 1),
-              "philox4x32_10: key must have shape (..., 2) with the leading shape of counter ", counter.sizes(), ", got ", key.sizes());
-  TORCH_CHECK(counter.scalar_type() == at::kLong && key.scalar_type() == at::kLong, "philox4x32_10: counter and key must be int64 tensors of u32 words");
-  TORCH_CHECK(counter.is_cuda() && key.device() == counter.device(), "philox4x32_10: counter and key must be on the same CUDA device");
+  check_philox_args(counter, key, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(counter.device());
   const Tensor c = counter.contiguous(), k = key.contiguous();
   Tensor out = at::empty(c.sizes(), c.options());
@@ -112,8 +95,8 @@ Tensor philox4x32_10_cuda(const Tensor& counter, const Tensor& key) {
 }
 
 Tensor noise_normal_cuda(const Tensor& members, int64_t d, int64_t seed, int64_t purpose, bool antithetic) {
-  check_members(members, members, "noise_normal");
-  TORCH_CHECK(d >= 1, "noise_normal: the number of elements d must be >= 1, got ", d);
+  check_noise_members(members, members, c10::DeviceType::CUDA, "noise_normal");
+  check_noise_dim(d, "noise_normal");
   const c10::cuda::CUDAGuard guard(members.device());
   const Tensor m = members.contiguous();
   const int64_t n_members = m.size(0), rows = antithetic ? 2 * n_members : n_members;
@@ -127,11 +110,10 @@ Tensor noise_normal_cuda(const Tensor& members, int64_t d, int64_t seed, int64_t
 }
 
 Tensor noise_perturb_cuda(const Tensor& theta, const Tensor& sigma, const Tensor& members, int64_t seed, int64_t purpose, bool antithetic) {
-  TORCH_CHECK(theta.dim() == 1 && theta.size(0) >= 1, "noise_perturb: theta must be a non-empty flat (d,) vector, got shape ", theta.sizes());
-  TORCH_CHECK(theta.is_cuda(), "noise_perturb: CUDA kernel called with non-CUDA theta");
-  check_members(members, theta, "noise_perturb");
+  check_noise_theta(theta);
+  check_noise_members(members, theta, c10::DeviceType::CUDA, "noise_perturb");
   const int64_t d = theta.size(0);
-  const int64_t sigma_stride = check_sigma(sigma, d, theta, "noise_perturb");
+  const int64_t sigma_stride = check_noise_sigma(sigma, d, theta, "noise_perturb");
   const c10::cuda::CUDAGuard guard(theta.device());
   const Tensor th = theta.contiguous(), sg = sigma.reshape({-1}).contiguous(), m = members.contiguous();
   const int64_t n_members = m.size(0), rows = antithetic ? 2 * n_members : n_members;
@@ -149,13 +131,11 @@ Tensor noise_perturb_cuda(const Tensor& theta, const Tensor& sigma, const Tensor
 template <bool kSigmaTerm>
 Tensor weighted_sum_cuda(const Tensor& weights, const Tensor& sigma, const Tensor& members, int64_t d, int64_t seed, int64_t purpose,
                          bool antithetic, const char* op) {
-  TORCH_CHECK(d >= 1, op, ": the number of elements d must be >= 1, got ", d);
-  TORCH_CHECK(weights.is_cuda(), op, ": CUDA kernel called with non-CUDA weights");
-  check_members(members, weights, op);
-  const int64_t n_members = members.size(0), rows = antithetic ? 2 * n_members : n_members;
-  TORCH_CHECK((weights.dim() == 1 || (weights.dim() == 2 && weights.size(1) == d)) && weights.size(0) == rows, op,
-              ": weights must be (P,) or (P, d) with P = ", rows, " population rows and d = ", d, ", got ", weights.sizes());
-  const int64_t sigma_stride = check_sigma(sigma, d, weights, op);
+  check_noise_members(members, weights, c10::DeviceType::CUDA, op);
+  check_noise_dim(d, op);
+  check_noise_weights(weights, members, d, antithetic, op);
+  const int64_t n_members = members.size(0);
+  const int64_t sigma_stride = check_noise_sigma(sigma, d, weights, op);
   const c10::cuda::CUDAGuard guard(weights.device());
   const Tensor w = weights.contiguous(), sg = sigma.reshape({-1}).contiguous(), m = members.contiguous();
   const int64_t w_row = w.dim() == 2 ? d : 1, w_col = w.dim() == 2 ? 1 : 0, blocks = (d + 3) / 4;
