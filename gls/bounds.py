@@ -25,8 +25,8 @@ from typing import NamedTuple
 
 import torch
 
-from gls import ops
-from gls.affine import Dense, Diag, relax_step
+from gls import ops, patches
+from gls.affine import Conv, Dense, Diag, relax_step
 from gls.net import Network, _dtype, check_input
 
 METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
@@ -144,50 +144,108 @@ def _through(seg, lam):
     return lam, bias
 
 
-def _backsub(lam, segs, relax, upto, x_lo, x_hi, backend):
-    """Lower bound of lam . z over the input box, z the output of segs[upto] (back-substitution)."""
-    bias = lam.new_zeros(lam.shape[:3])
+def _through_windows(seg, rows):
+    """Back through a segment's ops with rows as windows (dense from the first op that needs it)."""
+    bias = rows.coef.new_zeros(rows.coef.shape[:3])
+    for op in reversed(seg):
+        if isinstance(rows, patches.Rows) and not patches.windowed(op, rows.shape):
+            rows = patches.dense(rows)
+        if isinstance(rows, patches.Rows):
+            rows, b = patches.back_conv(rows, op) if isinstance(op, Conv) else patches.back_diag(rows, op)
+            rows = patches.crop(rows)
+        else:
+            rows, b = op.back(rows)
+        bias = bias + b
+    return rows, bias
+
+
+def _backsub(lam, segs, relax, upto, x_lo, x_hi, backend, windows=True):
+    """Lower bound of lam . z over the input box, z the output of segs[upto] (back-substitution).
+
+    lam: dense coefficients (P, B, S, N), or gls.patches.Rows for rows kept as windows. With
+    `windows`, rows go through convolutions as windows (dense rows as windows covering the whole map),
+    on the fused gls.ops.backsub_conv_relu; without, as dense maps through conv_transpose2d (the
+    oracle of the tests).
+    """
+    shape = lam.coef.shape[:3] if isinstance(lam, patches.Rows) else lam.shape[:3]
+    bias = x_lo.new_zeros(shape)
     for j in range(upto, -1, -1):
         seg = segs[j]
+        if windows and not isinstance(lam, patches.Rows) and isinstance(seg[-1], Conv):
+            lam = patches.whole(lam, seg[-1].out_shape)
+        windowed = isinstance(lam, patches.Rows)
         if j == 0:
-            lam, b = _through(seg, lam)
-        elif len(seg) == 1 and isinstance(seg[0], Dense):  # fused Linear + ReLU step
+            if windowed:
+                bound = patches.first_conv_bound(lam, seg, x_lo, x_hi, backend)
+                if bound is not None:
+                    return bound + bias
+            lam, b = _through_windows(seg, lam) if windowed else _through(seg, lam)
+        elif windowed and len(seg) == 1 and isinstance(seg[0], Conv):  # fused Conv + ReLU step on windows
+            lam, b = patches.conv_relu(lam, seg[0], relax[j - 1], backend)
+            lam = patches.crop(lam)
+        elif not windowed and len(seg) == 1 and isinstance(seg[0], Dense):  # fused Linear + ReLU step
             lam, b = ops.backsub_linear_relu(lam, seg[0].W, seg[0].b, *relax[j - 1], backend=backend)
         else:
-            lam, b = _through(seg, lam)
-            lam, b2 = relax_step(lam, *relax[j - 1])
+            lam, b = _through_windows(seg, lam) if windowed else _through(seg, lam)
+            if isinstance(lam, patches.Rows):
+                lam, b2 = patches.relax_step(lam, *relax[j - 1])
+            else:
+                lam, b2 = relax_step(lam, *relax[j - 1])
             b = b + b2
         bias = bias + b
+    if isinstance(lam, patches.Rows):
+        return patches.concretize(lam, bias, x_lo, x_hi)
     return ops.concretize(lam, bias, x_lo, x_hi, backend=backend)
 
 
 _CHUNK_ELEMENTS = 1 << 25  # at most this many coefficients per back-substituted block of rows
 
 
-def _refine(segs, relax, k, l, u, x_lo, x_hi, backend, all_rows):
+def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, all_rows):
     """Intersect the IBP box of segs[k]'s output with back-substituted bounds (unstable rows only).
 
-    Rows are independent, so they go in chunks that keep each coefficient tensor (P, B, rows, N)
-    under _CHUNK_ELEMENTS whatever the layer width; the numbers do not depend on the chunking.
+    Every (member, sample) back-substitutes only its own unstable neurons: index lists padded to the
+    most unstable neurons of any (member, sample) in the pass, padding rows discarded. Rows that
+    start at a convolution's neurons go as windows (gls.patches). Rows are independent, so they go
+    in chunks that keep each coefficient tensor under _CHUNK_ELEMENTS; the numbers depend on neither.
+    all_rows: every neuron, as dense rows, for every (member, sample): the oracle the tests compare to.
     """
     P, B, N = l.shape
+    shape = patches.map_shape(segs, k, in_shape)
     if all_rows:
-        idx = torch.arange(N, device=l.device)
+        idx = torch.arange(N, device=l.device).expand(P, B, N)
+        valid = torch.ones_like(idx, dtype=torch.bool)
+        shape = (N,)
     else:
-        idx = ((l < 0) & (u > 0)).reshape(P * B, N).any(0).nonzero().squeeze(1)
-    n = idx.numel()
-    if n == 0:
-        return l, u
-    rows = torch.zeros(n, N, dtype=l.dtype, device=l.device)
-    rows[torch.arange(n, device=l.device), idx] = 1
-    rows = torch.cat([rows, -rows])
-    widest = max([x_lo.shape[-1]] + [op.n_in for seg in segs[:k + 1] for op in seg])
-    chunk = max(1, _CHUNK_ELEMENTS // (P * B * widest))
-    res = torch.cat([_backsub(r.expand(P, B, *r.shape).contiguous(), segs, relax, k, x_lo, x_hi, backend)
-                     for r in rows.split(chunk)], dim=-1)
-    l = l.index_copy(-1, idx, torch.maximum(l.index_select(-1, idx), res[..., :n]))
-    u = u.index_copy(-1, idx, torch.minimum(u.index_select(-1, idx), -res[..., n:]))
-    return l, u
+        unstable = (l < 0) & (u > 0)
+        count = unstable.sum(-1)
+        R = int(count.max()) if count.numel() else 0
+        if R == 0:
+            return l, u
+        # unstable neurons first, in index order; the slots past each (p, b)'s count hold stable ones
+        idx = torch.sort(unstable.to(torch.uint8), dim=-1, descending=True, stable=True).indices[..., :R]
+        valid = torch.arange(R, device=l.device) < count.unsqueeze(-1)
+    R = idx.shape[-1]
+    value = valid.to(l.dtype)
+    most = patches.row_elements(segs, k, shape)
+    chunk = max(1, _CHUNK_ELEMENTS // (2 * P * B * max(most, x_lo.shape[-1])))
+    lo, hi = [], []
+    for i in range(0, R, chunk):
+        part, v = idx[..., i:i + chunk], value[..., i:i + chunk]
+        rows = torch.cat([part, part], dim=-1), torch.cat([v, -v], dim=-1)  # lower bounds of z and of -z
+        if len(shape) == 3:
+            lam = patches.start(*rows, shape)
+        else:
+            lam = torch.zeros(P, B, rows[0].shape[-1], N, dtype=l.dtype, device=l.device)
+            lam.scatter_(-1, rows[0].unsqueeze(-1), rows[1].unsqueeze(-1))
+        res = _backsub(lam, segs, relax, k, x_lo, x_hi, backend, windows=not all_rows)
+        n = part.shape[-1]
+        lo.append(res[..., :n])
+        hi.append(-res[..., n:])
+    l_old, u_old = l.gather(-1, idx), u.gather(-1, idx)
+    l_new = torch.where(valid, torch.maximum(l_old, torch.cat(lo, -1)), l_old)
+    u_new = torch.where(valid, torch.minimum(u_old, torch.cat(hi, -1)), u_old)
+    return l.scatter(-1, idx, l_new), u.scatter(-1, idx, u_new)
 
 
 def _count_maps(seg) -> int:
@@ -255,9 +313,9 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
         relax = []
         for k, (l, u) in enumerate(boxes):
             if method in ("hbox", "deeppoly") and (k > 0 or _count_maps(segs[0]) > 1):
-                l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, backend, _all_rows)
+                l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, x.shape[1:], backend, _all_rows)
             relax.append(ops.relu_relax(l, u, method, backend=backend))
-        lb = _backsub(lam, segs, relax, len(boxes), x_lo, x_hi, backend)
+        lb = _backsub(lam, segs, relax, len(boxes), x_lo, x_hi, backend, windows=not _all_rows)
     if bound == "lower":
         return Bounds(lb, None)
     return Bounds(lb[..., :S], -lb[..., S:])

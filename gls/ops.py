@@ -29,6 +29,7 @@ BACKENDS = ("reference", "cpp", "cuda", "triton")
 _OPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "relu_relax": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "backsub_linear_relu": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
+    "backsub_conv_relu": ("gls.reference.bound_ops", ("cpp",)),
     "concretize": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "ibp_affine": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "philox4x32_10": ("gls.reference.noise", ("cpp", "cuda", "triton")),
@@ -116,6 +117,11 @@ def relu_relax(l, u, method: str, *, backend: str | None = None):
 def backsub_linear_relu(lam, W, b, a_l, c_l, a_u, c_u, *, backend: str | None = None):
     """Back-substitution through an affine layer and the ReLU before it -> (lam, bias)."""
     return _call("backsub_linear_relu", backend, lam.device, lam, W, b, a_l, c_l, a_u, c_u)
+
+
+def backsub_conv_relu(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, *, backend: str | None = None):
+    """Back-substitution of windowed rows through a convolution and the ReLU before it -> (lam, bias)."""
+    return _call("backsub_conv_relu", backend, lam.device, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation)
 
 
 def concretize(lam, bias, x_lo, x_hi, *, backend: str | None = None):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from gls.native import backsub_backward
+from gls.native import backsub_backward, backsub_conv_backward
 from gls.native.autograd import register_reference_vjp
 from gls.reference import bound_ops as ref
 
@@ -29,6 +29,28 @@ def _backsub_linear_relu_fake(lam, W, b, a_l, c_l, a_u, c_u):
 
 
 torch.library.register_autograd("gls::backsub_linear_relu", backsub_backward.backward, setup_context=backsub_backward.setup_context)
+
+
+@torch.library.register_fake("gls::backsub_conv_relu")
+def _backsub_conv_relu_fake(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation):
+    torch._check(lam.dim() == 6 and W.dim() == 5, lambda: "backsub_conv_relu: lam must be 6-D and W 5-D")
+    P, B, R, _, h, w = lam.shape
+    kh, kw = W.shape[-2:]
+    size = ((h - 1) * stride[0] + dilation[0] * (kh - 1) + 1, (w - 1) * stride[1] + dilation[1] * (kw - 1) + 1)
+    return lam.new_empty((P, B, R, W.shape[2], *size)), lam.new_empty((P, B, R))
+
+
+torch.library.register_autograd("gls::backsub_conv_relu", backsub_conv_backward.backward,
+                                setup_context=backsub_conv_backward.setup_context)
+
+
+@torch.library.register_fake("gls::backsub_conv_relu_backward")
+def _backsub_conv_relu_backward_fake(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, grad_lam, grad_bias):
+    P, B = lam.shape[:2]
+    maps = lam.new_empty((P, B, *a_l.shape[2:]))
+    d_b = lam.new_empty((P, W.shape[1])) if b is not None else lam.new_empty((0,))
+    return (torch.empty_like(lam), lam.new_empty((P, *W.shape[1:])), d_b, maps, torch.empty_like(maps),
+            torch.empty_like(maps), torch.empty_like(maps))
 
 
 @torch.library.register_fake("gls::concretize")

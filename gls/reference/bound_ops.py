@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from gls import windows
+
 RELAX_METHODS = {"ibp": 0, "hbox": 1, "crown-ibp": 2, "deeppoly": 3, "crown": 3}
 
 
@@ -58,6 +60,27 @@ def backsub_linear_relu(lam, W, b, a_l, c_l, a_u, c_u):
     if b is not None:
         bias = bias + (lam * b[:, None, None, :]).sum(-1)
     return lam_next, bias
+
+
+def backsub_conv_relu(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation):
+    """backsub_linear_relu for a convolution, on windows: through z_out = conv(x, W) + b, then x = relu(z_in).
+
+    lam (P,B,R,C_out,h,w): each row's coefficients on a window of z_out, zero outside z_out's map (see
+    gls.windows); W (P,C_out,C_in,kh,kw); b (P,C_out) or None; lines of the ReLU feeding the conv as
+    maps (P,B,C_in,H,W); origin (P,B,R,2) int64: each row's window on z_in starts at its z_out origin
+    times the stride minus the padding. Returns the coefficients on z_in's windows, (P,B,R,C_in,h',w')
+    with h' = (h-1)*stride + dilation*(kh-1) + 1 (zero outside the map: the lines are taken as 0
+    there), and the constant (P,B,R): lam.b + g^+ c_l + g^- c_u, g the transposed convolution of lam.
+    """
+    g = windows.conv_transpose(lam, W, stride, dilation)
+    size = g.shape[-2:]
+    pos = g >= 0  # select the line per coefficient, as relax_step does
+    a = torch.where(pos, windows.gather(a_l, origin, size), windows.gather(a_u, origin, size))
+    c = torch.where(pos, windows.gather(c_l, origin, size), windows.gather(c_u, origin, size))
+    bias = (g * c).sum((-3, -2, -1))
+    if b is not None:
+        bias = bias + (lam.sum((-2, -1)) * b[:, None, None, :]).sum(-1)
+    return g * a, bias
 
 
 def concretize(lam, bias, x_lo, x_hi):

@@ -132,4 +132,57 @@ inline IbpAffineShape check_ibp_affine(c10::DeviceType device, const at::Tensor&
   return s;
 }
 
+
+struct BacksubConvShape {
+  int64_t P, B, R, c_out, h, w, c_in, kh, kw, H, W, h2, w2, s0, s1, d0, d1;
+  bool w_shared, b_shared, relax_shared;
+};
+
+// lam (P,B,R,C_out,h,w), W (P|1,C_out,C_in,kh,kw), b (P|1,C_out)?, a_l/c_l/a_u/c_u (P|1,B,C_in,H,W),
+// origin (P,B,R,2) int64, stride and dilation (2) positive. The windows on z_in are
+// h2 = (h-1)*stride + dilation*(kh-1) + 1 by w2 likewise.
+inline BacksubConvShape check_backsub_conv(c10::DeviceType device, const at::Tensor& lam, const at::Tensor& W,
+                                           const c10::optional<at::Tensor>& b, const at::Tensor& a_l,
+                                           const at::Tensor& c_l, const at::Tensor& a_u, const at::Tensor& c_u,
+                                           const at::Tensor& origin, at::IntArrayRef stride, at::IntArrayRef dilation) {
+  const char* op = "backsub_conv_relu";
+  check_dim(op, "lam", lam, 6, "(P,B,R,C_out,h,w)");
+  check_dim(op, "W", W, 5, "(P|1,C_out,C_in,kh,kw)");
+  check_dim(op, "a_l", a_l, 5, "(P|1,B,C_in,H,W)");
+  TORCH_CHECK(stride.size() == 2 && dilation.size() == 2, op, ": stride and dilation must have 2 entries, got ",
+              stride, " and ", dilation);
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0, op,
+              ": stride and dilation must be positive, got ", stride, " and ", dilation);
+  BacksubConvShape s{lam.size(0), lam.size(1), lam.size(2), lam.size(3), lam.size(4), lam.size(5), W.size(2),
+                     W.size(3),   W.size(4),   a_l.size(3), a_l.size(4), 0, 0, stride[0], stride[1], dilation[0],
+                     dilation[1], W.size(0) == 1, true, a_l.size(0) == 1};
+  s.h2 = (s.h - 1) * s.s0 + s.d0 * (s.kh - 1) + 1;
+  s.w2 = (s.w - 1) * s.s1 + s.d1 * (s.kw - 1) + 1;
+  check_members(op, "W", W.size(0), s.P);
+  TORCH_CHECK(W.size(1) == s.c_out, op, ": W must have C_out = lam.size(3) = ", s.c_out, " filters, got shape ",
+              W.sizes());
+  check_members(op, "a_l", a_l.size(0), s.P);
+  TORCH_CHECK(a_l.size(1) == s.B && a_l.size(2) == s.c_in, op, ": a_l must have shape (P|1, B=", s.B, ", C_in=", s.c_in,
+              ", H, W), got ", a_l.sizes());
+  for (const auto& [name, t] : {std::pair{"c_l", &c_l}, {"a_u", &a_u}, {"c_u", &c_u}})
+    TORCH_CHECK(t->sizes() == a_l.sizes(), op, ": ", name, " must have the shape of a_l ", a_l.sizes(), ", got ",
+                t->sizes());
+  TORCH_CHECK(origin.scalar_type() == at::kLong && origin.dim() == 4 && origin.size(0) == s.P && origin.size(1) == s.B &&
+                  origin.size(2) == s.R && origin.size(3) == 2,
+              op, ": origin must be int64 of shape (P=", s.P, ", B=", s.B, ", R=", s.R, ", 2), got ",
+              origin.scalar_type(), " ", origin.sizes());
+  TORCH_CHECK(origin.device() == lam.device(), op, ": origin must be on ", lam.device(), ", got ", origin.device());
+  if (b.has_value()) {
+    check_dim(op, "b", *b, 2, "(P|1,C_out)");
+    check_members(op, "b", b->size(0), s.P);
+    TORCH_CHECK(b->size(1) == s.c_out, op, ": b must have C_out = ", s.c_out, " entries, got shape ", b->sizes());
+    s.b_shared = b->size(0) == 1;
+    check_tensors(op, device, {{"lam", &lam}, {"W", &W}, {"b", &*b}, {"a_l", &a_l}, {"c_l", &c_l}, {"a_u", &a_u},
+                               {"c_u", &c_u}});
+  } else {
+    check_tensors(op, device, {{"lam", &lam}, {"W", &W}, {"a_l", &a_l}, {"c_l", &c_l}, {"a_u", &a_u}, {"c_u", &c_u}});
+  }
+  return s;
+}
+
 }  // namespace gls
