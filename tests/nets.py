@@ -45,6 +45,11 @@ def build(name: str, seed: int = 0) -> tuple[nn.Sequential, tuple[int, ...]]:
                               nn.Conv2d(2, 3, 2, stride=1, dilation=2), nn.ReLU(), nn.Flatten(),
                               nn.Linear(12, 3))
         shape = (1, 6, 6)
+    elif name == "cnn_window":  # maps large enough that back-substituted rows stay windows (gls.patches)
+        model = nn.Sequential(Normalize(0.5, 0.3), nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                              nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(),
+                              nn.Conv2d(4, 4, 2, padding=1, dilation=2), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+        shape = (1, 8, 8)
     elif name == "linear":  # no ReLU at all
         model = nn.Sequential(Normalize(0.5, 0.3), nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
         shape = (3,)
@@ -56,7 +61,7 @@ def build(name: str, seed: int = 0) -> tuple[nn.Sequential, tuple[int, ...]]:
     return _randomise_bn(model, gen), shape
 
 
-NETS = ["mlp", "mlp_image", "cnn", "cnn_odd"]
+NETS = ["mlp", "mlp_image", "cnn", "cnn_odd", "cnn_window"]
 
 
 def population(model: nn.Module, P: int, scale: float = 0.05, seed: int = 1) -> list[nn.Module]:

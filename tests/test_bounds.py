@@ -11,7 +11,7 @@ from tests.naive_bounds import naive_bounds
 from tests.nets import NETS, build, population
 
 METHODS = ["ibp", "hbox", "crown-ibp", "deeppoly"]
-EPS = {"mlp": 0.08, "mlp_image": 0.08, "cnn": 0.05, "cnn_odd": 0.08}  # eps that leaves ReLUs unstable
+EPS = {"mlp": 0.08, "mlp_image": 0.08, "cnn": 0.05, "cnn_odd": 0.08, "cnn_window": 0.05}  # eps that leaves ReLUs unstable
 
 
 def _inputs(shape, B=3, seed=0):
@@ -131,7 +131,7 @@ def test_exact_without_relu(net, method):
         torch.testing.assert_close(b.lower[0, i], want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("net", [n for n in NETS if n != "cnn_window"])  # it has ReLUs within 1e-4 of 0
 def test_exact_when_ibp_leaves_no_relu_unstable(net):
     model, shape = build(net)
     model = model.double()
