@@ -71,6 +71,30 @@ GLS_SIMD_CLONES __attribute__((noinline)) void columns_backward(int64_t c_out, i
   }
 }
 
+// One contiguous span of a window row inside the map: o = g * (g >= 0 ? a_l : a_u); returns the sum
+// of g * (g >= 0 ? c_l : c_u), in kLanes partial sums (fixed order).
+template <typename T>
+inline T relax_span(int64_t n, const T* __restrict__ g, const T* __restrict__ al,
+                                                       const T* __restrict__ cl, const T* __restrict__ au,
+                                                       const T* __restrict__ cu, T* __restrict__ o) {
+  T lane[kLanes<T>] = {};
+  int64_t x = 0;
+  for (; x + kLanes<T> <= n; x += kLanes<T>)
+    for (int64_t l = 0; l < kLanes<T>; ++l) {
+      const T v = g[x + l];
+      const bool pos = v >= T(0);
+      o[x + l] = v * (pos ? al[x + l] : au[x + l]);
+      lane[l] += v * (pos ? cl[x + l] : cu[x + l]);
+    }
+  for (int64_t l = 0; x < n; ++x, ++l) {
+    const T v = g[x];
+    const bool pos = v >= T(0);
+    o[x] = v * (pos ? al[x] : au[x]);
+    lane[l] += v * (pos ? cl[x] : cu[x]);
+  }
+  return lane_sum(lane);
+}
+
 // The transposed convolution of one row's window lam_row (C_out, h*w) into acc (C_in, h2, w2), via
 // its columns cols (h*w, K = C_in*kh*kw): cols[q] = sum_co lam[co, q] W[co], then col2im.
 template <typename T>
@@ -133,22 +157,22 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
       T total = b != nullptr ? bias_term<T>(s, lr, b + (s.b_shared ? 0 : p) * s.c_out) : T(0);
       const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
       const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * map;
+      const int64_t x0 = std::clamp<int64_t>(-ox, 0, s.w2), x1 = std::clamp<int64_t>(s.W - ox, x0, s.w2);
       T* o = out + row * win;
       for (int64_t ci = 0; ci < s.c_in; ++ci)
-        for (int64_t y = 0; y < s.h2; ++y)
-          for (int64_t x = 0; x < s.w2; ++x) {
-            const int64_t gy = oy + y, gx = ox + x;
-            T& dst = o[(ci * s.h2 + y) * s.w2 + x];
-            if (gy < 0 || gy >= s.H || gx < 0 || gx >= s.W) {
-              dst = T(0);
-              continue;
-            }
-            const T g = acc[(ci * s.h2 + y) * s.w2 + x];
-            const int64_t i = roff + (ci * s.H + gy) * s.W + gx;
-            const bool pos = g >= T(0);
-            dst = g * (pos ? a_l[i] : a_u[i]);
-            total += g * (pos ? c_l[i] : c_u[i]);
+        for (int64_t y = 0; y < s.h2; ++y) {
+          T* o_row = o + (ci * s.h2 + y) * s.w2;
+          const int64_t gy = oy + y;
+          if (gy < 0 || gy >= s.H || x1 == x0) {  // the window row lies outside the map
+            std::fill(o_row, o_row + s.w2, T(0));
+            continue;
           }
+          std::fill(o_row, o_row + x0, T(0));
+          std::fill(o_row + x1, o_row + s.w2, T(0));
+          const int64_t i = roff + (ci * s.H + gy) * s.W + ox + x0;
+          total += relax_span<T>(x1 - x0, acc.data() + (ci * s.h2 + y) * s.w2 + x0, a_l + i, c_l + i, a_u + i, c_u + i,
+                                 o_row + x0);
+        }
       bias[row] = total;
     }
   });
