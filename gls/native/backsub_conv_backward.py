@@ -40,8 +40,11 @@ def _reference_grads(ctx, inputs, g_lam, g_bias):
 def backward(ctx, g_lam, g_bias):
     inputs = ctx.saved_tensors
     lam, W, b, a_l, c_l, a_u, c_u, origin = inputs
-    g_lam = torch.zeros_like(ref.backsub_conv_relu(lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry)[0]) \
-        if g_lam is None else g_lam
+    if g_lam is None:  # lam' unused (a concretisation): its shape from the geometry
+        (s0, s1), (d0, d1) = ctx.geometry
+        kh, kw = W.shape[-2:]
+        h, w = lam.shape[-2:]
+        g_lam = lam.new_zeros(*lam.shape[:3], W.shape[2], (h - 1) * s0 + d0 * (kh - 1) + 1, (w - 1) * s1 + d1 * (kw - 1) + 1)
     g_bias = lam.new_zeros(lam.shape[:3]) if g_bias is None else g_bias
     if torch.is_grad_enabled():
         return _reference_grads(ctx, inputs, g_lam, g_bias)
