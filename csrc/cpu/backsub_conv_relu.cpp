@@ -1,18 +1,21 @@
 // CPU kernels of gls::backsub_conv_relu and gls::backsub_conv_relu_backward: back-substitution of
 // windowed rows through a convolution and the ReLU feeding it (definition: gls/reference/bound_ops.py).
 //
-// Design: a task owns rows. A row's transposed convolution is accumulated by scattering each non-zero
-// coefficient of its window times one filter tap into a small channels-last buffer (C_in innermost,
-// contiguous in the pre-transposed filter Wt (C_out, kh, kw, C_in)): the first step of a refinement,
-// whose rows are one-hot, costs one filter per row, and zeros cost nothing. The epilogue reads the ReLU
-// lines straight from the maps at the window's origin (zero outside the map), so no window of the lines
-// is ever materialised. The backward recomputes the transposed convolution per row (it is never stored),
-// walks the rows of one (member, sample) in order so the line gradients need no atomics, and sums the
-// filter gradient per (member, block of samples) task in a fixed order: results do not depend on the
-// thread count.
+// Design: a row's transposed convolution is its columns cols (h*w, K = C_in*kh*kw) = lam_row^T W,
+// folded back onto the (C_in, h', w') window (col2im). A task takes a block of rows of one member,
+// writes their transposed coefficients next to each other and gets all their columns from one BLAS
+// GEMM (MKL/OpenBLAS through at::mm on raw blocks, single-threaded inside our parallel region); the
+// fold and the ReLU epilogue then run per row while its block is in cache. The epilogue reads the lines
+// straight from the maps at the window's origin (zero outside the map), one contiguous span per window
+// row, so no window of the lines is ever materialised. The backward recomputes the columns (they are
+// never stored), forms dg per row, unfolds it (im2col), and gets d_lam = dcols W^T and the filter
+// gradient lam dcols from two more GEMMs per block. It walks the rows of one (member, sample) in order,
+// so the line gradients need no atomics, and sums the filter gradient per (member, block of samples)
+// task in a fixed order: results do not depend on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -22,7 +25,6 @@
 #include <vector>
 
 #include "gls/bound_checks.h"
-#include "vectorize.h"
 #include "blocking.h"
 
 namespace gls {
@@ -30,82 +32,39 @@ namespace {
 
 using at::Tensor;
 
-// cols (hw, K) = lam_row^T W: lam_row (C_out, hw), W (C_out, K); zero coefficients cost nothing.
-template <typename T>
-GLS_SIMD_CLONES __attribute__((noinline)) void columns(int64_t c_out, int64_t hw, int64_t K, const T* __restrict__ lam_row,
-                                                       const T* __restrict__ W, T* __restrict__ cols) {
-  std::fill(cols, cols + hw * K, T(0));
-  for (int64_t co = 0; co < c_out; ++co)
-    for (int64_t q = 0; q < hw; ++q) {
-      const T v = lam_row[co * hw + q];
-      if (v == T(0)) continue;
-      const T* __restrict__ w = W + co * K;
-      T* __restrict__ c = cols + q * K;
-      for (int64_t k = 0; k < K; ++k) c[k] += v * w[k];
-    }
+struct Geometry {  // sizes of one call, in elements
+  int64_t hw, K, win, map, lam_row, filters;
+  explicit Geometry(const BacksubConvShape& s)
+      : hw(s.h * s.w),
+        K(s.c_in * s.kh * s.kw),
+        win(s.c_in * s.h2 * s.w2),
+        map(s.c_in * s.H * s.W),
+        lam_row(s.c_out * s.h * s.w),
+        filters(s.c_out * s.c_in * s.kh * s.kw) {}
+};
+
+// Rows per GEMM block: its transposed coefficients, columns and unfolded gradient stay in L2.
+int64_t block_rows(const Geometry& g, int64_t c_out, int64_t elem) {
+  const int64_t per_row = std::max<int64_t>(1, g.hw * (2 * g.K + c_out) * elem);
+  return std::clamp<int64_t>((int64_t(256) << 10) / per_row, 1, 512);
 }
 
-// Per row of the backward, from the columns dcols (hw, K) of dg: d_lam (C_out, hw) = W dcols^T + h b, and
-// dW (C_out, K) += lam_row dcols. The dot products run in kLanes partial sums (fixed order).
+// cols (n*hw, K) of n consecutive rows (C_out, hw) each: lamT (n*hw, C_out) = their transposes, then one GEMM.
 template <typename T>
-GLS_SIMD_CLONES __attribute__((noinline)) void columns_backward(int64_t c_out, int64_t hw, int64_t K,
-                                                                const T* __restrict__ lam_row, const T* __restrict__ W,
-                                                                const T* __restrict__ dcols, T hb_scale,
-                                                                const T* __restrict__ b, T* __restrict__ d_lam,
-                                                                T* __restrict__ dW) {
-  for (int64_t co = 0; co < c_out; ++co) {
-    const T* __restrict__ w = W + co * K;
-    T* __restrict__ dw = dW + co * K;
-    for (int64_t q = 0; q < hw; ++q) {
-      const T* __restrict__ c = dcols + q * K;
-      T lane[kLanes<T>] = {};
-      int64_t k = 0;
-      for (; k + kLanes<T> <= K; k += kLanes<T>)
-        for (int64_t l = 0; l < kLanes<T>; ++l) lane[l] += c[k + l] * w[k + l];
-      for (int64_t l = 0; k < K; ++k, ++l) lane[l] += c[k] * w[k];
-      d_lam[co * hw + q] = lane_sum(lane) + (b != nullptr ? hb_scale * b[co] : T(0));
-      const T v = lam_row[co * hw + q];
-      if (v != T(0))
-        for (int64_t j = 0; j < K; ++j) dw[j] += v * c[j];
-    }
-  }
+void columns(const BacksubConvShape& s, const Geometry& g, int64_t n, const T* lam_rows, const T* W, T* lamT, T* cols) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t co = 0; co < s.c_out; ++co)
+      for (int64_t q = 0; q < g.hw; ++q) lamT[(r * g.hw + q) * s.c_out + co] = lam_rows[r * g.lam_row + co * g.hw + q];
+  gemm_block<T>(n * g.hw, g.K, s.c_out, lamT, s.c_out, W, g.K, false, cols, g.K);
 }
 
-// One contiguous span of a window row inside the map: o = g * (g >= 0 ? a_l : a_u); returns the sum
-// of g * (g >= 0 ? c_l : c_u), in kLanes partial sums (fixed order).
+// acc (C_in, h2, w2) = the fold (col2im) of one row's columns (hw, K).
 template <typename T>
-inline T relax_span(int64_t n, const T* __restrict__ g, const T* __restrict__ al,
-                                                       const T* __restrict__ cl, const T* __restrict__ au,
-                                                       const T* __restrict__ cu, T* __restrict__ o) {
-  T lane[kLanes<T>] = {};
-  int64_t x = 0;
-  for (; x + kLanes<T> <= n; x += kLanes<T>)
-    for (int64_t l = 0; l < kLanes<T>; ++l) {
-      const T v = g[x + l];
-      const bool pos = v >= T(0);
-      o[x + l] = v * (pos ? al[x + l] : au[x + l]);
-      lane[l] += v * (pos ? cl[x + l] : cu[x + l]);
-    }
-  for (int64_t l = 0; x < n; ++x, ++l) {
-    const T v = g[x];
-    const bool pos = v >= T(0);
-    o[x] = v * (pos ? al[x] : au[x]);
-    lane[l] += v * (pos ? cl[x] : cu[x]);
-  }
-  return lane_sum(lane);
-}
-
-// The transposed convolution of one row's window lam_row (C_out, h*w) into acc (C_in, h2, w2), via
-// its columns cols (h*w, K = C_in*kh*kw): cols[q] = sum_co lam[co, q] W[co], then col2im.
-template <typename T>
-void transpose_conv_row(const BacksubConvShape& s, const T* __restrict__ lam_row, const T* __restrict__ W,
-                        T* __restrict__ cols, T* __restrict__ acc) {
-  const int64_t K = s.c_in * s.kh * s.kw, hw = s.h * s.w;
-  columns<T>(s.c_out, hw, K, lam_row, W, cols);
-  std::fill(acc, acc + s.c_in * s.h2 * s.w2, T(0));
-  for (int64_t q = 0; q < hw; ++q) {
+void fold(const BacksubConvShape& s, const Geometry& g, const T* __restrict__ cols, T* __restrict__ acc) {
+  std::fill(acc, acc + g.win, T(0));
+  for (int64_t q = 0; q < g.hw; ++q) {
     const int64_t y0 = q / s.w * s.s0, x0 = q % s.w * s.s1;
-    const T* col = cols + q * K;
+    const T* col = cols + q * g.K;
     for (int64_t ci = 0; ci < s.c_in; ++ci)
       for (int64_t ky = 0; ky < s.kh; ++ky) {
         T* dst = acc + (ci * s.h2 + y0 + ky * s.d0) * s.w2 + x0;
@@ -115,13 +74,12 @@ void transpose_conv_row(const BacksubConvShape& s, const T* __restrict__ lam_row
   }
 }
 
-// The columns (h*w, K) of a map dg (C_in, h2, w2) read by the window's taps (im2col).
+// The columns (hw, K) that the window's taps read from a map dg (C_in, h2, w2) (im2col).
 template <typename T>
-void im2col_row(const BacksubConvShape& s, const T* __restrict__ dg, T* __restrict__ cols) {
-  const int64_t K = s.c_in * s.kh * s.kw, hw = s.h * s.w;
-  for (int64_t q = 0; q < hw; ++q) {
+void unfold(const BacksubConvShape& s, const Geometry& g, const T* __restrict__ dg, T* __restrict__ cols) {
+  for (int64_t q = 0; q < g.hw; ++q) {
     const int64_t y0 = q / s.w * s.s0, x0 = q % s.w * s.s1;
-    T* col = cols + q * K;
+    T* col = cols + q * g.K;
     for (int64_t ci = 0; ci < s.c_in; ++ci)
       for (int64_t ky = 0; ky < s.kh; ++ky) {
         const T* src = dg + (ci * s.h2 + y0 + ky * s.d0) * s.w2 + x0;
@@ -133,12 +91,36 @@ void im2col_row(const BacksubConvShape& s, const T* __restrict__ dg, T* __restri
 
 // sum_co b[co] * sum_window lam_row[co]: the constant the convolution's bias adds to the row.
 template <typename T>
-T bias_term(const BacksubConvShape& s, const T* lam_row, const T* b) {
+T bias_term(const BacksubConvShape& s, const Geometry& g, const T* lam_row, const T* b) {
   T total = T(0);
   for (int64_t co = 0; co < s.c_out; ++co) {
     T sum = T(0);
-    for (int64_t k = 0; k < s.h * s.w; ++k) sum += lam_row[co * s.h * s.w + k];
+    for (int64_t q = 0; q < g.hw; ++q) sum += lam_row[co * g.hw + q];
     total += sum * b[co];
+  }
+  return total;
+}
+
+// The part [x0, x1) of window row x that lies inside the map (columns ox + x), and whether row gy does.
+struct Span {
+  int64_t x0, x1;
+  bool inside(int64_t gy, int64_t H) const { return gy >= 0 && gy < H && x1 > x0; }
+};
+
+Span span_of(const BacksubConvShape& s, int64_t ox) {
+  const int64_t x0 = std::clamp<int64_t>(-ox, 0, s.w2);
+  return {x0, std::clamp<int64_t>(s.W - ox, x0, s.w2)};
+}
+
+// o = g * (g >= 0 ? a_l : a_u) over one span; returns sum g * (g >= 0 ? c_l : c_u).
+template <typename T>
+inline T relax_span(int64_t n, const T* __restrict__ g, const T* __restrict__ al, const T* __restrict__ cl,
+                    const T* __restrict__ au, const T* __restrict__ cu, T* __restrict__ o) {
+  T total = T(0);
+  for (int64_t x = 0; x < n; ++x) {
+    const bool pos = g[x] >= T(0);
+    o[x] = g[x] * (pos ? al[x] : au[x]);
+    total += g[x] * (pos ? cl[x] : cu[x]);
   }
   return total;
 }
@@ -146,36 +128,60 @@ T bias_term(const BacksubConvShape& s, const T* lam_row, const T* b) {
 template <typename T>
 void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* b, const T* a_l, const T* c_l,
                   const T* a_u, const T* c_u, const int64_t* origin, T* out, T* bias) {
-  const int64_t rows = s.P * s.B * s.R, win = s.c_in * s.h2 * s.w2, map = s.c_in * s.H * s.W;
-  const int64_t lam_row = s.c_out * s.h * s.w, filters = s.c_out * s.kh * s.kw * s.c_in;
-  at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(win, 1)), [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(win), cols(s.h * s.w * s.c_in * s.kh * s.kw);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t p = row / (s.B * s.R), bi = row / s.R % s.B;
-      const T* lr = lam + row * lam_row;
-      transpose_conv_row<T>(s, lr, W + (s.w_shared ? 0 : p) * filters, cols.data(), acc.data());
-      T total = b != nullptr ? bias_term<T>(s, lr, b + (s.b_shared ? 0 : p) * s.c_out) : T(0);
-      const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
-      const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * map;
-      const int64_t x0 = std::clamp<int64_t>(-ox, 0, s.w2), x1 = std::clamp<int64_t>(s.W - ox, x0, s.w2);
-      T* o = out + row * win;
-      for (int64_t ci = 0; ci < s.c_in; ++ci)
-        for (int64_t y = 0; y < s.h2; ++y) {
-          T* o_row = o + (ci * s.h2 + y) * s.w2;
-          const int64_t gy = oy + y;
-          if (gy < 0 || gy >= s.H || x1 == x0) {  // the window row lies outside the map
-            std::fill(o_row, o_row + s.w2, T(0));
-            continue;
+  const Geometry g(s);
+  const int64_t per_member = s.B * s.R, block = block_rows(g, s.c_out, sizeof(T));
+  const int64_t blocks = (per_member + block - 1) / block;
+  at::parallel_for(0, s.P * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> lamT(block * g.hw * s.c_out), cols(block * g.hw * g.K), acc(g.win);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t p = task / blocks, r0 = p * per_member + task % blocks * block;
+      const int64_t n = std::min(block, (p + 1) * per_member - r0);
+      columns<T>(s, g, n, lam + r0 * g.lam_row, W + (s.w_shared ? 0 : p) * g.filters, lamT.data(), cols.data());
+      for (int64_t row = r0; row < r0 + n; ++row) {
+        const int64_t bi = row / s.R % s.B;
+        fold<T>(s, g, cols.data() + (row - r0) * g.hw * g.K, acc.data());
+        T total = b != nullptr ? bias_term<T>(s, g, lam + row * g.lam_row, b + (s.b_shared ? 0 : p) * s.c_out) : T(0);
+        const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
+        const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map;
+        const Span sp = span_of(s, ox);
+        T* o = out + row * g.win;
+        for (int64_t ci = 0; ci < s.c_in; ++ci)
+          for (int64_t y = 0; y < s.h2; ++y) {
+            T* o_row = o + (ci * s.h2 + y) * s.w2;
+            if (!sp.inside(oy + y, s.H)) {
+              std::fill(o_row, o_row + s.w2, T(0));
+              continue;
+            }
+            std::fill(o_row, o_row + sp.x0, T(0));
+            std::fill(o_row + sp.x1, o_row + s.w2, T(0));
+            const int64_t i = roff + (ci * s.H + oy + y) * s.W + ox + sp.x0;
+            total += relax_span<T>(sp.x1 - sp.x0, acc.data() + (ci * s.h2 + y) * s.w2 + sp.x0, a_l + i, c_l + i,
+                                   a_u + i, c_u + i, o_row + sp.x0);
           }
-          std::fill(o_row, o_row + x0, T(0));
-          std::fill(o_row + x1, o_row + s.w2, T(0));
-          const int64_t i = roff + (ci * s.H + gy) * s.W + ox + x0;
-          total += relax_span<T>(x1 - x0, acc.data() + (ci * s.h2 + y) * s.w2 + x0, a_l + i, c_l + i, a_u + i, c_u + i,
-                                 o_row + x0);
-        }
-      bias[row] = total;
+        bias[row] = total;
+      }
     }
   });
+}
+
+// dg = up * A + h * C over one span (A, C the lines g's sign selects); the line gradients up*g and h*g
+// are added to the selected line's gradient map.
+template <typename T>
+inline void relax_span_backward(int64_t n, const T* __restrict__ g, const T* __restrict__ up, T h,
+                                const T* __restrict__ al, const T* __restrict__ cl, const T* __restrict__ au,
+                                const T* __restrict__ cu, T* __restrict__ dg, T* __restrict__ d_al, T* __restrict__ d_cl,
+                                T* __restrict__ d_au, T* __restrict__ d_cu) {
+  for (int64_t x = 0; x < n; ++x) {
+    if (g[x] >= T(0)) {
+      dg[x] = up[x] * al[x] + h * cl[x];
+      d_al[x] += up[x] * g[x];
+      d_cl[x] += h * g[x];
+    } else {
+      dg[x] = up[x] * au[x] + h * cu[x];
+      d_au[x] += up[x] * g[x];
+      d_cu[x] += h * g[x];
+    }
+  }
 }
 
 // Backward. Outputs: d_lam (P,B,R,C_out,h,w); d_W (tasks, C_out, C_in*kh*kw) partial sums per task;
@@ -184,55 +190,59 @@ template <typename T>
 void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, const T* W, const T* b, const T* a_l,
                    const T* c_l, const T* a_u, const T* c_u, const int64_t* origin, const T* grad_out,
                    const T* grad_bias, T* d_lam, T* d_W, T* d_b, T* d_al, T* d_cl, T* d_au, T* d_cu) {
-  const int64_t win = s.c_in * s.h2 * s.w2, map = s.c_in * s.H * s.W, hw = s.h * s.w;
-  const int64_t K = s.c_in * s.kh * s.kw, lam_row = s.c_out * hw, filters = s.c_out * K;
-  const int64_t per_block = (s.B + b_blocks - 1) / b_blocks;
+  const Geometry g(s);
+  const int64_t per_block = (s.B + b_blocks - 1) / b_blocks, block = block_rows(g, s.c_out, sizeof(T));
   at::parallel_for(0, s.P * b_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(win), dg(win), cols(hw * K);
+    std::vector<T> lamT(block * g.hw * s.c_out), cols(block * g.hw * g.K), dcols(block * g.hw * g.K),
+        dlamT(block * g.hw * s.c_out), acc(g.win), dg(g.win);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t p = task / b_blocks, b0 = task % b_blocks * per_block, b1 = std::min(s.B, b0 + per_block);
-      const T* W_p = W + (s.w_shared ? 0 : p) * filters;
+      const int64_t p = task / b_blocks, b0 = std::min(s.B, task % b_blocks * per_block);
+      const int64_t first = (p * s.B + b0) * s.R, last = (p * s.B + std::min(s.B, b0 + per_block)) * s.R;
+      const T* W_p = W + (s.w_shared ? 0 : p) * g.filters;
       const T* b_p = b != nullptr ? b + (s.b_shared ? 0 : p) * s.c_out : nullptr;
-      T* dW = d_W + task * filters;
+      const at::Tensor dW = matrix_view(d_W + task * g.filters, s.c_out, g.K, g.K);
       T* db = d_b != nullptr ? d_b + task * s.c_out : nullptr;
-      for (int64_t bi = b0; bi < b1; ++bi)
-        for (int64_t r = 0; r < s.R; ++r) {
-          const int64_t row = (p * s.B + bi) * s.R + r;
-          const T* lr = lam + row * lam_row;
-          const T* go = grad_out + row * win;
+      for (int64_t r0 = first; r0 < last; r0 += block) {
+        const int64_t n = std::min(block, last - r0);
+        columns<T>(s, g, n, lam + r0 * g.lam_row, W_p, lamT.data(), cols.data());
+        for (int64_t row = r0; row < r0 + n; ++row) {
+          const int64_t bi = row / s.R % s.B;
+          const T* go = grad_out + row * g.win;
           const T hv = grad_bias[row];
-          transpose_conv_row<T>(s, lr, W_p, cols.data(), acc.data());
+          fold<T>(s, g, cols.data() + (row - r0) * g.hw * g.K, acc.data());
           const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
-          const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * map, goff = (p * s.B + bi) * map;
+          const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map, goff = (p * s.B + bi) * g.map;
+          const Span sp = span_of(s, ox);
+          std::fill(dg.begin(), dg.end(), T(0));
           for (int64_t ci = 0; ci < s.c_in; ++ci)
-            for (int64_t y = 0; y < s.h2; ++y)
-              for (int64_t x = 0; x < s.w2; ++x) {
-                const int64_t e = (ci * s.h2 + y) * s.w2 + x, gy = oy + y, gx = ox + x;
-                if (gy < 0 || gy >= s.H || gx < 0 || gx >= s.W) {
-                  dg[e] = T(0);
-                  continue;
-                }
-                const T g = acc[e], up = go[e];
-                const int64_t m = (ci * s.H + gy) * s.W + gx, i = roff + m, j = goff + m;
-                if (g >= T(0)) {
-                  dg[e] = up * a_l[i] + hv * c_l[i];
-                  d_al[j] += up * g;
-                  d_cl[j] += hv * g;
-                } else {
-                  dg[e] = up * a_u[i] + hv * c_u[i];
-                  d_au[j] += up * g;
-                  d_cu[j] += hv * g;
-                }
-              }
-          im2col_row<T>(s, dg.data(), cols.data());  // cols[q] = the taps of window pixel q
-          columns_backward<T>(s.c_out, hw, K, lr, W_p, cols.data(), hv, b_p, d_lam + row * lam_row, dW);
-          if (db != nullptr)
-            for (int64_t co = 0; co < s.c_out; ++co) {
-              T lam_sum = T(0);
-              for (int64_t q = 0; q < hw; ++q) lam_sum += lr[co * hw + q];
-              db[co] += hv * lam_sum;
+            for (int64_t y = 0; y < s.h2; ++y) {
+              if (!sp.inside(oy + y, s.H)) continue;
+              const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, m = (ci * s.H + oy + y) * s.W + ox + sp.x0;
+              const int64_t i = roff + m, j = goff + m;
+              relax_span_backward<T>(sp.x1 - sp.x0, acc.data() + e, go + e, hv, a_l + i, c_l + i, a_u + i, c_u + i,
+                                     dg.data() + e, d_al + j, d_cl + j, d_au + j, d_cu + j);
             }
+          unfold<T>(s, g, dg.data(), dcols.data() + (row - r0) * g.hw * g.K);
+          if (db != nullptr) {
+            const T* lr = lam + row * g.lam_row;
+            for (int64_t co = 0; co < s.c_out; ++co) {
+              T sum = T(0);
+              for (int64_t q = 0; q < g.hw; ++q) sum += lr[co * g.hw + q];
+              db[co] += hv * sum;
+            }
+          }
         }
+        // d_lam^T (n*hw, C_out) = dcols W^T; dW (C_out, K) += lamT^T dcols
+        gemm_block<T>(n * g.hw, s.c_out, g.K, dcols.data(), g.K, W_p, g.K, true, dlamT.data(), s.c_out);
+        dW.addmm_(matrix_view(lamT.data(), n * g.hw, s.c_out, s.c_out).t(), matrix_view(dcols.data(), n * g.hw, g.K, g.K));
+        for (int64_t r = 0; r < n; ++r) {
+          const T hb = grad_bias[r0 + r];
+          T* dl = d_lam + (r0 + r) * g.lam_row;
+          for (int64_t co = 0; co < s.c_out; ++co)
+            for (int64_t q = 0; q < g.hw; ++q)
+              dl[co * g.hw + q] = dlamT[(r * g.hw + q) * s.c_out + co] + (b_p != nullptr ? hb * b_p[co] : T(0));
+        }
+      }
     }
   });
 }
@@ -275,10 +285,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
                auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous(), go = grad_lam.contiguous(),
                gb = grad_bias.contiguous();
   const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
-  // tasks = (member, block of samples); at least 16 in all when the batch allows, fixed (not per thread)
+  // tasks = (member, block of samples): at least 16 in all when the batch allows, fixed (not per thread)
   const int64_t b_blocks = std::clamp<int64_t>(16 / std::max<int64_t>(s.P, 1), 1, std::max<int64_t>(s.B, 1));
   const auto opts = lamc.options();
-  Tensor d_lam = at::empty(lamc.sizes(), opts);
+  Tensor d_lam = at::zeros(lamc.sizes(), opts);
   Tensor d_W = at::zeros({s.P, b_blocks, s.c_out, s.c_in, s.kh, s.kw}, opts);
   Tensor d_b = at::zeros({s.P, b_blocks, s.c_out}, opts);
   const std::vector<int64_t> maps{s.P, s.B, s.c_in, s.H, s.W};
@@ -295,8 +305,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
           bc.defined() ? d_b.mutable_data_ptr<scalar_t>() : nullptr, d_al.mutable_data_ptr<scalar_t>(),
           d_cl.mutable_data_ptr<scalar_t>(), d_au.mutable_data_ptr<scalar_t>(), d_cu.mutable_data_ptr<scalar_t>());
     });
-  } else {
-    d_lam.zero_();
   }
   return {d_lam, d_W.sum(1), bc.defined() ? d_b.sum(1) : at::zeros({0}, opts), d_al, d_cl, d_au, d_cu};
 }
