@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import gls.train as train
-from gls import checkpoint
+from gls import certify, checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,13 +59,14 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(ctx, size, argv, logdir, tamper_rank=None):
+def _launch(ctx, size, argv, logdir, tamper_rank=None, entry="train"):
     import dist_worker
 
     port = _port()
     procs = []
     for r in range(size):
-        p = ctx.Process(target=dist_worker.rank_main, args=(r, size, port, argv, str(logdir / f"rank{r}.log"), tamper_rank))
+        p = ctx.Process(target=dist_worker.rank_main,
+                        args=(r, size, port, argv, str(logdir / f"rank{r}.log"), tamper_rank, entry))
         p.start()
         procs.append(p)
     return procs
@@ -132,7 +133,7 @@ def test_pgpe_on_n_ranks_is_bit_identical_to_one_process(ctx, tmp_path, pgpe_sin
     (3, ["--method", "grad", "--train-subset", "66"]),  # batch split: 10 + 11 + 11 rows, then 0 + 1 + 1
 ])
 def test_rgs_and_grad_on_n_ranks_match_one_process(ctx, tmp_path, size, args):
-    args = [*args, "--relaxation", "crown-ibp", "--seed", "5", "--epochs", "2"]
+    args = [*args, "--relaxation", "ibp", "--seed", "5", "--epochs", "2"]
     single = _single(tmp_path, "single", *args)
     codes, out = _distributed(ctx, tmp_path, "dist", size, *args)
     assert codes == [0] * size, _log(out, 0)
@@ -143,6 +144,18 @@ def test_rgs_and_grad_on_n_ranks_match_one_process(ctx, tmp_path, size, args):
         assert r1["train_natural_acc"] == pytest.approx(r2["train_natural_acc"], abs=1e-6)
         assert r1["train_loss"] == pytest.approx(r2["train_loss"], rel=1e-5)
         assert r1["val_natural_acc"] == r2["val_natural_acc"]
+
+
+def test_certify_on_three_ranks_counts_what_one_process_counts(ctx, tmp_path, pgpe_single):
+    argv = [str(pgpe_single), "--subset", "32", "--methods", "ibp,deeppoly", "--pgd-steps", "2"]
+    assert certify.main([*argv, "--json", str(tmp_path / "one.json")]) == 0
+    codes = _join(_launch(ctx, 3, [*argv, "--json", str(tmp_path / "three.json")], tmp_path, entry="certify"))
+    assert codes == [0, 0, 0], _log(tmp_path, 0)
+    one, three = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "three.json"))
+    assert three["n"] == one["n"] == 32 and three["ranks"] == 3
+    for key in ("natural", "ibp", "deeppoly", "best"):
+        assert three["accuracy"][key] == one["accuracy"][key]
+    assert "certified deeppoly" in _log(tmp_path, 0) and _log(tmp_path, 2) == ""
 
 
 def test_a_two_rank_checkpoint_resumes_on_three_ranks(ctx, tmp_path, pgpe_single):
