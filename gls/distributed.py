@@ -8,9 +8,10 @@ cross the wire: every member's noise is regenerated from the Philox stream keyed
 * PGPE: rank r evaluates the antithetic pairs of its contiguous slice; one all-gather of their losses
   gives every rank all P of them; every rank then runs the single-process update (centred ranks, the
   noise-regenerating reductions, ClipUp/Adam) on the same numbers, so the centres stay bit-identical
-  (on CPU, where the kernels are deterministic) without being sent. Per step: P floats, whatever d.
-* RGS and grad: with at least as many samples as ranks the samples are split, else the mini-batch
-  is; one all-reduce of (gradient sum, member losses, finite-member flags) per step, d + 2N floats
+  (on CPU, where the kernels are deterministic) without being sent. Per step: P floats, whatever d
+  (the per-member training metrics take one more all-gather, of 4 P floats).
+* RGS and grad: with at least as many samples (antithetic: pairs) as ranks the samples are split,
+  else the mini-batch is; one all-reduce of (gradient sum, member losses, finite-member flags) per step, d + 2N floats
   (batch split: N (d + 1)). The sum is taken in another order than in one process, so the centre
   agrees with the single-process run to float rounding, not bit for bit.
 * The centre (and PGPE's sigma) is compared across ranks by a checksum of its bits every
@@ -56,7 +57,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
-    timeout_s: float | None = None
+    timeout_s: float = 600.0
     sent: dict = field(default_factory=dict)
     calls: dict = field(default_factory=dict)
 
@@ -199,8 +200,17 @@ class DistributedPGPE(PGPE):
         return x, y
 
     def gather_record(self, record: dict, step: int) -> dict:
-        """The per-member metrics of the whole population, in the single-process order."""
+        """The per-member metrics of the whole population, in the order of one unchunked pass."""
+        lo, hi = self.world.span(self.population // 2)
+        pairs = hi - lo
+        chunk = self.pair_chunk or pairs
         local = torch.stack([record[k].to(self.theta.dtype) for k in RECORD_KEYS])
+        plus, minus = [], []
+        for start in range(0, pairs, chunk):  # the record holds chunk after chunk, each plus rows then minus rows
+            c = min(chunk, pairs - start)
+            plus.append(local[:, 2 * start:2 * start + c])
+            minus.append(local[:, 2 * start + c:2 * (start + c)])
+        local = torch.cat(plus + minus, dim=1)
         full = self.world.gather_pairs(local, self.population // 2, "metrics", f"the metrics all-gather at step {step}")
         return dict(zip(RECORD_KEYS, full))
 
@@ -209,12 +219,13 @@ class DistributedPGPE(PGPE):
 
 
 class DistributedRGS(RGS):
-    """RGS / plain gradients with the samples (N >= ranks) or else the mini-batch split over the ranks."""
+    """RGS / plain gradients with the samples (antithetic: the pairs) split over the ranks when there are
+    at least as many as ranks, else the mini-batch: call local_batch on each step's batch first."""
 
     def __init__(self, theta: torch.Tensor, *, world: World, **kwargs):
         super().__init__(theta, **kwargs)
         self.world = world
-        self.split_batch = self.samples < world.size
+        self.split_batch = (self.samples // 2 if self.antithetic else self.samples) < world.size  # pairs stay together
         self._batch_weight = 1.0
 
     def local_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

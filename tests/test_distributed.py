@@ -111,7 +111,7 @@ def pgpe_single(tmp_path_factory):
     return _single(tmp_path_factory.mktemp("single"), "pgpe", *PGPE)
 
 
-@pytest.mark.parametrize("size, chunk", [(2, "0"), (3, "1")])
+@pytest.mark.parametrize("size, chunk", [(2, "1"), (3, "0")])  # 2 ranks: 1 + 2 pairs, a chunk each
 def test_pgpe_on_n_ranks_is_bit_identical_to_one_process(ctx, tmp_path, pgpe_single, size, chunk):
     codes, out = _distributed(ctx, tmp_path, f"pgpe{size}", size, *PGPE, "--pair-chunk", chunk)
     assert codes == [0] * size, _log(out, 0)
@@ -130,6 +130,7 @@ def test_pgpe_on_n_ranks_is_bit_identical_to_one_process(ctx, tmp_path, pgpe_sin
 
 @pytest.mark.parametrize("size, args", [
     (2, ["--method", "rgs", "--population", "6", "--antithetic", "true"]),  # samples split (3 pairs: 1 + 2)
+    (3, ["--method", "rgs", "--population", "4", "--antithetic", "true"]),  # 2 pairs < 3 ranks: batch split
     (3, ["--method", "grad", "--train-subset", "66"]),  # batch split: 10 + 11 + 11 rows, then 0 + 1 + 1
 ])
 def test_rgs_and_grad_on_n_ranks_match_one_process(ctx, tmp_path, size, args):
