@@ -216,3 +216,14 @@ def test_too_few_pairs_for_the_ranks_is_a_clear_error(ctx, tmp_path):
     codes, out = _distributed(ctx, tmp_path, "few", 3, "--method", "pgpe", "--population", "4", "--epochs", "1")
     assert codes == [1, 1, 1]
     assert "2 antithetic pairs, fewer than the 3 ranks: use at least --population 6" in _log(out, 0)
+
+
+def test_a_distributed_run_config_is_a_valid_config_file_and_bad_options_are_one_line(pgpe_single, capsys):
+    from gls import config
+
+    cfg = config.resolve(config.parse_args(["--config", str(pgpe_single / "config.json")]))
+    assert "world_size" not in cfg and cfg["population"] == 6  # recorded by the launcher, not an option
+    for argv, message in ((["--dist-timeout", "0"], "--dist-timeout must be a number > 0"),
+                          (["--sync-check-every", "-1"], "--sync-check-every must be an integer >= 0")):
+        assert train.main([*TINY, *argv]) == 2
+        assert message in capsys.readouterr().err
