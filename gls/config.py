@@ -147,7 +147,8 @@ def parser() -> argparse.ArgumentParser:
     a("--dist-timeout", type=float, help="under torchrun: seconds a rank waits for the others in a collective "
                                          "before the job stops with an error (default 600)")
     a("--sync-check-every", type=int, help="under torchrun: compare a checksum of the centre across the ranks "
-                                           "every this many steps (and before every checkpoint; 0 = only then; default 100)")
+                                           "every this many steps (and before every checkpoint; 0 = only then; "
+                                           "default 100)")
     for name in sorted(_HIDDEN):  # for tests and quick runs
         a("--" + name.replace("_", "-"), type=int, help=argparse.SUPPRESS)
     return p

@@ -69,6 +69,10 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def main_only(self, fn):
+        """`fn` on rank 0, a function doing nothing on the other ranks (files and prints are rank 0's)."""
+        return fn if self.is_main else (lambda *args, **kwargs: None)
+
     def span(self, n: int) -> tuple[int, int]:
         """This rank's contiguous slice [lo, hi) of n items (sizes differ by at most one)."""
         return self.rank * n // self.size, (self.rank + 1) * n // self.size

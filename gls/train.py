@@ -46,15 +46,19 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _make_optimizer(cfg: dict, theta: torch.Tensor, world: distributed.World | None = None):
-    split = {"world": world} if world is not None and world.active else {}
+    """The PGPE or RGS optimiser of `cfg`; under torchrun (an active `world`) the one that splits the step."""
+    split = world is not None and world.active
+    extra = {"world": world} if split else {}
     if cfg["method"] == "pgpe":
-        return (distributed.DistributedPGPE if split else PGPE)(theta, sigma=cfg["sigma"], lr=cfg["lr"], population=cfg["population"], seed=cfg["seed"],
-                    optimizer=cfg["optimizer"], max_speed=cfg["max_speed"], adapt_sigma=cfg["adapt_sigma"],
-                    stdev_lr=cfg["stdev_lr"], stdev_max_change=cfg["stdev_max_change"],
-                    pair_chunk=cfg["pair_chunk"] or None, **split)
+        cls = distributed.DistributedPGPE if split else PGPE
+        return cls(theta, sigma=cfg["sigma"], lr=cfg["lr"], population=cfg["population"], seed=cfg["seed"],
+                   optimizer=cfg["optimizer"], max_speed=cfg["max_speed"], adapt_sigma=cfg["adapt_sigma"],
+                   stdev_lr=cfg["stdev_lr"], stdev_max_change=cfg["stdev_max_change"],
+                   pair_chunk=cfg["pair_chunk"] or None, **extra)
     clip = cfg["grad_clip"] if cfg["grad_clip"] and cfg["grad_clip"] > 0 else None
-    return (distributed.DistributedRGS if split else RGS)(theta, sigma=cfg["sigma"], samples=cfg["population"], seed=cfg["seed"], antithetic=cfg["antithetic"],
-               optimizer=make_torch_optimizer(cfg["optimizer"], cfg["lr"]), grad_clip=clip, **split)
+    cls = distributed.DistributedRGS if split else RGS
+    return cls(theta, sigma=cfg["sigma"], samples=cfg["population"], seed=cfg["seed"], antithetic=cfg["antithetic"],
+               optimizer=make_torch_optimizer(cfg["optimizer"], cfg["lr"]), grad_clip=clip, **extra)
 
 
 def _center(opt) -> torch.Tensor:
@@ -149,7 +153,8 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
 def _run(cfg: dict, resume_payload: dict | None, world: distributed.World) -> int:
     from tqdm import tqdm
 
-    main = world.is_main
+    main = world.is_main  # rank 0 alone writes the run directory and prints
+    save, plot, say, write_json = (world.main_only(f) for f in (checkpoint.save, _plot, print, _write_json))
     cfg["world_size"] = world.size
     out = Path(cfg["out"] or config.default_out(cfg))
     if resume_payload is None and (out / checkpoint.LAST).exists():
@@ -186,8 +191,8 @@ def _run(cfg: dict, resume_payload: dict | None, world: distributed.World) -> in
         elapsed = resume_payload.get("elapsed_s", 0.0)
         torch.set_rng_state(resume_payload["torch_rng"])
     history = _read_metrics(out / "metrics.jsonl", epoch)
+    write_json(out / "config.json", cfg)
     if main:
-        _write_json(out / "config.json", cfg)
         with open(out / "metrics.jsonl", "w") as f:  # drop epochs after the checkpoint (a killed run's tail)
             f.writelines(json.dumps(h) + "\n" for h in history)
 
@@ -220,8 +225,8 @@ def _run(cfg: dict, resume_payload: dict | None, world: distributed.World) -> in
                 if bn:
                     _update_bn_stats(model, _center(opt), x)
                 record.clear()
-                loss_fn = population_loss(net, x_rank, y_rank, eps=eps_t, relaxation=cfg["relaxation"], robust_weight=weight,
-                                          backend=cfg["backend"], record=record)
+                loss_fn = population_loss(net, x_rank, y_rank, eps=eps_t, relaxation=cfg["relaxation"],
+                                          robust_weight=weight, backend=cfg["backend"], record=record)
                 stats = opt.step(loss_fn, step)
                 if world.active:
                     record.update(opt.gather_record(record, step))
@@ -267,33 +272,30 @@ def _run(cfg: dict, resume_payload: dict | None, world: distributed.World) -> in
         row["time_s"] = time.perf_counter() - t0
         row["elapsed_s"] = elapsed
         history.append(row)
+        if main:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
         if world.active:  # what is saved must be every rank's state
             world.check_same(opt.synced_state(), step)
         ramped = sched(step - 1) >= cfg["train_eps"]
         if ramped and (best is None or row["val_certified_acc"] > best["val_certified_acc"]):
             best = {"epoch": epoch + 1, "val_certified_acc": row["val_certified_acc"],
                     "val_natural_acc": row["val_natural_acc"]}
-            if main:
-                checkpoint.save(payload(epoch + 1), out / checkpoint.BEST)
-        if main:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            checkpoint.save(payload(epoch + 1), out / checkpoint.LAST)
-            _plot(history, out / "curves.png")
-            print(f"epoch {epoch + 1}/{cfg['epochs']}: loss {row['train_loss']:.4f}  eps {row['eps']:.4g}  "
-                  f"val nat {100 * row['val_natural_acc']:.2f}%  val cert({cfg['relaxation']}) "
-                  f"{100 * row['val_certified_acc']:.2f}%  nonfinite {nonfinite}  {row['time_s']:.1f}s", flush=True)
+            save(payload(epoch + 1), out / checkpoint.BEST)
+        save(payload(epoch + 1), out / checkpoint.LAST)
+        plot(history, out / "curves.png")
+        say(f"epoch {epoch + 1}/{cfg['epochs']}: loss {row['train_loss']:.4f}  eps {row['eps']:.4g}  "
+            f"val nat {100 * row['val_natural_acc']:.2f}%  val cert({cfg['relaxation']}) "
+            f"{100 * row['val_certified_acc']:.2f}%  nonfinite {nonfinite}  {row['time_s']:.1f}s", flush=True)
         if cfg["halt_after_epoch"] is not None and epoch + 1 >= cfg["halt_after_epoch"] and epoch + 1 < cfg["epochs"]:
-            if main:
-                print(f"halted after epoch {epoch + 1} (--halt-after-epoch); continue with --resume {out}")
+            say(f"halted after epoch {epoch + 1} (--halt-after-epoch); continue with --resume {out}")
             return 0
 
     summary = {"status": status, "message": message, "epochs_done": len(history), "steps": step,
                "train_time_s": elapsed, "best": best, "run_dir": str(out), "world_size": world.size}
     if status == "diverged":
-        if main:
-            _write_json(out / "summary.json", summary)
-            print(f"gls.train: {message}", file=sys.stderr)
+        write_json(out / "summary.json", summary)
+        say(f"gls.train: {message}", file=sys.stderr)
         return 3
     final = None
     if main:
@@ -309,13 +311,11 @@ def _run(cfg: dict, resume_payload: dict | None, world: distributed.World) -> in
                                   device=device, progress=show)
     summary.update({"evaluated_checkpoint": "best" if best is not None else "last", "test": result,
                     "eval_time_s": time.perf_counter() - t0})
-    if not main:
-        return 0
-    _write_json(out / "summary.json", summary)
-    print(f"test evaluation of the {summary['evaluated_checkpoint']} checkpoint "
-          f"(epoch {final['epoch']}; training {elapsed:.0f} s, evaluation {summary['eval_time_s']:.0f} s):")
-    print(format_table(result))
-    print(f"run directory: {out}")
+    write_json(out / "summary.json", summary)
+    say(f"test evaluation of the {summary['evaluated_checkpoint']} checkpoint "
+        f"(epoch {final['epoch']}; training {elapsed:.0f} s, evaluation {summary['eval_time_s']:.0f} s):")
+    say(format_table(result))
+    say(f"run directory: {out}")
     return 0
 
 
