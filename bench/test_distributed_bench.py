@@ -7,8 +7,8 @@ in this process, no process group. The ratio bench.report prints is time(1 rank)
 
 Bytes per step, per rank: `wire_bytes_per_step` is measured: the growth of the process's `wchar`
 (/proc/self/io: bytes passed to write/writev/send, which is what gloo's TCP pairs use; nothing else
-writes during the timed steps) over the warm-up and timed steps, divided by their number; rank 1's
-figure is stored too. `payload_bytes_per_step` is what gls handed to the collectives (fitness
+writes during the timed steps) over the timed steps (after a warm-up step, which also carries gloo's
+one-off connection traffic), divided by their number; rank 1's figure is stored too. `payload_bytes_per_step` is what gls handed to the collectives (fitness
 all-gather + checksum); the difference is gloo's framing. `broadcast_bytes_per_step` = 4 P d, what a
 scheme shipping every member's weights would send; `broadcast_ratio` = that / the measured bytes.
 The fitness payload is P/2 floats per rank (2 ranks), so the wire bytes depend on P, not on d: the
@@ -78,12 +78,13 @@ def _peer(port: int, model: str, B: int, P: int, steps: int, threads: int, conn)
     world = distributed.init("cpu", TIMEOUT_S)
     try:
         opt, loss, _ = _setup(model, B, P, world)
-        w0 = _wchar()
         with torch.no_grad():
             for t in range(steps):
+                if t == 1:
+                    w0 = _wchar()
                 opt.step(loss, t)
                 world.check_same(opt.synced_state(), t)
-        conn.send({"wire": (_wchar() - w0) / steps})
+        conn.send({"wire": (_wchar() - w0) / (steps - 1)})
     finally:
         world.close()
 
@@ -96,7 +97,7 @@ def _port() -> int:
 
 def test_distributed_pgpe_step(benchmark, request, monkeypatch, model, B, P, impl):
     rounds = ROUNDS[bench_size(request.config)]
-    steps = rounds + 1  # measure's warm-up call and the timed rounds
+    steps = rounds + 1  # a warm-up step and the timed rounds
     counter = iter(range(10 ** 9))
     if impl == "1-rank":
         opt, loss, d = _setup(model, B, P, None)
@@ -125,10 +126,11 @@ def test_distributed_pgpe_step(benchmark, request, monkeypatch, model, B, P, imp
             opt.step(loss, t)
             world.check_same(opt.synced_state(), t)
 
-        w0 = _wchar()
         with torch.no_grad():
-            measure(benchmark, step, torch.device("cpu"), rounds=rounds, warmup=1)
-        wire = (_wchar() - w0) / steps
+            step()  # warm-up
+            w0 = _wchar()
+            measure(benchmark, step, torch.device("cpu"), rounds=rounds, warmup=0)
+        wire = (_wchar() - w0) / rounds
         peer_wire = here.recv()["wire"]
     finally:
         world.close()
