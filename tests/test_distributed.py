@@ -148,7 +148,7 @@ def test_rgs_and_grad_on_n_ranks_match_one_process(ctx, tmp_path, size, args):
 
 
 def test_certify_on_three_ranks_counts_what_one_process_counts(ctx, tmp_path, pgpe_single):
-    argv = [str(pgpe_single), "--subset", "32", "--methods", "ibp,deeppoly", "--pgd-steps", "2"]
+    argv = [str(pgpe_single), "--subset", "32", "--methods", "ibp,deeppoly", "--pgd-steps", "2", "--eps", "0.03"]
     assert certify.main([*argv, "--json", str(tmp_path / "one.json")]) == 0
     codes = _join(_launch(ctx, 3, [*argv, "--json", str(tmp_path / "three.json")], tmp_path, entry="certify"))
     assert codes == [0, 0, 0], _log(tmp_path, 0)
@@ -156,6 +156,7 @@ def test_certify_on_three_ranks_counts_what_one_process_counts(ctx, tmp_path, pg
     assert three["n"] == one["n"] == 32 and three["ranks"] == 3
     for key in ("natural", "ibp", "deeppoly", "best"):
         assert three["accuracy"][key] == one["accuracy"][key]
+    assert one["accuracy"]["deeppoly"] > 0  # samples certified, spread over the shards
     assert "certified deeppoly" in _log(tmp_path, 0) and _log(tmp_path, 2) == ""
 
 
