@@ -78,6 +78,7 @@ class World:
         return self.rank * n // self.size, (self.rank + 1) * n // self.size
 
     def shard(self, split: data.Split) -> data.Split:
+        """This rank's contiguous part of `split` (the whole split in one process)."""
         lo, hi = self.span(len(split))
         return split if not self.active else data.Split(split.x[lo:hi], split.y[lo:hi])
 
@@ -125,11 +126,8 @@ class World:
         padded = local.new_full((k, 2, cmax), math.nan)
         padded[:, :, :c] = local.view(k, 2, c)
         parts = self.all_gather(padded, kind, what)
-        sizes = [self._size_of(r, n) for r in range(self.size)]
+        sizes = [(r + 1) * n // self.size - r * n // self.size for r in range(self.size)]  # every rank's span
         return torch.cat([torch.cat([p[:, h, :s] for p, s in zip(parts, sizes)], dim=1) for h in (0, 1)], dim=1)
-
-    def _size_of(self, rank: int, n: int) -> int:
-        return (rank + 1) * n // self.size - rank * n // self.size
 
     def check_same(self, tensors: list[torch.Tensor], step: int) -> None:
         """Stop every rank with DistributedError if the bits of `tensors` differ between ranks."""
