@@ -29,7 +29,7 @@ BACKENDS = ("reference", "cpp", "cuda", "triton")
 _OPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "relu_relax": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "backsub_linear_relu": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
-    "backsub_conv_relu": ("gls.reference.bound_ops", ("cpp",)),
+    "backsub_conv_relu": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "concretize": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "ibp_affine": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "philox4x32_10": ("gls.reference.noise", ("cpp", "cuda", "triton")),
