@@ -38,15 +38,22 @@ def _member_sample(P: int, B: int, Pm: int, Bm: int, device) -> tuple[torch.Tens
 
 
 def gather(maps: torch.Tensor, origin: torch.Tensor, size) -> torch.Tensor:
-    """Windows (P, B, R, C, h, w) of maps (P|1, B|1, C, H, W) at origin (P, B, R, 2); zero outside."""
+    """Windows (P, B, R, C, h, w) of maps (P|1, B|1, C, H, W) at origin (P, B, R, 2); zero outside.
+
+    Indices are clamped into the map and the outside masked afterwards, so the shapes never depend on
+    the origins' values (no host sync, traceable by torch.compile and the fake-tensor checks).
+    """
     Pm, Bm, C, H, W = maps.shape
     P, B, R = origin.shape[:3]
-    top, bottom, left, right = _padding(origin, size, H, W)
-    padded = F.pad(maps, (left, right, top, bottom))
-    flat = padded.flatten(-2).transpose(-1, -2)  # (Pm, Bm, Hp*Wp, C): one gather reads C contiguous values
-    idx = _index(origin, size, top, left, W + left + right)
+    h, w = size
+    ys = origin[..., 0, None] + torch.arange(h, device=origin.device)
+    xs = origin[..., 1, None] + torch.arange(w, device=origin.device)
+    ok = ((ys >= 0) & (ys < H))[..., :, None] & ((xs >= 0) & (xs < W))[..., None, :]
+    idx = (ys.clamp(0, H - 1)[..., :, None] * W + xs.clamp(0, W - 1)[..., None, :]).flatten(-2)
+    flat = maps.flatten(-2).transpose(-1, -2)  # (Pm, Bm, H*W, C): one gather reads C contiguous values
     pi, bi = _member_sample(P, B, Pm, Bm, maps.device)
-    return flat[pi, bi, idx].transpose(-1, -2).unflatten(-1, tuple(size))
+    vals = flat[pi, bi, idx].transpose(-1, -2).unflatten(-1, (h, w))
+    return torch.where(ok.unsqueeze(3), vals, vals.new_zeros(()))
 
 
 def inside(origin: torch.Tensor, size, H: int, W: int, dtype) -> torch.Tensor:
