@@ -21,11 +21,15 @@ from gls.affine import Conv, Diag
 
 
 class Rows(NamedTuple):
-    """Rows as windows: coef (P, B, R, C, h, w) at origin (P, B, R, 2) on a map of shape (C, H, W)."""
+    """Rows as windows: coef (P, B, R, C, h, w) at origin (P, B, R, 2) on a map of shape (C, H, W).
+
+    uniform: every row has the same origin, `at` (rows that started as whole maps), so cropping is a slice.
+    """
 
     coef: torch.Tensor
     origin: torch.Tensor
     shape: tuple[int, int, int]
+    at: tuple[int, int] | None = None
 
 
 def start(idx: torch.Tensor, value: torch.Tensor, shape) -> Rows:
@@ -40,7 +44,7 @@ def start(idx: torch.Tensor, value: torch.Tensor, shape) -> Rows:
 def whole(lam: torch.Tensor, shape) -> Rows:
     """Dense rows (P, B, R, C*H*W) as windows covering the whole (C, H, W) map."""
     origin = torch.zeros(*lam.shape[:3], 2, dtype=torch.long, device=lam.device)
-    return Rows(lam.reshape(*lam.shape[:3], *shape), origin, tuple(shape))
+    return Rows(lam.reshape(*lam.shape[:3], *shape), origin, tuple(shape), (0, 0))
 
 
 def windowed(op, shape) -> bool:
@@ -48,12 +52,14 @@ def windowed(op, shape) -> bool:
     return isinstance(op, (Conv, Diag)) and len(shape) == 3
 
 
-def _grown(rows: Rows, conv: Conv) -> tuple[torch.Tensor, tuple[int, int]]:
+def _grown(rows: Rows, conv: Conv):
+    """(origin, size, uniform origin or None) of the rows' windows on the conv's input."""
     origin = rows.origin * rows.origin.new_tensor(conv.stride) - rows.origin.new_tensor(conv.padding)
+    at = None if rows.at is None else tuple(o * s - p for o, s, p in zip(rows.at, conv.stride, conv.padding))
     kh, kw = conv.W.shape[-2:]
     h, w = rows.coef.shape[-2:]
     return origin, ((h - 1) * conv.stride[0] + conv.dilation[0] * (kh - 1) + 1,
-                    (w - 1) * conv.stride[1] + conv.dilation[1] * (kw - 1) + 1)
+                    (w - 1) * conv.stride[1] + conv.dilation[1] * (kw - 1) + 1), at
 
 
 def _conv_bias(rows: Rows, conv: Conv) -> torch.Tensor:
@@ -65,9 +71,9 @@ def _conv_bias(rows: Rows, conv: Conv) -> torch.Tensor:
 def back_conv(rows: Rows, conv: Conv) -> tuple[Rows, torch.Tensor]:
     """Through z = conv(x) + b: rows on z -> rows on x (zero outside x's map) and lam . b."""
     g = windows.conv_transpose(rows.coef, conv.W, conv.stride, conv.dilation)
-    origin, size = _grown(rows, conv)
+    origin, size, at = _grown(rows, conv)
     g = g * windows.inside(origin, size, *conv.in_shape[1:], g.dtype)
-    return Rows(g, origin, conv.in_shape), _conv_bias(rows, conv)
+    return Rows(g, origin, conv.in_shape, at), _conv_bias(rows, conv)
 
 
 def _maps(flat: torch.Tensor, shape) -> torch.Tensor:
@@ -97,13 +103,13 @@ def relax_step(rows: Rows, a_l, c_l, a_u, c_u) -> tuple[Rows, torch.Tensor]:
 
 def conv_relu(rows: Rows, conv: Conv, lines, backend=None) -> tuple[Rows, torch.Tensor]:
     """Through z = conv(x) + b and x = relu(z_in) in one fused op (gls.ops.backsub_conv_relu)."""
-    origin, size = _grown(rows, conv)
+    origin, size, at = _grown(rows, conv)
     maps = [t if t.dim() == 5 else _maps(t, conv.in_shape) for t in lines]
     W = conv.W.expand(rows.coef.shape[0], *conv.W.shape[1:])
     b = None if conv.b is None else conv.b.expand(rows.coef.shape[0], -1)
     coef, bias = ops.backsub_conv_relu(rows.coef, W, b, *maps, origin, list(conv.stride), list(conv.dilation),
                                        backend=backend)
-    return Rows(coef, origin, conv.in_shape), bias
+    return Rows(coef, origin, conv.in_shape, at), bias
 
 
 def first_conv_bound(rows: Rows, seg, x_lo, x_hi, backend=None) -> torch.Tensor | None:
@@ -129,9 +135,14 @@ def first_conv_bound(rows: Rows, seg, x_lo, x_hi, backend=None) -> torch.Tensor 
 def crop(rows: Rows) -> Rows:
     """Windows no smaller than their map, cut to the map itself (exact: they are zero outside it)."""
     h, w = rows.coef.shape[-2:]
-    if h * w < rows.shape[1] * rows.shape[2]:
+    H, W = rows.shape[1:]
+    if h * w < H * W:
         return rows
-    return whole(dense(rows), rows.shape)
+    if rows.at is None:
+        return whole(dense(rows), rows.shape)
+    (oy, ox), coef = rows.at, rows.coef  # one origin: a slice (negative padding crops)
+    coef = torch.nn.functional.pad(coef, (ox, W - ox - w, oy, H - oy - h))
+    return rows._replace(coef=coef, origin=torch.zeros_like(rows.origin), at=(0, 0))
 
 
 def dense(rows: Rows) -> torch.Tensor:
