@@ -4,8 +4,8 @@
 gls.compute_bounds call and back-propagates once. `separate` (baseline): N forward/backward passes,
 one per perturbed copy, the gradients averaged, then the same Adam step. Both use the robust loss of
 the lower margin bounds. Sizes: full: batch 64, N in {4, 16, 64}, MLP and CNN3 with CROWN-IBP and
-DeepPoly; quick (CPU): N = 16, MLP (CROWN-IBP batch 16, DeepPoly batch 8) and CNN3 (CROWN-IBP,
-batch 8).
+DeepPoly; quick (CPU): N = 16, MLP (CROWN-IBP batch 16, DeepPoly batch 8), CNN3 (CROWN-IBP,
+batch 8) and the trained cnn3 of bench/trained.py on real MNIST (DeepPoly, batch 32).
 """
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import torch
 
 import gls
 from gls.smoothing import RGS
-from bench import nets, workload
+from bench import nets, trained, workload
 from bench.harness import bench_size, measure, record
 
 SIGMA, LR = 0.01, 1e-3
 GRID = {  # (model, method, batch, sample counts)
-    "quick": [("mlp", "crown-ibp", 16, (16,)), ("mlp", "deeppoly", 8, (16,)), ("cnn3", "crown-ibp", 8, (16,))],
+    "quick": [("mlp", "crown-ibp", 16, (16,)), ("mlp", "deeppoly", 8, (16,)), ("cnn3", "crown-ibp", 8, (16,)),
+              ("cnn3-trained", "deeppoly", 32, (16,))],
     "full": [(m, meth, 64, (4, 16, 64)) for m in ("mlp", "cnn3") for meth in ("crown-ibp", "deeppoly")],
 }
 IMPLS = ("one-pass", "separate")
@@ -56,7 +57,7 @@ class SeparateRGS:
 
 
 def test_rgs_step(benchmark, request, device, model, method, B, N, impl):
-    module, x, y, eps = nets.build(model, B, device)
+    module, x, y, eps = (trained.build if model.endswith("-trained") else nets.build)(model, B, device)
     net = gls.Network.from_module(module)
     rounds = ROUNDS[bench_size(request.config)]
     # autograd keeps the forward's tensors and the backward costs about twice the forward

@@ -8,6 +8,7 @@ import math
 import torch
 
 import gls
+from gls import patches
 
 SIGMA = 0.01  # relative perturbation of the weights in a benchmark population
 TEMPORARIES = 4  # the estimate's allowance for temporaries of the size of the largest tensor
@@ -87,16 +88,18 @@ def bound_pass_bytes(net: gls.Network, in_shape, method: str, P: int, B: int) ->
 
 
 def bound_pass_flops(net: gls.Network, in_shape, method: str, P: int, B: int) -> float:
-    """Estimated FLOPs of one population pass (every ReLU unstable; a back-substituted row costs the
-    layer's multiply-adds for one sample, as the dense coefficient blocks do)."""
+    """Estimated FLOPs of one population pass (every ReLU unstable: an upper estimate; a row costs the
+    multiply-adds of its windows or dense coefficients on the way to the input, gls.patches.row_cost)."""
     segs = _segments(net, in_shape)
+    plan = net.plan(net.params(), in_shape, torch.float32)
     cost = [sum(macs for _, _, macs in seg) for seg in segs]
     K = segs[-1][-1][1]
     flops = 2 * 2 * sum(cost)  # IBP: centre and radius
     if method != "ibp":
-        flops += 2 * (K - 1) * sum(cost)
+        flops += 2 * (K - 1) * patches.row_cost(plan, len(plan) - 1, (K,))[1]
     for k in _refined(segs, method):
-        flops += 2 * 2 * segs[k][-1][1] * sum(cost[: k + 1])
+        shape = patches.map_shape(plan, k, in_shape)
+        flops += 2 * 2 * segs[k][-1][1] * patches.row_cost(plan, k, shape)[1]
     return float(P * B * flops)
 
 

@@ -227,7 +227,7 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, all_rows):
         valid = torch.arange(R, device=l.device) < count.unsqueeze(-1)
     R = idx.shape[-1]
     value = valid.to(l.dtype)
-    most = patches.row_elements(segs, k, shape)
+    most, _ = patches.row_cost(segs, k, shape)
     chunk = max(1, _CHUNK_ELEMENTS // (2 * P * B * max(most, x_lo.shape[-1])))
     lo, hi = [], []
     for i in range(0, R, chunk):

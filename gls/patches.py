@@ -160,25 +160,26 @@ def concretize(rows: Rows, bias: torch.Tensor, x_lo: torch.Tensor, x_hi: torch.T
     return (lam.clamp(min=0) * lo + lam.clamp(max=0) * hi).sum((-3, -2, -1)) + bias
 
 
-def row_elements(segs, k: int, shape) -> int:
-    """The most coefficients one row starting at segs[k]'s output (a map of `shape`) holds on its way
-    to the input, following gls.bounds._backsub: windows grow through convolutions and are cropped to
-    the map once no smaller than it; dense rows become whole-map windows at a convolution."""
-    most = math.prod(shape)
+def row_cost(segs, k: int, shape) -> tuple[int, int]:
+    """(most coefficients, multiply-adds of its Linear/Conv steps) of one row starting at segs[k]'s output (a map of `shape`) on
+    its way to the input, following gls.bounds._backsub: windows grow through convolutions and are
+    cropped to the map once no smaller than it; dense rows become whole-map windows at a convolution."""
+    most, macs = math.prod(shape), 0
     size = (1, 1) if len(shape) == 3 else None  # None: dense rows
     for seg in reversed(segs[:k + 1]):
         for op in reversed(seg):
             if isinstance(op, Conv):
                 h, w = size or op.out_shape[1:]
                 kh, kw = op.W.shape[-2:]
+                macs += op.out_shape[0] * h * w * op.in_shape[0] * kh * kw
                 h = (h - 1) * op.stride[0] + op.dilation[0] * (kh - 1) + 1
                 w = (w - 1) * op.stride[1] + op.dilation[1] * (kw - 1) + 1
                 most = max(most, op.in_shape[0] * h * w)
                 H, W = op.in_shape[1:]
                 size = (H, W) if h * w >= H * W else (h, w)
-            elif not isinstance(op, Diag):
-                most, size = max(most, op.n_in), None
-    return most
+            elif not isinstance(op, Diag):  # elementwise maps are not counted
+                most, size, macs = max(most, op.n_in), None, macs + op.n_in * op.n_out
+    return most, macs
 
 
 def map_shape(segs, k: int, in_shape) -> tuple[int, ...]:
