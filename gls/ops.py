@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from gls import native
+from gls import meta, native
 
 BACKENDS = ("reference", "cpp", "cuda", "triton")
 
@@ -41,11 +41,25 @@ _OPS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 @lru_cache(maxsize=None)
 def _triton_impl(op: str) -> Callable | None:
+    """gls_kernels.<op>.<op> with its metadata registered (and that of the ops its backward calls), or None."""
     try:
         module = importlib.import_module(f"gls_kernels.{op}")
     except ImportError:
         return None
-    return getattr(module, op, None)
+    if any(_triton_impl(dep) is None for dep in meta.needs(op)):
+        return None
+    meta.register(op, "gls_triton")
+    return getattr(module, op)
+
+
+def _register_native() -> None:
+    """Fake kernels and autograd of the gls:: ops that the loaded gls._C defines."""
+    for op in _OPS:
+        if native.has_op(op):
+            meta.register(op, "gls")
+
+
+_register_native()
 
 
 def _triton_runs_on(device: torch.device) -> bool:

@@ -1,4 +1,5 @@
-"""What the Triton ops share: where they may run, tile sizes, tl.dot precision and input checks.
+"""What the Triton bound ops share (a helper, not an op): where they may run, tile sizes, tl.dot precision
+and their kernel guard.
 
 Tile sizes are a fixed choice keyed on the interpreter (no autotuning there: its timings mean
 nothing, and small tiles keep it fast); on a GPU they are sensible defaults for fp32 tiles.
@@ -29,8 +30,8 @@ def dot_precision() -> str:
     return DOT_PRECISION
 
 
-def check_inputs(op: str, tensors: dict, ranks: dict, *, fake: bool = False) -> None:
-    """Dtype, rank and device checks shared by every op (None entries are skipped; the schema checks types).
+def check_inputs(op: str, tensors: dict, ranks: dict) -> None:
+    """Kernel guard shared by the bound ops: dtype, rank and device (None entries are skipped; the schema checks types).
 
     float32 only: the kernels accumulate in fp32 and tl.dot has no fp64 path worth using; float64
     work (e.g. gradcheck) runs on the reference backend.
@@ -50,7 +51,7 @@ def check_inputs(op: str, tensors: dict, ranks: dict, *, fake: bool = False) -> 
             device = t.device
         elif t.device != device:
             raise ValueError(f"gls_triton::{op}: {name} is on {t.device}, expected {device} like the other inputs")
-    if not fake and device is not None and device.type != "cuda" and not INTERPRET:
+    if device is not None and device.type != "cuda" and not INTERPRET:
         raise ValueError(f"gls_triton::{op}: Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got tensors on {device}")
 
 

@@ -1,8 +1,8 @@
-"""Autograd for compiled ops by the vector-Jacobian product of their reference definition.
+"""Autograd of an op by the vector-Jacobian product of its reference definition.
 
-A kernel computes the forward; its backward re-runs the plain-PyTorch reference under autograd and
-back-propagates through it. Gradients are therefore those of the reference by construction, which is
-the contract the tests check. Ops that need a faster backward register a fused one instead.
+A kernel computes the forward; the backward re-runs the plain-PyTorch reference under autograd and
+back-propagates through it, so gradients are those of the reference by construction (the contract the
+tests check). Ops that need a faster backward define a closed-form one in their metadata module instead.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Triton building blocks of the counter-based Gaussian noise (DESIGN.md section 2); not an op.
+"""What the Triton noise ops share (a helper, not an op): Philox and Box-Muller building blocks, and the kernel guard.
 
 Same math as csrc/include/gls/philox.h and gls/reference/noise.py: Philox4x32-10 on uint32 words
 (tl.umulhi for the high product), uniforms ((x >> 8) + 0.5) * 2^-24 in float32 and Box-Muller on lane
@@ -10,6 +10,7 @@ numpy's float32 functions. (Checked: the kernels compile for sm_90 without a GPU
 """
 import os
 
+import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
@@ -77,3 +78,23 @@ def lanes_2d(n0, n1, n2, n3):
     """(BLOCKS,) x 4 lanes -> (BLOCKS, 4), element [b, l] = lane l of block b (contiguous in memory order)."""
     lane = tl.arange(0, 4)[None, :]
     return tl.where(lane == 0, n0[:, None], tl.where(lane == 1, n1[:, None], tl.where(lane == 2, n2[:, None], n3[:, None])))
+
+
+def check_members(members: torch.Tensor, op: str) -> None:
+    """Kernel guard: the member words the kernels read as int64."""
+    if members.dim() != 1 or members.dtype != torch.int64:
+        raise ValueError(f"{op}: members must be a 1-D int64 tensor of member words, got {members.dtype} of shape {tuple(members.shape)}")
+
+
+def check_sigma(sigma: torch.Tensor, d: int, like: torch.Tensor, op: str) -> int:
+    """Kernel guard: stride of sigma along d (0 for a scalar); raises on a wrong shape, dtype or device."""
+    if sigma.numel() != 1 and tuple(sigma.shape) != (d,):
+        raise ValueError(f"{op}: sigma must be a scalar or have shape (d,) = ({d},), got {tuple(sigma.shape)}")
+    if sigma.dtype != like.dtype or sigma.device != like.device:
+        raise ValueError(f"{op}: sigma must have dtype {like.dtype} on {like.device}, got {sigma.dtype} on {sigma.device}")
+    return 0 if sigma.numel() == 1 else 1
+
+
+def rows(members: torch.Tensor, antithetic: bool) -> int:
+    """Population rows of `members`: one per member, two (+eps, -eps) with antithetic pairs."""
+    return members.shape[0] * (2 if antithetic else 1)
