@@ -81,9 +81,10 @@ def _check(lam, W, b, a_l, c_l, a_u, c_u):
     n_in = W.shape[2]
     if b is not None and (b.shape[0] not in (1, P) or b.shape[1] != n_out):
         raise ValueError(f"gls_triton::{op}: b must have shape (1 or P={P}, N_out={n_out}), got {tuple(b.shape)}")
-    for name, t in lines.items():
-        if tuple(t.shape) != (P, B, n_in):
-            raise ValueError(f"gls_triton::{op}: {name} must have shape (P, B, N_in) = {(P, B, n_in)}, got {tuple(t.shape)}")
+    for name, t in lines.items():  # one population size for the four lines: P, or 1 when shared
+        if tuple(t.shape) != (a_l.shape[0], B, n_in) or a_l.shape[0] not in (1, P):
+            raise ValueError(f"gls_triton::{op}: {name} must have shape (1 or P, B, N_in) = (1 or {P}, {B}, {n_in}) like a_l, "
+                             f"got {tuple(t.shape)}")
     return P, B, S, n_out, n_in
 
 
@@ -92,7 +93,7 @@ def backsub_linear_relu(
     lam: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor],
     a_l: torch.Tensor, c_l: torch.Tensor, a_u: torch.Tensor, c_u: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lam_next (P,B,S,N_in), bias (P,B,S)) from lam (P,B,S,N_out), W (P|1,N_out,N_in), b (P|1,N_out) or None."""
+    """(lam_next (P,B,S,N_in), bias (P,B,S)) from lam (P,B,S,N_out), W (P|1,N_out,N_in), b (P|1,N_out) or None, lines (P|1,B,N_in)."""
     P, B, S, n_out, n_in = _check(lam, W, b, a_l, c_l, a_u, c_u)
     lam, W = lam.contiguous(), W.contiguous()
     b = None if b is None else b.contiguous()
@@ -107,7 +108,7 @@ def backsub_linear_relu(
     grid = (triton.cdiv(M, tiles["BLOCK_M"]), n_tiles, P)
     _backsub_kernel[grid](
         lam, W, W if b is None else b, a_l, c_l, a_u, c_u, out, partial,
-        M, S, n_out, n_in, n_tiles, common.population_stride(W), 0 if b is None else common.population_stride(b), B * n_in,
+        M, S, n_out, n_in, n_tiles, common.population_stride(W), 0 if b is None else common.population_stride(b), common.population_stride(a_l),
         HAS_BIAS=b is not None, PRECISION=common.dot_precision(), **tiles, **common.LAUNCH,
     )
     return out, partial.sum(-1)

@@ -60,7 +60,7 @@ def _check(mid, rad, W, b):
         raise ValueError(f"gls_triton::{op}: W has N_in={w_in} columns but mid/rad have N_in={n_in} features")
     if Px != Pw and 1 not in (Px, Pw):
         raise ValueError(f"gls_triton::{op}: population sizes of mid/rad ({Px}) and W ({Pw}) must match or be 1")
-    P = max(Px, Pw)
+    P = Px if Pw == 1 else Pw  # the joint population size (0 included: an empty population stays empty)
     # b's population may not exceed that of mid/W: the radius output does not depend on b, so a
     # per-member b with everything else shared would give the two outputs different shapes.
     if b is not None and (b.shape[0] not in (1, P) or b.shape[1] != n_out):
