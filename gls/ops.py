@@ -26,7 +26,7 @@ BACKENDS = ("reference", "cpp", "cuda", "triton")
 
 # op name -> (reference module, backends with a kernel besides the reference).
 # Triton kernels live in gls_kernels/<op>.py and export a function named like the op.
-_OPS: dict[str, tuple[str, tuple[str, ...]]] = {
+OPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "relu_relax": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "backsub_linear_relu": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "concretize": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
@@ -54,7 +54,7 @@ def _triton_impl(op: str) -> Callable | None:
 
 def _register_native() -> None:
     """Fake kernels and autograd of the gls:: ops that the loaded gls._C defines."""
-    for op in _OPS:
+    for op in OPS:
         if native.has_op(op):
             meta.register(op, "gls")
 
@@ -68,7 +68,7 @@ def _triton_runs_on(device: torch.device) -> bool:
 
 def _candidate(op: str, backend: str, device: torch.device) -> tuple[Callable | None, str]:
     """The implementation of `op` on `backend` for tensors on `device`, or (None, why not)."""
-    ref_module, kernels = _OPS[op]
+    ref_module, kernels = OPS[op]
     if backend == "reference":
         return getattr(importlib.import_module(ref_module), op), ""
     if backend not in kernels:
@@ -92,7 +92,7 @@ def _candidate(op: str, backend: str, device: torch.device) -> tuple[Callable | 
 
 def resolve(op: str, device: torch.device, backend: str | None = None) -> tuple[str, Callable]:
     """(backend name, implementation) that runs `op` for tensors on `device`; see the module docstring."""
-    if op not in _OPS:
+    if op not in OPS:
         raise KeyError(f"unknown gls op {op!r}")
     if backend is not None:
         if backend not in BACKENDS:
