@@ -1,4 +1,4 @@
-"""The one place that picks a backend for each op.
+"""The one place that picks a backend for each op, and the table of ops.
 
 Backends: ``reference`` (plain PyTorch, gls/reference/), ``cpp`` (csrc/cpu via torch.ops.gls),
 ``cuda`` (csrc/cuda via torch.ops.gls) and ``triton`` (gls_kernels/, one module per op).
@@ -10,6 +10,14 @@ Choice, first match wins:
 3. the default: CPU tensors -> ``cpp``; CUDA tensors -> ``cuda``, else ``triton``; else ``reference``.
    (CUDA is preferred over Triton on GPUs because the CUDA kernels fuse the perturbation and the
    epilogue; override per call or with GLS_BACKEND=triton.)
+
+An op is found by its name in every tree (README "Adding an op"; tests/test_layout.py checks it):
+reference ``def <op>`` in the module named in OPS, schema in csrc/ops.cpp, kernels csrc/cpu/<op>.cpp,
+csrc/cuda/<op>.cu and gls_kernels/<op>.py (the ``gls_triton::<op>`` custom op), metadata (input
+check, fake kernel, autograd) in gls/meta/<op>.py, tests/test_<op>.py and bench/test_<op>_bench.py.
+To add one: write those files, add its entry to OPS and a wrapper function below. This module
+registers the metadata: for ``gls::<op>`` at import when gls._C defines it, for ``gls_triton::<op>``
+when it first loads the Triton module, so every backend shares one fake kernel and one backward.
 """
 from __future__ import annotations
 
@@ -24,8 +32,7 @@ from gls import meta, native
 
 BACKENDS = ("reference", "cpp", "cuda", "triton")
 
-# op name -> (reference module, backends with a kernel besides the reference).
-# Triton kernels live in gls_kernels/<op>.py and export a function named like the op.
+# The backend table: op name -> (reference module, backends with a kernel besides the reference).
 OPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "relu_relax": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "backsub_linear_relu": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
