@@ -24,25 +24,11 @@ from gls.net import Network
 _BACKSUB_MEMORY = 1 << 30  # bytes allowed for the back-substitution coefficients of one batch
 
 
-def load_weights(model: nn.Sequential, theta: torch.Tensor, buffers: dict | None = None) -> nn.Sequential:
-    """Copy a flat weight vector (d,) (and buffers) into `model` in place."""
-    net = Network.from_module(model)
-    params = net.layout.unflatten(theta.detach().reshape(-1))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(params[name][0])
-        for name, b in model.named_buffers():
-            if buffers is not None and name in buffers:
-                b.copy_(buffers[name])
-    return model
-
-
 def model_from_checkpoint(payload: dict) -> tuple[nn.Sequential, dict]:
     cfg = payload["config"]
     mean, std = data.STATS[cfg["dataset"]]
-    in_shape = (1, 28, 28) if cfg["dataset"] == "mnist" else (3, 32, 32)
-    model = models.build(cfg["net"], in_shape, mean, std, width=cfg.get("width"))
-    return load_weights(model, payload["theta"], payload.get("buffers")).eval(), cfg
+    model = models.build(cfg["net"], data.SHAPES[cfg["dataset"]], mean, std, width=cfg.get("width"))
+    return models.load_weights(model, payload["theta"], payload.get("buffers")).eval(), cfg
 
 
 def _cert_batch(net: Network, in_shape, method: str, batch_size: int) -> int:

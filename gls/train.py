@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from gls import checkpoint, config, data, models
-from gls.certify import evaluate, format_table, load_weights
+from gls.certify import evaluate, format_table
+from gls.models import load_weights
 from gls.checkpoint import CheckpointError
 from gls.config import ConfigError
 from gls.net import Network
