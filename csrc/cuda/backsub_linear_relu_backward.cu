@@ -1,4 +1,4 @@
-// CUDA kernel of gls::backsub_linear_relu_backward (maths in csrc/bound_grad_ops.cpp): g = lam W by
+// CUDA kernel of gls::backsub_linear_relu_backward (maths in gls/meta/backsub_linear_relu.py): g = lam W by
 // cuBLAS (at::matmul), then one pass where a thread owns (member, batch entry, input) and walks the S
 // spec rows: it rewrites g into dg in place and sums the four relaxation gradients in registers
 // (coalesced along the input axis, no atomics, fixed order).

@@ -1,5 +1,5 @@
 // CPU kernel of gls::backsub_linear_relu_backward: the backward epilogue of backsub_linear_relu fused
-// with the recomputation of g = lam W (see csrc/bound_grad_ops.cpp for the maths).
+// with the recomputation of g = lam W (maths in gls/meta/backsub_linear_relu.py).
 //
 // Tasks are (member, block of batch entries): the block's S rows per batch entry share one relaxation
 // row, so a task owns its rows of the relaxation gradients (no races, fixed summation order). g is
