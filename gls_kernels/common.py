@@ -1,5 +1,5 @@
-"""What the Triton bound ops share (a helper, not an op): where they may run, tile sizes, tl.dot precision
-and their kernel guard.
+"""What the bound ops' kernels share (a helper, not an op): where the Triton kernels may run, tile sizes,
+tl.dot precision, their kernel guard, and the relaxation method codes (imports no triton).
 
 Tile sizes are a fixed choice keyed on the interpreter (no autotuning there: its timings mean
 nothing, and small tiles keep it fast); on a GPU they are sensible defaults for fp32 tiles.
@@ -21,6 +21,19 @@ ELEMENTWISE_BLOCK = 128 if INTERPRET else 1024
 MATMUL_TILES = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32) if INTERPRET else dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)
 ROW_REDUCE_TILES = dict(BLOCK_M=32, BLOCK_N=32) if INTERPRET else dict(BLOCK_M=32, BLOCK_N=128)
 LAUNCH = dict(num_warps=4) if INTERPRET else dict(num_warps=4, num_stages=3)
+
+
+# Relaxation method -> integer code, shared with csrc/include/gls/relax.h: 0, 1 the box, 2, 3 the triangle.
+# The one Python definition: gls.reference.bound_ops and gls/meta/relu_relax.py use it too.
+RELAX_METHODS = {"ibp": 0, "hbox": 1, "crown-ibp": 2, "deeppoly": 3, "crown": 3}
+
+
+def relax_code(method: str) -> int:
+    """Method name -> its code; ValueError naming the known methods otherwise."""
+    try:
+        return RELAX_METHODS[method]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown relaxation method {method!r}; expected one of {sorted(RELAX_METHODS)}") from None
 
 
 def dot_precision() -> str:

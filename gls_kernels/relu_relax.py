@@ -35,18 +35,13 @@ def _relu_relax_kernel(l_ptr, u_ptr, al_ptr, cl_ptr, au_ptr, cu_ptr, n, TRIANGLE
     tl.store(cu_ptr + offs, c_u, mask=mask)
 
 
-# method -> whether its unstable neurons get the triangle (else the box); the codes of csrc/include/gls/relax.h
-TRIANGLE = {"ibp": False, "hbox": False, "crown-ibp": True, "deeppoly": True, "crown": True}
-
-
 def _check(l, u, method):
-    """Kernel guard; returns whether the method uses the triangle."""
-    if method not in TRIANGLE:
-        raise ValueError(f"gls_triton::relu_relax: unknown relaxation method {method!r}; expected one of {sorted(TRIANGLE)}")
+    """Kernel guard; returns whether the method uses the triangle (codes 2, 3) rather than the box."""
+    code = common.relax_code(method)  # ValueError on an unknown method
     common.check_inputs("relu_relax", {"l": l, "u": u}, {})
     if l.shape != u.shape:
         raise ValueError(f"gls_triton::relu_relax: l and u must have the same shape, got {tuple(l.shape)} and {tuple(u.shape)}")
-    return TRIANGLE[method]
+    return code >= 2
 
 
 @torch.library.custom_op("gls_triton::relu_relax", mutates_args=())
