@@ -9,7 +9,7 @@ block of C_out; pixels whose tap misses the (h, w) window load zeros). Each prog
 lines straight from the maps at the row's origin (zero outside the map), selects (a_l, c_l) where
 g >= 0 and (a_u, c_u) elsewhere, and writes one bias partial per (row, tile), summed afterwards in a
 fixed order (deterministic). The lam . b term is added by the row's first tile.
-Backward is the VJP of the reference.
+Fake kernel and backward (shared with gls::backsub_conv_relu): gls/meta/backsub_conv_relu.py.
 """
 from typing import Optional
 
@@ -17,8 +17,6 @@ import torch
 import triton
 import triton.language as tl
 
-from gls.native.autograd import register_reference_vjp
-from gls.reference import bound_ops as ref
 from gls_kernels import common
 
 
@@ -107,13 +105,13 @@ def _pair(name, v):
     return int(v[0]), int(v[1])
 
 
-def _check(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, *, fake=False):
+def _check(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation):
     """Validate shapes; returns (P, B, R, C_in, h', w') of the output windows."""
     op = "backsub_conv_relu"
     lines = {"a_l": a_l, "c_l": c_l, "a_u": a_u, "c_u": c_u}
     common.check_inputs(
         op, {"lam": lam, "W": W, "b": b, **lines},
-        {"lam": 6, "W": 5, "b": 2, "a_l": 5, "c_l": 5, "a_u": 5, "c_u": 5}, fake=fake,
+        {"lam": 6, "W": 5, "b": 2, "a_l": 5, "c_l": 5, "a_u": 5, "c_u": 5},
     )
     (s0, s1), (d0, d1) = _pair("stride", stride), _pair("dilation", dilation)
     P, B, R, c_out, h, w = lam.shape
@@ -174,12 +172,3 @@ def backsub_conv_relu(
         HAS_BIAS=b is not None, PRECISION=common.dot_precision(), **blocks, **common.LAUNCH,
     )
     return out, partial.sum(-1)
-
-
-@backsub_conv_relu.register_fake
-def _(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation):
-    P, B, R, c_in, h2, w2 = _check(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, fake=True)
-    return lam.new_empty((P, B, R, c_in, h2, w2)), lam.new_empty((P, B, R))
-
-
-register_reference_vjp("gls_triton::backsub_conv_relu", ref.backsub_conv_relu, tensor_args=(0, 1, 2, 3, 4, 5, 6))

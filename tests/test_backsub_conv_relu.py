@@ -1,60 +1,65 @@
-"""backsub_conv_relu: the reference against dense back-substitution, the C++ kernel against the reference
-(forward and closed-form backward), gradcheck of the reference, opcheck of the compiled ops."""
+"""backsub_conv_relu: the reference against dense transposed convolutions, every backend (the `backend`
+fixture) against the reference, forward and gradients, and the helper op gls::backsub_conv_relu_backward
+(the closed-form backward, csrc only) against the reference's autograd.
+
+Cases (tests/conv_windows.py): stride 1 and 2, dilation 2, non-square kernels, windows partly outside
+the map, C_in = 1, P = 1 and populations with shared (P = 1) filters, biases or lines, b None, one-hot
+rows (transposed-convolution entries exactly 0, where the g >= 0 selection matters), no rows.
+"""
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conv_windows import CASES, case_id, conv_args
 from gls import native, ops, windows
 from gls.reference import bound_ops as ref
 
-needs_cpp = pytest.mark.skipif(not native.has_kernel("backsub_conv_relu", "CPU"), reason="gls._C not built")
+OP = "backsub_conv_relu"
+TRITON_FLOAT32_ONLY = True
 
-# (P, B, R, C_out, h, w, C_in, kh, kw, H, W, stride, dilation, shared W/b, bias)
-SHAPES = [
-    (1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3, (1, 1), (1, 1), False, True),
-    (2, 3, 4, 3, 2, 3, 2, 3, 2, 7, 6, (2, 1), (1, 2), False, True),
-    (3, 2, 5, 4, 1, 1, 1, 5, 5, 9, 9, (2, 2), (1, 1), True, True),  # one-hot start, C_in = 1, shared filters
-    (1, 4, 3, 2, 3, 3, 3, 2, 2, 5, 5, (1, 1), (2, 2), False, False),  # windows larger than the map, no bias
-]
+# More than one block of threads per window (C_in*h'*w' = 8*11*11) and many rows per sample.
+LARGE = (2, 1, 2, 3, 40, 6, 8, 4, 4, (3, 3), 13, 12, (2, 2), (2, 2), True, False)
+needs_backward_op = pytest.mark.skipif(not native.has_op("backsub_conv_relu_backward"), reason="gls._C not built")
 
 
-def _case(shape, dtype=torch.float64, seed=0, zeros=True):
-    P, B, R, co, h, w, ci, kh, kw, H, W, stride, dilation, shared, bias = shape
-    g = torch.Generator().manual_seed(seed)
-    Pw = 1 if shared else P
-    lam = torch.randn(P, B, R, co, h, w, generator=g, dtype=dtype)
-    if zeros:  # exact zeros: skipped by the kernel, multiplied by the reference
-        lam[..., 0, 0] = 0.0
-    Wt = torch.randn(Pw, co, ci, kh, kw, generator=g, dtype=dtype)
-    b = torch.randn(Pw, co, generator=g, dtype=dtype) if bias else None
-    lines = [torch.randn(P, B, ci, H, W, generator=g, dtype=dtype) for _ in range(4)]
-    origin = torch.randint(-4, max(H, W) - 1, (P, B, R, 2), generator=g)
-    return lam, Wt, b, *lines, origin, list(stride), list(dilation)
+def _interpreted_large(backend, case):
+    if case is LARGE and backend.name == "triton" and backend.device == "cpu":
+        pytest.skip("too large for the Triton interpreter (a minute per call); the other cases cover its code paths")
 
 
-def _dense(lam, Wt, origin, stride, dilation, H, W, padding):
-    """The rows as dense maps on z_out, back through conv_transpose2d: the windows' transposed convolution."""
-    P, B, R, co = lam.shape[:4]
-    out = []
-    for p in range(P):
-        rows = lam[p].reshape(B * R, co, *lam.shape[-2:])
-        out.append(F.conv_transpose2d(rows, Wt[min(p, Wt.shape[0] - 1)], stride=stride, dilation=dilation))
-    return torch.stack(out).reshape(P, B, R, *out[0].shape[1:])
+def _tol(dtype):
+    return dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_reference_is_the_windowed_transposed_convolution(shape):
-    args = _case(shape)
-    lam, Wt, b, a_l, c_l, a_u, c_u, origin, stride, dilation = args
-    got, bias = ref.backsub_conv_relu(*args)
-    g = _dense(lam, Wt, origin, stride, dilation, *a_l.shape[-2:], 0)
-    assert got.shape == g.shape
-    size = g.shape[-2:]
-    inside = windows.inside(origin, size, *a_l.shape[-2:], g.dtype)
+def _leaves(args):
+    args = list(args)
+    for i in range(7):
+        if args[i] is not None:
+            args[i] = args[i].detach().requires_grad_(True)
+    return args
+
+
+def _grads(fn, args, weights):
+    leaves = [t for t in args[:7] if t is not None]
+    lam_next, bias = fn(*args)
+    return torch.autograd.grad((lam_next * weights[0]).sum() + (bias * weights[1]).sum(), leaves)
+
+
+# ---- the reference ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_reference_is_the_windowed_transposed_convolution(case):
+    lam, Wt, b, a_l, c_l, a_u, c_u, origin, stride, dilation = conv_args(case, torch.float64)
+    got, bias = ref.backsub_conv_relu(lam, Wt, b, a_l, c_l, a_u, c_u, origin, stride, dilation)
+    P, B, R, c_out = lam.shape[:4]
+    g = torch.stack([F.conv_transpose2d(lam[p].reshape(B * R, c_out, *lam.shape[-2:]), Wt[min(p, Wt.shape[0] - 1)],
+                                        stride=stride, dilation=dilation) for p in range(P)])
+    g = g.reshape(P, B, R, *g.shape[-3:])
+    size, H, W = g.shape[-2:], *a_l.shape[-2:]
     pos = g >= 0
-    al, au = windows.gather(a_l, origin, size), windows.gather(a_u, origin, size)
+    al, au, cl, cu = (windows.gather(t, origin, size) for t in (a_l, a_u, c_l, c_u))
+    inside = windows.inside(origin, size, H, W, g.dtype)
     torch.testing.assert_close(got, g * torch.where(pos, al, au) * inside)
-    cl, cu = windows.gather(c_l, origin, size), windows.gather(c_u, origin, size)
     want = (g * torch.where(pos, cl, cu)).sum((-3, -2, -1))
     if b is not None:
         want = want + (lam.sum((-2, -1)) * b[:, None, None, :]).sum(-1)
@@ -66,74 +71,138 @@ def test_windows_gather_and_scatter_are_inverse_inside_the_map():
     origin = torch.tensor([[[[-2, 1], [3, 4]]] * 3] * 2)
     win = windows.gather(maps, origin, (4, 3))
     assert win.shape == (2, 3, 2, 4, 4, 3)
-    torch.testing.assert_close(win[0, 1, 0, :, 2:, :], maps[0, 1, :, 0:2, 1:4])  # rows 2.. of the window are rows 0..
+    torch.testing.assert_close(win[0, 1, 0, :, 2:, :], maps[0, 1, :, 0:2, 1:4])  # window rows 2.. are map rows 0..
     assert (win[0, 1, 0, :, :2] == 0).all()  # above the map
     dense = windows.scatter(win, origin, 5, 6)
     inside = windows.scatter(windows.inside(origin, (4, 3), 5, 6, maps.dtype).expand_as(win), origin, 5, 6)
     torch.testing.assert_close(dense, maps.unsqueeze(2) * inside)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_gradcheck_reference(shape):
-    lam, Wt, b, a_l, c_l, a_u, c_u, origin, stride, dilation = _case(shape, zeros=False)  # no g == 0 kinks
-    tensors = [t.requires_grad_(True) for t in (lam, Wt, a_l, c_l, a_u, c_u) + ((b,) if b is not None else ())]
-
-    def f(lam, Wt, a_l, c_l, a_u, c_u, *bias):
-        return ref.backsub_conv_relu(lam, Wt, bias[0] if bias else None, a_l, c_l, a_u, c_u, origin, stride, dilation)
-
-    assert torch.autograd.gradcheck(f, tensors)
-
-
-@needs_cpp
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", SHAPES)
-def test_cpp_matches_reference(shape, dtype):
-    args = _case(shape, dtype)
-    want = ref.backsub_conv_relu(*args)
-    got = ops.backsub_conv_relu(*args, backend="cpp")
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, **tol)
-
-
-@needs_cpp
-@pytest.mark.parametrize("shape", SHAPES)
-def test_cpp_backward_matches_reference(shape):
-    args = list(_case(shape))
+@pytest.mark.parametrize("case", [CASES[1], CASES[4]], ids=case_id)
+def test_gradcheck_reference(case):
+    args = _leaves(conv_args(case, torch.float64))
     idx = [i for i in range(7) if args[i] is not None]
 
-    def grads(fn):
-        leaves = [a.clone().requires_grad_(True) if i in idx else a for i, a in enumerate(args)]
-        out = fn(*leaves)
-        gen = torch.Generator().manual_seed(1)
-        ups = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in out]
-        return torch.autograd.grad(out, [leaves[i] for i in idx], ups)
+    def f(*tensors):
+        full = list(args)
+        for i, t in zip(idx, tensors):
+            full[i] = t
+        return ref.backsub_conv_relu(*full)
 
-    for g, w in zip(grads(lambda *a: ops.backsub_conv_relu(*a, backend="cpp")), grads(ref.backsub_conv_relu)):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(f, [args[i] for i in idx])
 
 
-@needs_cpp
-@pytest.mark.parametrize("shape", SHAPES[1:3])
-def test_opcheck(shape):
-    args = list(_case(shape))
-    for i in range(7):
-        if args[i] is not None:
-            args[i].requires_grad_(True)
-    torch.library.opcheck(torch.ops.gls.backsub_conv_relu.default, tuple(args))
-    lam, Wt, b, a_l, c_l, a_u, c_u, origin, stride, dilation = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
-    out, bias = ref.backsub_conv_relu(lam, Wt, b, a_l, c_l, a_u, c_u, origin, stride, dilation)
+# ---- every backend against the reference -------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES + [LARGE], ids=case_id)
+def test_matches_reference(backend, case, dtype):
+    backend.require(dtype)
+    _interpreted_large(backend, case)
+    args = conv_args(case, dtype, backend.device)
+    for got, want in zip(backend(*args), ref.backsub_conv_relu(*args)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, **_tol(dtype))
+
+
+def test_non_contiguous_inputs(backend):
+    lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation = conv_args(CASES[3], torch.float32, backend.device)
+    lam = lam.transpose(-1, -2).contiguous().transpose(-1, -2)
+    a_l = a_l.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert not lam.is_contiguous() and not a_l.is_contiguous()
+    args = (lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation)
+    for got, want in zip(backend(*args), ref.backsub_conv_relu(*args)):
+        torch.testing.assert_close(got, want, **_tol(torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[4], CASES[5], LARGE], ids=case_id)
+def test_gradients_match_reference(backend, case, dtype):
+    backend.require(dtype)
+    _interpreted_large(backend, case)
+    args = _leaves(conv_args(case, dtype, backend.device))
+    out = ref.backsub_conv_relu(*args)
+    weights = (torch.randn_like(out[0]), torch.randn_like(out[1]))
+    for got, want in zip(_grads(backend, args, weights), _grads(ref.backsub_conv_relu, args, weights)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, **_tol(dtype))
+
+
+def test_unused_first_output(backend):
+    """A concretisation uses only the constant: the backward gets no gradient for lam'."""
+    args = _leaves(conv_args(CASES[3], torch.float32, backend.device))
+    got = torch.autograd.grad(backend(*args)[1].sum(), args[1])
+    want = torch.autograd.grad(ref.backsub_conv_relu(*args)[1].sum(), args[1])
+    torch.testing.assert_close(got[0], want[0], **_tol(torch.float32))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck(backend, bias):
+    case = (2, 1, 2, 1, 2, 3, 2, 2, 2, (2, 2), 4, 5, (2, 1), (1, 2), bias, False)
+    op = backend.torch_op().default
+    torch.library.opcheck(op, conv_args(case, torch.float32, backend.device))
+    torch.library.opcheck(op, tuple(_leaves(conv_args(case, torch.float32, backend.device))))
+
+
+def test_errors(backend):
+    case = (2, 2, 2, 3, 2, 4, 3, 2, 2, (3, 3), 6, 6, (1, 1), (1, 1), True, False)
+    lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation = conv_args(case, torch.float32, backend.device)
+    err = (RuntimeError, ValueError)
+    with pytest.raises(err, match="lam must"):
+        backend(lam[0], W, b, a_l, c_l, a_u, c_u, origin, stride, dilation)
+    with pytest.raises(err, match="W must have"):
+        backend(lam, W[:, :3], b, a_l, c_l, a_u, c_u, origin, stride, dilation)
+    with pytest.raises(err, match="b must have"):
+        backend(lam, W, b[:, :3], a_l, c_l, a_u, c_u, origin, stride, dilation)
+    with pytest.raises(err, match="c_u must have the shape of a_l"):
+        backend(lam, W, b, a_l, c_l, a_u, c_u[..., :4], origin, stride, dilation)
+    with pytest.raises(err, match="origin must be int64"):
+        backend(lam, W, b, a_l, c_l, a_u, c_u, origin.int(), stride, dilation)
+    with pytest.raises(err, match="must be 2 positive integers|must be positive"):
+        backend(lam, W, b, a_l, c_l, a_u, c_u, origin, [0, 1], dilation)
+
+
+# ---- the helper op gls::backsub_conv_relu_backward ------------------------------------------------
+
+@needs_backward_op
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[5], LARGE], ids=case_id)
+def test_backward_op_matches_reference_autograd(case, device):
+    """Every output of the backward op (per member, before the sum over shared inputs)."""
+    args = _leaves(conv_args(case, torch.float64, device))
+    out = ref.backsub_conv_relu(*args)
+    g_lam, g_bias = torch.randn_like(out[0]), torch.randn_like(out[1])
+    got = torch.ops.gls.backsub_conv_relu_backward(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args],
+                                                   g_lam, g_bias)
+    P = args[0].shape[0]
+    full = [a.expand(P, *a.shape[1:]) if i in (1, 2, 3, 4, 5, 6) and a is not None else a for i, a in enumerate(args)]
+    leaves = [t for t in full[:7] if t is not None]
+    want = torch.autograd.grad(ref.backsub_conv_relu(*full), leaves, (g_lam, g_bias), retain_graph=True)
+    want = list(want)
+    if full[2] is None:
+        want.insert(2, torch.zeros(0, dtype=torch.float64, device=device))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **_tol(torch.float64))
+
+
+@needs_backward_op
+def test_backward_op_opcheck():
+    args = conv_args(CASES[3], torch.float32)
+    out = ref.backsub_conv_relu(*args)
     torch.library.opcheck(torch.ops.gls.backsub_conv_relu_backward.default,
-                          (lam, Wt, b, a_l, c_l, a_u, c_u, origin, stride, dilation, torch.randn_like(out),
-                           torch.randn_like(bias)))
+                          (*args, torch.randn_like(out[0]), torch.randn_like(out[1])))
 
 
-@needs_cpp
-def test_bad_input_names_the_problem():
-    lam, Wt, b, a_l, c_l, a_u, c_u, origin, stride, dilation = _case(SHAPES[1])
-    with pytest.raises(RuntimeError, match="origin must be int64"):
-        torch.ops.gls.backsub_conv_relu(lam, Wt, b, a_l, c_l, a_u, c_u, origin.double(), stride, dilation)
-    with pytest.raises(RuntimeError, match="W must have C_out"):
-        torch.ops.gls.backsub_conv_relu(lam, Wt[:, :1], b, a_l, c_l, a_u, c_u, origin, stride, dilation)
-    with pytest.raises(RuntimeError, match="stride and dilation must be positive"):
-        torch.ops.gls.backsub_conv_relu(lam, Wt, b, a_l, c_l, a_u, c_u, origin, [0, 1], dilation)
+@pytest.mark.cuda
+@pytest.mark.skipif(not native.has_kernel(OP, "CUDA"), reason="no CUDA kernels built")
+def test_cuda_is_deterministic_and_the_default():
+    args = conv_args(LARGE, torch.float32, "cuda")
+    assert ops.resolve(OP, args[0].device)[0] == "cuda"
+    first = torch.ops.gls.backsub_conv_relu(*args)
+    g_lam, g_bias = torch.randn_like(first[0]), torch.randn_like(first[1])
+    back = torch.ops.gls.backsub_conv_relu_backward(*args, g_lam, g_bias)
+    for _ in range(3):
+        for a, b in zip(torch.ops.gls.backsub_conv_relu(*args), first):
+            assert torch.equal(a, b)
+        for a, b in zip(torch.ops.gls.backsub_conv_relu_backward(*args, g_lam, g_bias), back):
+            assert torch.equal(a, b)

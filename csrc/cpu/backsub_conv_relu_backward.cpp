@@ -1,0 +1,154 @@
+// CPU kernel of gls::backsub_conv_relu_backward, the closed-form backward of backsub_conv_relu (maths in
+// gls/meta/backsub_conv_relu.py; geometry: conv_windows.h).
+//
+// Design: the columns are recomputed per block of rows (never stored by the forward); dg is formed per
+// row over the spans inside the map and unfolded (im2col), and d_lam = dcols W^T and the filter
+// gradient lam dcols come from two more GEMMs per block. A task walks the rows of its (member, block of
+// samples) in order, so the line gradients need no atomics, and sums its filter gradient in a fixed
+// order: results do not depend on the thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "conv_windows.h"
+
+namespace gls {
+namespace {
+
+using at::Tensor;
+
+// dg = up * A + h * C over one span (A, C the lines g's sign selects); the line gradients up*g and h*g
+// are added to the selected line's gradient map.
+template <typename T>
+inline void relax_span_backward(int64_t n, const T* __restrict__ g, const T* __restrict__ up, T h,
+                                const T* __restrict__ al, const T* __restrict__ cl, const T* __restrict__ au,
+                                const T* __restrict__ cu, T* __restrict__ dg, T* __restrict__ d_al, T* __restrict__ d_cl,
+                                T* __restrict__ d_au, T* __restrict__ d_cu) {
+  for (int64_t x = 0; x < n; ++x) {
+    if (g[x] >= T(0)) {
+      dg[x] = up[x] * al[x] + h * cl[x];
+      d_al[x] += up[x] * g[x];
+      d_cl[x] += h * g[x];
+    } else {
+      dg[x] = up[x] * au[x] + h * cu[x];
+      d_au[x] += up[x] * g[x];
+      d_cu[x] += h * g[x];
+    }
+  }
+}
+
+// Backward. Outputs: d_lam (P,B,R,C_out,h,w); d_W (tasks, C_out, C_in*kh*kw) partial sums per task;
+// d_b (tasks, C_out) likewise; line gradients (P,B,C_in,H,W), zero-initialised.
+template <typename T>
+void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, const T* W, const T* b, const T* a_l,
+                   const T* c_l, const T* a_u, const T* c_u, const int64_t* origin, const T* grad_out,
+                   const T* grad_bias, T* d_lam, T* d_W, T* d_b, T* d_al, T* d_cl, T* d_au, T* d_cu) {
+  const Geometry g(s);
+  const int64_t per_block = (s.B + b_blocks - 1) / b_blocks, block = block_rows(g, s.c_out, sizeof(T));
+  at::parallel_for(0, s.P * b_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> lamT(block * g.hw * s.c_out), cols(block * g.hw * g.K), dcols(block * g.hw * g.K),
+        dlamT(block * g.hw * s.c_out), acc(g.win), dg(g.win);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t p = task / b_blocks, b0 = std::min(s.B, task % b_blocks * per_block);
+      const int64_t first = (p * s.B + b0) * s.R, last = (p * s.B + std::min(s.B, b0 + per_block)) * s.R;
+      const T* W_p = W + (s.w_shared ? 0 : p) * g.filters;
+      const T* b_p = b != nullptr ? b + (s.b_shared ? 0 : p) * s.c_out : nullptr;
+      const at::Tensor dW = matrix_view(d_W + task * g.filters, s.c_out, g.K, g.K);
+      T* db = d_b != nullptr ? d_b + task * s.c_out : nullptr;
+      for (int64_t r0 = first; r0 < last; r0 += block) {
+        const int64_t n = std::min(block, last - r0);
+        columns<T>(s, g, n, lam + r0 * g.lam_row, W_p, lamT.data(), cols.data());
+        for (int64_t row = r0; row < r0 + n; ++row) {
+          const int64_t bi = row / s.R % s.B;
+          const T* go = grad_out + row * g.win;
+          const T hv = grad_bias[row];
+          fold<T>(s, g, cols.data() + (row - r0) * g.hw * g.K, acc.data());
+          const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
+          const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map, goff = (p * s.B + bi) * g.map;
+          const Span sp = span_of(s, ox);
+          std::fill(dg.begin(), dg.end(), T(0));
+          for (int64_t ci = 0; ci < s.c_in; ++ci)
+            for (int64_t y = 0; y < s.h2; ++y) {
+              if (!sp.inside(oy + y, s.H)) continue;
+              const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, m = (ci * s.H + oy + y) * s.W + ox + sp.x0;
+              const int64_t i = roff + m, j = goff + m;
+              relax_span_backward<T>(sp.x1 - sp.x0, acc.data() + e, go + e, hv, a_l + i, c_l + i, a_u + i, c_u + i,
+                                     dg.data() + e, d_al + j, d_cl + j, d_au + j, d_cu + j);
+            }
+          unfold<T>(s, g, dg.data(), dcols.data() + (row - r0) * g.hw * g.K);
+          if (db != nullptr) {
+            const T* lr = lam + row * g.lam_row;
+            for (int64_t co = 0; co < s.c_out; ++co) {
+              T sum = T(0);
+              for (int64_t q = 0; q < g.hw; ++q) sum += lr[co * g.hw + q];
+              db[co] += hv * sum;
+            }
+          }
+        }
+        // d_lam^T (n*hw, C_out) = dcols W^T; dW (C_out, K) += lamT^T dcols
+        gemm_block<T>(n * g.hw, s.c_out, g.K, dcols.data(), g.K, W_p, g.K, true, dlamT.data(), s.c_out);
+        dW.addmm_(matrix_view(lamT.data(), n * g.hw, s.c_out, s.c_out).t(), matrix_view(dcols.data(), n * g.hw, g.K, g.K));
+        for (int64_t r = 0; r < n; ++r) {
+          const T hb = grad_bias[r0 + r];
+          T* dl = d_lam + (r0 + r) * g.lam_row;
+          for (int64_t co = 0; co < s.c_out; ++co)
+            for (int64_t q = 0; q < g.hw; ++q)
+              dl[co * g.hw + q] = dlamT[(r * g.hw + q) * s.c_out + co] + (b_p != nullptr ? hb * b_p[co] : T(0));
+        }
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_relu_backward_cpu(
+    const Tensor& lam, const Tensor& W, const c10::optional<Tensor>& b, const Tensor& a_l, const Tensor& c_l,
+    const Tensor& a_u, const Tensor& c_u, const Tensor& origin, at::IntArrayRef stride, at::IntArrayRef dilation,
+    const Tensor& grad_lam, const Tensor& grad_bias) {
+  const char* op = "backsub_conv_relu_backward";
+  const BacksubConvShape s =
+      check_backsub_conv(c10::DeviceType::CPU, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
+  TORCH_CHECK(grad_lam.sizes() == at::IntArrayRef({s.P, s.B, s.R, s.c_in, s.h2, s.w2}), op,
+              ": grad_lam must have the shape of the op's first output, got ", grad_lam.sizes());
+  TORCH_CHECK(grad_bias.sizes() == at::IntArrayRef({s.P, s.B, s.R}), op, ": grad_bias must have shape (P,B,R), got ",
+              grad_bias.sizes());
+  check_tensors(op, c10::DeviceType::CPU, {{"lam", &lam}, {"grad_lam", &grad_lam}, {"grad_bias", &grad_bias}});
+  const Tensor lamc = lam.contiguous(), Wc = W.contiguous(), alc = a_l.contiguous(), clc = c_l.contiguous(),
+               auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous(), go = grad_lam.contiguous(),
+               gb = grad_bias.contiguous();
+  const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
+  // tasks = (member, block of samples): at least 16 in all when the batch allows, fixed (not per thread)
+  const int64_t b_blocks = std::clamp<int64_t>(16 / std::max<int64_t>(s.P, 1), 1, std::max<int64_t>(s.B, 1));
+  const auto opts = lamc.options();
+  Tensor d_lam = at::zeros(lamc.sizes(), opts);
+  Tensor d_W = at::zeros({s.P, b_blocks, s.c_out, s.c_in, s.kh, s.kw}, opts);
+  Tensor d_b = at::zeros({s.P, b_blocks, s.c_out}, opts);
+  const std::vector<int64_t> maps{s.P, s.B, s.c_in, s.H, s.W};
+  Tensor d_al = at::zeros(maps, opts), d_cl = at::zeros(maps, opts), d_au = at::zeros(maps, opts),
+         d_cu = at::zeros(maps, opts);
+  if (lamc.numel() > 0 && s.c_in * s.h2 * s.w2 > 0) {
+    AT_DISPATCH_FLOATING_TYPES(lamc.scalar_type(), "backsub_conv_relu_backward_cpu", [&] {
+      backward_impl<scalar_t>(
+          s, b_blocks, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
+          bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, alc.const_data_ptr<scalar_t>(),
+          clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(), cuc.const_data_ptr<scalar_t>(),
+          oc.const_data_ptr<int64_t>(), go.const_data_ptr<scalar_t>(), gb.const_data_ptr<scalar_t>(),
+          d_lam.mutable_data_ptr<scalar_t>(), d_W.mutable_data_ptr<scalar_t>(),
+          bc.defined() ? d_b.mutable_data_ptr<scalar_t>() : nullptr, d_al.mutable_data_ptr<scalar_t>(),
+          d_cl.mutable_data_ptr<scalar_t>(), d_au.mutable_data_ptr<scalar_t>(), d_cu.mutable_data_ptr<scalar_t>());
+    });
+  }
+  return {d_lam, d_W.sum(1), bc.defined() ? d_b.sum(1) : at::zeros({0}, opts), d_al, d_cl, d_au, d_cu};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gls, CPU, m) { m.impl("backsub_conv_relu_backward", &backsub_conv_relu_backward_cpu); }
+
+}  // namespace gls

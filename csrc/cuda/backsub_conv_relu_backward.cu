@@ -1,0 +1,219 @@
+// CUDA kernels of gls::backsub_conv_relu_backward (the closed-form backward of backsub_conv_relu;
+// maths in gls/meta/backsub_conv_relu.py, shared geometry in conv_windows.cuh).
+//
+// Backward, deterministic (no atomics): (1) per row block, recompute g, write dg = G A + h C and g to
+// scratch windows, then d_lam = conv(dg, W) + h b from the row's dg; (2) one thread per map pixel of a
+// (member, sample) walks its rows in order and sums the line gradients G g, h g by the sign of g;
+// (3) one block per (member, filter tap or bias entry) reduces dW = sum lam (x) dg and db = sum h lam
+// over the member's rows in a fixed order.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <climits>
+#include <tuple>
+#include <vector>
+
+#include "gls/bound_checks.h"
+#include "conv_windows.cuh"
+#include "tiles.cuh"
+
+namespace gls {
+namespace {
+
+using at::Tensor;
+using namespace conv_windows;
+using cuda_tiles::ceil_div;
+using cuda_tiles::grid_dim;
+
+// Backward, per row: g and dg = G A + h C on the window (0 outside the map), then
+// d_lam[co,qy,qx] = sum_{ci,ky,kx} dg[ci, qy*s0 + ky*d0, qx*s1 + kx*d1] W[co,ci,ky,kx] + h b[co].
+// gwin and dgwin are written and read back by the same block, so they are plain (not read-only) pointers.
+template <typename T>
+__global__ void conv_row_backward_kernel(ConvArgs a, const T* __restrict__ lam, const T* __restrict__ W,
+                                         const T* __restrict__ b, const T* __restrict__ a_l,
+                                         const T* __restrict__ c_l, const T* __restrict__ a_u,
+                                         const T* __restrict__ c_u, const int64_t* __restrict__ origin,
+                                         const T* __restrict__ grad_out, const T* __restrict__ grad_bias, T* gwin,
+                                         T* dgwin, T* __restrict__ d_lam) {
+  const int64_t row = blockIdx.x, p = row / (a.B * a.R), bi = row / a.R % a.B;
+  const int hw = a.h * a.w, lam_n = a.c_out * hw, win2 = a.h2 * a.w2, win = a.c_in * win2;
+  const T* lam_row = lam + row * lam_n;
+  const T* Wp = W + p * a.w_stride;
+  const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
+  const int64_t roff = p * a.r_stride + bi * int64_t(a.c_in) * a.H * a.W;
+  const T hv = grad_bias[row];
+  const T* go = grad_out + row * win;
+  T* gr = gwin + row * win;
+  T* dg = dgwin + row * win;
+  for (int e = threadIdx.x; e < win; e += blockDim.x) {
+    const int ci = e / win2, y = e % win2 / a.w2, x = e % a.w2;
+    const int64_t gy = oy + y, gx = ox + x;
+    if (gy < 0 || gy >= a.H || gx < 0 || gx >= a.W) {
+      gr[e] = T(0);
+      dg[e] = T(0);
+      continue;
+    }
+    const T g = transposed_conv_at<T>(a, lam_row, Wp, ci, y, x), up = go[e];
+    const int64_t i = roff + (int64_t(ci) * a.H + gy) * a.W + gx;
+    gr[e] = g;
+    dg[e] = g >= T(0) ? up * a_l[i] + hv * c_l[i] : up * a_u[i] + hv * c_u[i];
+  }
+  __syncthreads();  // the row's dg is complete and visible to the whole block
+  const int taps = a.kh * a.kw, filter = a.c_in * taps;
+  const T* bp = b != nullptr ? b + p * a.b_stride : nullptr;
+  for (int k = threadIdx.x; k < lam_n; k += blockDim.x) {
+    const int co = k / hw, qy = k % hw / a.w, qx = k % a.w;
+    const T* wf = Wp + int64_t(co) * filter;
+    T sum = T(0);
+    for (int ci = 0; ci < a.c_in; ++ci)
+      for (int ky = 0; ky < a.kh; ++ky) {
+        const T* src = dg + (int64_t(ci) * a.h2 + qy * a.s0 + ky * a.d0) * a.w2 + qx * a.s1;
+        const T* wt = wf + ci * taps + ky * a.kw;
+        for (int kx = 0; kx < a.kw; ++kx) sum += src[kx * a.d1] * wt[kx];
+      }
+    d_lam[row * lam_n + k] = sum + (bp != nullptr ? hv * bp[co] : T(0));
+  }
+}
+
+// Line gradients: a thread owns one pixel (member, sample, ci, gy, gx) and walks the sample's rows in
+// order, summing G g and h g into the lower lines where g >= 0 and into the upper lines elsewhere.
+template <typename T>
+__global__ void conv_line_grad_kernel(ConvArgs a, int64_t total, const int64_t* __restrict__ origin,
+                                      const T* __restrict__ gwin, const T* __restrict__ grad_out,
+                                      const T* __restrict__ grad_bias, T* __restrict__ d_al, T* __restrict__ d_cl,
+                                      T* __restrict__ d_au, T* __restrict__ d_cu) {
+  const int64_t map = int64_t(a.c_in) * a.H * a.W, win2 = int64_t(a.h2) * a.w2, win = a.c_in * win2;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t pb = i / map, m = i % map, ci = m / (int64_t(a.H) * a.W), gy = m / a.W % a.H, gx = m % a.W;
+    T sal = T(0), scl = T(0), sau = T(0), scu = T(0);
+    for (int64_t r = 0; r < a.R; ++r) {
+      const int64_t row = pb * a.R + r, y = gy - origin[2 * row], x = gx - origin[2 * row + 1];
+      if (y < 0 || y >= a.h2 || x < 0 || x >= a.w2) continue;
+      const int64_t e = row * win + ci * win2 + y * a.w2 + x;
+      const T g = gwin[e], up = grad_out[e], hv = grad_bias[row];
+      if (g >= T(0)) {
+        sal += up * g;
+        scl += hv * g;
+      } else {
+        sau += up * g;
+        scu += hv * g;
+      }
+    }
+    d_al[i] = sal;
+    d_cl[i] = scl;
+    d_au[i] = sau;
+    d_cu[i] = scu;
+  }
+}
+
+// Filter and bias gradients of member p = blockIdx.y: block j < C_out*C_in*kh*kw reduces
+// dW[co,ci,ky,kx] = sum over rows and window pixels q of lam[co,q] dg[ci, qy*s0 + ky*d0, qx*s1 + kx*d1];
+// block j = filters + co reduces db[co] = sum over rows of h * sum_q lam[co,q].
+template <typename T>
+__global__ void conv_param_grad_kernel(ConvArgs a, const T* __restrict__ lam, const T* __restrict__ dgwin,
+                                       const T* __restrict__ grad_bias, T* __restrict__ d_W, T* __restrict__ d_b) {
+  const int64_t p = blockIdx.y, j = blockIdx.x;
+  const int hw = a.h * a.w, lam_n = a.c_out * hw, win2 = a.h2 * a.w2, win = a.c_in * win2;
+  const int taps = a.kh * a.kw, filter = a.c_in * taps, filters = a.c_out * filter;
+  const int64_t rows = a.B * a.R, items = rows * hw, row0 = p * rows;
+  T part = T(0);
+  if (j < filters) {
+    const int co = j / filter, ci = j % filter / taps, ky = j % taps / a.kw, kx = j % a.kw;
+    const int tap = (ci * a.h2 + ky * a.d0) * a.w2 + kx * a.d1;
+    for (int64_t t = threadIdx.x; t < items; t += blockDim.x) {
+      const int64_t row = row0 + t / hw;
+      const int q = t % hw, qy = q / a.w, qx = q % a.w;
+      const T v = lam[row * lam_n + co * hw + q];
+      if (v != T(0)) part += v * dgwin[row * win + tap + qy * a.s0 * a.w2 + qx * a.s1];
+    }
+  } else {
+    const int co = j - filters;
+    for (int64_t t = threadIdx.x; t < items; t += blockDim.x) {
+      const int64_t row = row0 + t / hw;
+      part += grad_bias[row] * lam[row * lam_n + co * hw + t % hw];
+    }
+  }
+  const T total = block_sum<T>(part);
+  if (threadIdx.x == 0) {
+    if (j < filters)
+      d_W[p * filters + j] = total;
+    else
+      d_b[p * a.c_out + (j - filters)] = total;
+  }
+}
+
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_relu_backward_cuda(
+    const Tensor& lam, const Tensor& W, const c10::optional<Tensor>& b, const Tensor& a_l, const Tensor& c_l,
+    const Tensor& a_u, const Tensor& c_u, const Tensor& origin, at::IntArrayRef stride, at::IntArrayRef dilation,
+    const Tensor& grad_lam, const Tensor& grad_bias) {
+  const char* op = "backsub_conv_relu_backward";
+  const BacksubConvShape s =
+      check_backsub_conv(c10::DeviceType::CUDA, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
+  TORCH_CHECK(grad_lam.sizes() == at::IntArrayRef({s.P, s.B, s.R, s.c_in, s.h2, s.w2}), op,
+              ": grad_lam must have the shape of the op's first output, got ", grad_lam.sizes());
+  TORCH_CHECK(grad_bias.sizes() == at::IntArrayRef({s.P, s.B, s.R}), op, ": grad_bias must have shape (P,B,R), got ",
+              grad_bias.sizes());
+  check_tensors(op, c10::DeviceType::CUDA, {{"lam", &lam}, {"grad_lam", &grad_lam}, {"grad_bias", &grad_bias}});
+  const c10::cuda::CUDAGuard guard(lam.device());
+  const Tensor lamc = lam.contiguous(), Wc = W.contiguous(), alc = a_l.contiguous(), clc = c_l.contiguous(),
+               auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous(), go = grad_lam.contiguous(),
+               gb = grad_bias.contiguous();
+  const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
+  const auto opts = lamc.options();
+  const std::vector<int64_t> maps{s.P, s.B, s.c_in, s.H, s.W};
+  Tensor d_lam = at::empty(lamc.sizes(), opts);
+  Tensor d_W = at::empty({s.P, s.c_out, s.c_in, s.kh, s.kw}, opts);
+  Tensor d_b = bc.defined() ? at::empty({s.P, s.c_out}, opts) : at::zeros({0}, opts);
+  Tensor d_al = at::empty(maps, opts), d_cl = at::empty(maps, opts), d_au = at::empty(maps, opts),
+         d_cu = at::empty(maps, opts);
+  const int64_t rows = s.P * s.B * s.R;
+  if (rows == 0) {  // nothing flows back: every gradient is zero
+    for (Tensor* t : {&d_W, &d_b, &d_al, &d_cl, &d_au, &d_cu}) t->zero_();
+    return {d_lam, d_W, d_b, d_al, d_cl, d_au, d_cu};
+  }
+  const ConvArgs args = make_args(s);
+  Tensor gwin = at::empty(go.sizes(), opts), dgwin = at::empty(go.sizes(), opts);
+  const int threads = row_threads(std::max(s.c_in * s.h2 * s.w2, s.c_out * s.h * s.w));
+  const int64_t pixels = d_al.numel(), params = s.c_out * s.c_in * s.kh * s.kw + (bc.defined() ? s.c_out : 0);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(lamc.scalar_type(), "backsub_conv_relu_backward_cuda", [&] {
+    conv_row_backward_kernel<scalar_t><<<grid_dim(op, "P*B*R", rows, INT_MAX), threads, 0, stream>>>(
+        args, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
+        bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, alc.const_data_ptr<scalar_t>(),
+        clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(), cuc.const_data_ptr<scalar_t>(),
+        oc.const_data_ptr<int64_t>(), go.const_data_ptr<scalar_t>(), gb.const_data_ptr<scalar_t>(),
+        gwin.mutable_data_ptr<scalar_t>(), dgwin.mutable_data_ptr<scalar_t>(), d_lam.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (pixels > 0) {
+      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(pixels, kMaxThreads), 65535));
+      conv_line_grad_kernel<scalar_t><<<blocks, kMaxThreads, 0, stream>>>(
+          args, pixels, oc.const_data_ptr<int64_t>(), gwin.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
+          gb.const_data_ptr<scalar_t>(), d_al.mutable_data_ptr<scalar_t>(), d_cl.mutable_data_ptr<scalar_t>(),
+          d_au.mutable_data_ptr<scalar_t>(), d_cu.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (params > 0) {
+      const dim3 grid(grid_dim(op, "C_out*C_in*kh*kw", params, INT_MAX), grid_dim(op, "P", s.P, 65535));
+      conv_param_grad_kernel<scalar_t><<<grid, kMaxThreads, 0, stream>>>(
+          args, lamc.const_data_ptr<scalar_t>(), dgwin.const_data_ptr<scalar_t>(), gb.const_data_ptr<scalar_t>(),
+          d_W.mutable_data_ptr<scalar_t>(), bc.defined() ? d_b.mutable_data_ptr<scalar_t>() : nullptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {d_lam, d_W, d_b, d_al, d_cl, d_au, d_cu};
+}
+
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("backsub_conv_relu_backward", &backsub_conv_relu_backward_cuda); }
+
+}  // namespace gls
