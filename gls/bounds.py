@@ -42,10 +42,14 @@ class Bounds(NamedTuple):
 
 def margin_spec(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """C (B, K-1, K) with rows e_y - e_j for j != y in increasing j: C z = margins z_y - z_j."""
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
+    if (not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex()
+            or labels.dtype == torch.bool):
         raise TypeError(f"labels must be a 1-D integer tensor (B,), got {labels!r:.80}")
+    if labels.device.type == "meta":
+        raise ValueError("labels is a meta tensor (no values)")
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{labels.min()}, {labels.max()}]")
+    labels = labels.long()  # a uint8 index tensor would be read as a boolean mask
     eye = torch.eye(num_classes, device=labels.device)
     j = torch.arange(num_classes - 1, device=labels.device)
     others = j + (j.unsqueeze(0) >= labels.unsqueeze(1)).long()  # (B, K-1): every class but y
@@ -53,6 +57,8 @@ def margin_spec(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def _method(method) -> str:
+    if not isinstance(method, str):
+        raise TypeError(f"method must be one string of {METHODS + tuple(_ALIASES)}, got {method!r}")
     name = _ALIASES.get(method, method)
     if name not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS + tuple(_ALIASES)}")
@@ -83,13 +89,24 @@ def input_region(x: torch.Tensor, eps, domain) -> tuple[torch.Tensor, torch.Tens
     flat, eps = x.reshape(B, -1), eps.unsqueeze(1)
     lo, hi = flat - eps, flat + eps
     if domain is not None:
-        d_lo, d_hi = (float(v) for v in domain)
-        if not d_lo <= d_hi:
-            raise ValueError(f"domain must be (lo, hi) with lo <= hi, got {domain}")
+        d_lo, d_hi = _domain(domain)
         lo, hi = lo.clamp(min=d_lo), hi.clamp(max=d_hi)
         if (lo > hi).any():
             raise ValueError(f"x lies outside the domain {tuple(domain)} by more than eps")
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError("the input region is unbounded (infinite eps without a finite domain)")
     return lo, hi
+
+
+def _domain(domain) -> tuple[float, float]:
+    """(lo, hi) floats with lo <= hi; lo may be -inf and hi +inf."""
+    try:
+        d_lo, d_hi = (float(v) for v in domain)
+    except (TypeError, ValueError):
+        raise TypeError(f"domain must be None or a pair (lo, hi) of numbers, got {domain!r}") from None
+    if not d_lo <= d_hi or d_lo == float("inf") or d_hi == -float("inf"):
+        raise ValueError(f"domain must be (lo, hi) with lo <= hi, got {domain}")
+    return d_lo, d_hi
 
 
 def _spec(labels, spec, B: int, K: int, like: torch.Tensor) -> torch.Tensor:
@@ -107,8 +124,8 @@ def _spec(labels, spec, B: int, K: int, like: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"spec must be a floating tensor (B, S, K), got {type(spec).__name__}")
     if spec.dim() != 3 or spec.shape[0] != B or spec.shape[2] != K:
         raise ValueError(f"spec must have shape (B, S, K) = ({B}, S, {K}), got {tuple(spec.shape)}")
-    if torch.isnan(spec).any():
-        raise ValueError("spec contains NaN")
+    if not torch.isfinite(spec).all():
+        raise ValueError("spec contains NaN or inf")
     return spec.to(like.dtype)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 
 def _leaves(module):
-    for m in module.children():
+    for m in module._modules.values():  # repeats included (children() drops a module used twice)
         if isinstance(m, nn.Sequential):
             yield from _leaves(m)
         elif not isinstance(m, nn.Identity):

@@ -304,7 +304,7 @@ def test_errors_name_the_problem():
         gls.compute_bounds(model, torch.full_like(x, float("nan")), 0.1, method="ibp")
     bad = _stacked(population(model, 1))
     bad["3.bias"][0, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"params contain NaN: \['3.bias'\]"):
+    with pytest.raises(ValueError, match=r"params contain NaN or inf: \['3.bias'\]"):
         gls.compute_bounds(model, x, 0.1, method="ibp", params=bad)
     with pytest.raises(ValueError, match=r"spec must have shape \(B, S, K\)"):
         gls.compute_bounds(model, x, 0.1, method="ibp", spec=torch.randn(3, 2, 4))
@@ -318,3 +318,74 @@ def test_errors_name_the_problem():
         gls.compute_bounds(model, x, 0.1, method="ibp", bound="upper")
     with pytest.raises(ValueError, match="outside the domain"):
         gls.compute_bounds(model, x + 2, 0.1, method="ibp")
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64])
+def test_integer_labels_of_any_width_give_the_same_margins(dtype):
+    """uint8 labels used to index as a boolean mask (wrong margins when B equals the number of classes)."""
+    model, shape = build("mlp")
+    x = _inputs(shape)
+    labels = torch.tensor([2, 0, 1])  # B = K = 3
+    want = gls.compute_bounds(model, x, 0.05, method="crown-ibp", labels=labels).lower
+    got = gls.compute_bounds(model, x, 0.05, method="crown-ibp", labels=labels.to(dtype)).lower
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(gls.margin_spec(labels.to(dtype), 3), gls.margin_spec(labels, 3))
+
+
+def test_bias_free_conv_before_affine_free_batchnorm_takes_a_population():
+    """Conv2d(bias=False) + BatchNorm2d(affine=False): the folded bias is shared (1, C); P > 1 crashed."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2, affine=False), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8, 3)).eval()
+    shape = (1, 4, 4)
+    members = population(model, 3)
+    x = _inputs(shape)
+    for method in METHODS:
+        got = gls.compute_bounds(model, x, 0.05, method=method, labels=torch.tensor([0, 1, 2]), params=_stacked(members))
+        for p, member in enumerate(members):
+            one = gls.compute_bounds(member, x, 0.05, method=method, labels=torch.tensor([0, 1, 2]))
+            torch.testing.assert_close(got.lower[p], one.lower[0], rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_inputs_are_refused():
+    model, shape = build("mlp")
+    x = _inputs(shape)
+    bad = _stacked(population(model, 1))
+    bad["1.weight"][0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"params contain NaN or inf: \['1.weight'\]"):
+        gls.compute_bounds(model, x, 0.1, method="ibp", params=bad)
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        gls.compute_bounds(model, torch.full_like(x, float("inf")), 0.1, method="ibp", domain=None)
+    with pytest.raises(ValueError, match="unbounded"):
+        gls.compute_bounds(model, x, float("inf"), method="ibp", domain=None)
+    with pytest.raises(ValueError, match="unbounded"):
+        gls.compute_bounds(model, x, torch.tensor([0.1, float("inf"), 0.1]), method="deeppoly", domain=None)
+    finite = gls.compute_bounds(model, x, float("inf"), method="ibp", bound="both")  # the whole domain
+    assert torch.isfinite(finite.lower).all() and torch.isfinite(finite.upper).all()
+    spec = torch.randn(3, 2, 3)
+    spec[1, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="spec contains NaN or inf"):
+        gls.compute_bounds(model, x, 0.1, method="ibp", spec=spec)
+    model[4].running_var[0] = -1.0
+    with pytest.raises(ValueError, match=r"layer 4 \(BatchNorm1d\): running statistics must be finite"):
+        gls.compute_bounds(model, x, 0.1, method="ibp")
+
+
+def test_obscure_inputs_get_clear_errors():
+    model, shape = build("mlp")
+    x = _inputs(shape)
+    with pytest.raises(ValueError, match="holds no samples"):
+        gls.compute_bounds(model, x[:0], 0.1, method="deeppoly", labels=torch.zeros(0, dtype=torch.long))
+    with pytest.raises(TypeError, match="labels must be a 1-D integer tensor"):
+        gls.compute_bounds(model, x, 0.1, method="ibp", labels=torch.tensor([True, False, True]))
+    with pytest.raises(ValueError, match="meta tensor"):
+        gls.compute_bounds(model, x.to("meta"), 0.1, method="ibp")
+    with pytest.raises(ValueError, match="meta tensor"):
+        gls.compute_bounds(model.to("meta"), x, 0.1, method="ibp")
+    model, _ = build("mlp")
+    for domain in (1.0, (0.0, 0.5, 1.0), ("a", "b")):
+        with pytest.raises(TypeError, match="domain must be None or a pair"):
+            gls.compute_bounds(model, x, 0.1, method="ibp", domain=domain)
+    with pytest.raises(TypeError, match="method must be one string"):
+        gls.compute_bounds(model, x, 0.1, method=["ibp"])
+    with pytest.raises(TypeError, match="float32 or float64"):
+        gls.compute_bounds(model.half(), x, 0.1, method="ibp")

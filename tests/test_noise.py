@@ -245,6 +245,10 @@ def test_errors():
         noise.noise_weighted_sum(torch.ones(4), 0.1, 0, 0)
     with pytest.raises(ValueError, match="d must be >= 1"):
         noise.perturb(torch.zeros(0), 0.1, 0, 2)
+    for call in (lambda: noise.population_normal(2, 2**63, seed=0),
+                 lambda: noise.noise_weighted_sum(torch.ones(2), 0.1, 0, 2**63)):
+        with pytest.raises(ValueError, match=r"d must be < 2\*\*63"):
+            call()
     with pytest.raises(ValueError, match="32-bit word"):
         noise.normal(4, seed=1, member=2**32)
     with pytest.raises(ValueError, match="exceed 2\\*\\*32"):
