@@ -139,13 +139,30 @@ def _interval(seg, mid, rad, backend):
     return mid, rad
 
 
+_ULPS = 8  # outward margin of intermediate bounds, in units of eps(dtype) times the bound's magnitude
+
+
+def _margin(scale: torch.Tensor) -> torch.Tensor:
+    """Rounding allowance _ULPS * eps(dtype) * scale pushed outward from every intermediate bound.
+
+    Without it, l = mid - rad of a neuron whose true l is slightly negative can round to exactly 0
+    (mid ~ rad large: 1e8 x - 1 over x in [0, 1] gives mid = 5e7 in float32) and the neuron would get
+    the identity relaxation, off by far more than the rounding (see tests/test_bounds.py). With the
+    margin such a neuron stays unstable and gets a (slightly loose) sound relaxation; in float64 the
+    margin is ~2e-15 of the bound's magnitude. gls.sound gives bounds sound under every rounding.
+    """
+    return scale * (_ULPS * torch.finfo(scale.dtype).eps)
+
+
 def _ibp(segs, x_lo, x_hi, P, backend):
-    """IBP boxes of every ReLU's pre-activation, and the box of the last affine layer's input."""
+    """IBP boxes of every ReLU's pre-activation (widened by _margin), and the box of the last affine
+    layer's input."""
     mid, rad = ((x_hi + x_lo) / 2).unsqueeze(0), ((x_hi - x_lo) / 2).unsqueeze(0)
     boxes = []
     for seg in segs[:-1]:
         mid, rad = _interval(seg, mid, rad, backend)
-        l, u = _full(mid - rad, P), _full(mid + rad, P)
+        d = _margin(mid.abs() + rad)
+        l, u = _full(mid - rad - d, P), _full(mid + rad + d, P)
         boxes.append((l, u))
         l, u = l.relu(), u.relu()
         mid, rad = (u + l) / 2, (u - l) / 2
@@ -181,8 +198,9 @@ def _backsub(lam, segs, relax, upto, x_lo, x_hi, backend):
 _CHUNK_ELEMENTS = 1 << 25  # at most this many coefficients per back-substituted block of rows
 
 
-def _refine(segs, relax, k, l, u, x_lo, x_hi, backend, all_rows):
-    """Intersect the IBP box of segs[k]'s output with back-substituted bounds (unstable rows only).
+def _refine(segs, relax, k, l, u, x_lo, x_hi, backend, all_rows, intersect_ibp=True):
+    """Intersect the IBP box of segs[k]'s output with back-substituted bounds (unstable rows only);
+    with intersect_ibp=False the back-substituted bounds replace the IBP box on those rows.
 
     Rows are independent, so they go in chunks that keep each coefficient tensor (P, B, rows, N)
     under _CHUNK_ELEMENTS whatever the layer width; the numbers do not depend on the chunking.
@@ -202,9 +220,12 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, backend, all_rows):
     chunk = max(1, _CHUNK_ELEMENTS // (P * B * widest))
     res = torch.cat([_backsub(r.expand(P, B, *r.shape).contiguous(), segs, relax, k, x_lo, x_hi, backend)
                      for r in rows.split(chunk)], dim=-1)
-    l = l.index_copy(-1, idx, torch.maximum(l.index_select(-1, idx), res[..., :n]))
-    u = u.index_copy(-1, idx, torch.minimum(u.index_select(-1, idx), -res[..., n:]))
-    return l, u
+    l_ibp, u_ibp = l.index_select(-1, idx), u.index_select(-1, idx)
+    d = _margin(torch.maximum(l_ibp.abs(), u_ibp.abs()))  # rounding allowance, as in _ibp
+    l_bs, u_bs = res[..., :n] - d, -res[..., n:] + d
+    if intersect_ibp:
+        l_bs, u_bs = torch.maximum(l_ibp, l_bs), torch.minimum(u_ibp, u_bs)
+    return l.index_copy(-1, idx, l_bs), u.index_copy(-1, idx, u_bs)
 
 
 def _count_maps(seg) -> int:
@@ -224,7 +245,8 @@ def _member_chunk(member_chunk, P: int, B: int, device: torch.device) -> int:
 
 
 def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None, domain=(0.0, 1.0),
-                   bound="lower", backend=None, member_chunk=None, _all_rows=False) -> Bounds:
+                   bound="lower", backend=None, member_chunk=None, intersect_ibp=True, sound=False,
+                   _all_rows=False) -> Bounds:
     """Bounds of C z(x) over the input region for every member of a population.
 
     model: an nn.Sequential (see gls.net) or a gls.Network. x (B, ...) shared inputs; eps a float or
@@ -238,6 +260,19 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     depend on it; the union of unstable rows is taken per pass). None: the whole population on a
     GPU; on a CPU about 1024 / B members per pass, where the benchmarks showed larger passes falling
     out of cache and losing to smaller ones (bench/results).
+
+    intersect_ibp: hbox/deeppoly intersect their back-substituted intermediate bounds with IBP (the
+    default: never looser than either, and the intersection is what CTBench's DeepPoly and
+    hBox compute). It can make a bound differ from plain CROWN: a tighter (l, u) can flip the adaptive
+    lower slope (u > -l) to a worse choice for the final bound. intersect_ibp=False back-substitutes
+    every neuron and uses those bounds alone, i.e. plain CROWN (method deeppoly) and plain
+    back-substituted hBox, as auto_LiRPA's CROWN and the paradox paper's code compute them.
+
+    sound: False (default) computes in the input's dtype; intermediate bounds carry a small outward
+    rounding margin (see _margin) so rounding cannot turn an unstable ReLU into a stable one, but the
+    result may differ from the real-valued bound by rounding. True: gls.sound's float64 evaluation
+    with a rigorous rounding-error allowance; every returned lower (upper) bound is <= (>=) the true
+    bound of the real-valued network, whatever the rounding. No gradients in sound mode.
     """
     net = Network.from_module(model)
     method = _method(method)
@@ -245,11 +280,17 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
         raise ValueError(f"bound must be 'lower' or 'both', got {bound!r}")
     params, P = net.resolve_params(params)
     x = check_input(x, _dtype(params, x))
+    if sound:
+        from gls.sound import sound_bounds
+
+        return sound_bounds(net, params, x, eps, method=method, labels=labels, spec=spec, domain=domain,
+                            bound=bound, member_chunk=member_chunk, intersect_ibp=intersect_ibp)
     chunk = _member_chunk(member_chunk, P, x.shape[0], x.device)
     if chunk < P:
         parts = [compute_bounds(net, x, eps, method=method, labels=labels, spec=spec, domain=domain, bound=bound,
                                 params={n: t[i:i + chunk] for n, t in params.items()}, backend=backend,
-                                member_chunk=chunk, _all_rows=_all_rows) for i in range(0, P, chunk)]
+                                member_chunk=chunk, intersect_ibp=intersect_ibp, _all_rows=_all_rows)
+                 for i in range(0, P, chunk)]
         return Bounds(torch.cat([b.lower for b in parts]),
                       None if bound == "lower" else torch.cat([b.upper for b in parts]))
     x_lo, x_hi = input_region(x, eps, domain)
@@ -272,7 +313,8 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
         relax = []
         for k, (l, u) in enumerate(boxes):
             if method in ("hbox", "deeppoly") and (k > 0 or _count_maps(segs[0]) > 1):
-                l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, backend, _all_rows)
+                l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, backend, _all_rows or not intersect_ibp,
+                               intersect_ibp)
             relax.append(ops.relu_relax(l, u, method, backend=backend))
         lb = _backsub(lam, segs, relax, len(boxes), x_lo, x_hi, backend)
     if bound == "lower":

@@ -62,6 +62,63 @@ def test_matches_naive_oracle(net, method):
     torch.testing.assert_close(got.upper, want_hi, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("method", ["hbox", "deeppoly"])
+def test_without_ibp_intersection_matches_the_naive_oracle(net, method):
+    """intersect_ibp=False: plain back-substituted bounds (CROWN for deeppoly), as the oracle computes them."""
+    model, shape = build(net)
+    model = model.double()
+    params = _stacked(population(model, 2), torch.float64)
+    x = _inputs(shape, B=2).double()
+    eps = EPS.get(net, 0.1)
+    C = torch.randn(2, 4, 3 if net != "mlp_image" else 4, dtype=torch.float64)
+    got = gls.compute_bounds(model, x, eps, method=method, spec=C, params=params, intersect_ibp=False)
+    want = naive_bounds(model, _members(params), x, eps, C, method, intersect=False)
+    torch.testing.assert_close(got.lower, want, rtol=1e-5, atol=1e-7)
+
+
+def _differs_from_plain_crown():
+    """A net where intersecting with IBP flips a lower slope: deeppoly != plain CROWN (searched once)."""
+    for seed in range(200):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(),
+                              nn.Linear(6, 2)).double()
+        x = torch.rand(1, 3, dtype=torch.float64)
+        C = torch.tensor([[[1.0, -1.0]]], dtype=torch.float64)
+        a = naive_bounds(model, [dict(model.named_parameters())], x, 0.3, C, "deeppoly")
+        b = naive_bounds(model, [dict(model.named_parameters())], x, 0.3, C, "deeppoly", intersect=False)
+        if (a - b).abs().max() > 1e-6:
+            return model, x, C, b
+    raise AssertionError("no net found")
+
+
+def test_plain_crown_differs_from_the_intersected_default_where_the_slope_flips():
+    model, x, C, crown = _differs_from_plain_crown()
+    got = gls.compute_bounds(model, x, 0.3, method="crown", spec=C, intersect_ibp=False).lower
+    torch.testing.assert_close(got, crown, rtol=1e-7, atol=1e-9)
+    assert (gls.compute_bounds(model, x, 0.3, method="crown", spec=C).lower - crown).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("sound", [False, True])
+def test_float32_cancellation_cannot_make_a_relu_stable(method, sound):
+    """x in [0, 1], h = relu(1e8 x), out = relu(h) - relu(h - 1): true range [0, 1]. In float32 IBP's
+    mid - rad of h - 1 rounds to exactly 0, which made the neuron stable and the bounds [1, 1]."""
+    model = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        for m, w, b in ((model[0], [[1e8]], [0.0]), (model[2], [[1.0], [1.0]], [0.0, -1.0]), (model[4], [[1.0, -1.0]], [0.0])):
+            m.weight.copy_(torch.tensor(w))
+            m.bias.copy_(torch.tensor(b))
+    x = torch.tensor([[0.5]])
+    b = gls.compute_bounds(model, x, 0.5, method=method, bound="both", sound=sound)
+    assert b.lower.dtype == torch.float32
+    assert b.lower.item() <= 0.0 and b.upper.item() >= 1.0, (b.lower.item(), b.upper.item())
+    assert -1.01e8 < b.lower.item() and b.upper.item() < 1.01e8  # sound, and no looser than plain IBP
+    pts = torch.linspace(0, 1, 10001).unsqueeze(1).double()
+    vals = model.double()(pts)
+    assert vals.min() >= b.lower.item() and vals.max() <= b.upper.item()
+
+
 def _region_points(lo, hi, n=10_000, gen=None):
     """All corners of a box of dimension <= 13, else 4,000 random corners; interior points up to n."""
     d = lo.numel()
@@ -135,8 +192,8 @@ def test_exact_without_relu(net, method):
 def test_exact_when_ibp_leaves_no_relu_unstable(net):
     model, shape = build(net)
     model = model.double()
-    x = _inputs(shape, B=2).double()
-    eps = 1e-4
+    x = _inputs(shape, B=2).double().clamp(0.05, 0.95)  # off the domain's edge: a bias-free neuron fed by
+    eps = 1e-4  # a pixel region [0, eps] has l = 0 exactly, which the rounding margin keeps unstable
     netw = gls.Network.from_module(model)
     params, P = netw.resolve_params(None)
     x_lo, x_hi = gls.bounds.input_region(x, eps, (0.0, 1.0))
