@@ -209,12 +209,14 @@ class Network:
             raise ValueError(f"params contain NaN or inf: {bad}")
         return params, P
 
-    def plan(self, params: dict, in_shape, dtype: torch.dtype) -> list[list]:
+    def plan(self, params: dict, in_shape, dtype: torch.dtype, sound: bool = False) -> list[list]:
         """Bind params to the layers for per-sample input shape in_shape.
 
         Returns the affine segments between ReLUs: segs[0] maps the input to the first ReLU's
         pre-activation, segs[-1] the last ReLU's output to the logits (len = number of ReLUs + 1).
-        Buffers (running statistics, Normalize constants) are cast to dtype.
+        Buffers (running statistics, Normalize constants) are cast to dtype. sound: no BatchNorm
+        folding (W s would be rounded; as its own Diag the rounding stays elementwise) and every Diag
+        carries bounds on the rounding of its s and t (Diag.err), for gls.sound.
         """
         buffers = {n: b.to(dtype) for n, b in self.module.named_buffers()}
         shape = tuple(in_shape)
@@ -243,8 +245,8 @@ class Network:
                         raise ValueError(f"{where}: input {shape} is smaller than the kernel")
                     out_shape = (m.out_channels, *hw)
                 nxt = layers[i + 1] if i + 1 < len(layers) else None
-                if nxt is not None and nxt.kind == "batchnorm":
-                    s, t = self._bn_affine(nxt, params, buffers, out_shape)
+                if nxt is not None and nxt.kind == "batchnorm" and not sound:
+                    s, t, _ = self._bn_affine(nxt, params, buffers, out_shape)
                     scale = s.view(s.shape[0], -1, *[1] * (W.dim() - 2))
                     W = W * scale
                     b = (t if b is None else b * s + t).expand(W.shape[0], -1)  # (P, C) even when t is shared
@@ -256,15 +258,19 @@ class Network:
                 segs[-1].append(op)
                 shape = out_shape
             else:
-                s, t = (self._bn_affine if kind == "batchnorm" else self._normalize_affine)(layer, params, buffers, shape)
+                s, t, t_mag = (self._bn_affine if kind == "batchnorm" else self._normalize_affine)(layer, params, buffers, shape)
                 spread = math.prod(shape[1:])
-                segs[-1].append(Diag(s.repeat_interleave(spread, dim=1), t.repeat_interleave(spread, dim=1)))
+                err = None
+                if sound:  # at most 6 roundings, each of relative size <= u, behind s and behind each term of t
+                    g = _gamma(8, dtype)
+                    err = ((g * s.abs()).repeat_interleave(spread, dim=1), (g * t_mag).repeat_interleave(spread, dim=1))
+                segs[-1].append(Diag(s.repeat_interleave(spread, dim=1), t.repeat_interleave(spread, dim=1), err))
             i += 1
         return segs
 
     @staticmethod
     def _bn_affine(layer: _Layer, params, buffers, shape):
-        """Eval-form BatchNorm as per-channel (s, t), (P|1, C): y = x*s + t."""
+        """Eval-form BatchNorm as per-channel (s, t, |mean s| + |beta|), (P|1, C): y = x*s + t."""
         m, pos = layer.module, layer.position
         ranks = (3,) if isinstance(m, nn.BatchNorm2d) else (1, 2)
         if len(shape) not in ranks or shape[0] != m.num_features:
@@ -277,13 +283,15 @@ class Network:
         if gamma is not None:
             s = s * gamma
         t = -mean * s
+        t_mag = t.abs()
         if beta is not None:
             t = t + beta
-        return s, t
+            t_mag = t_mag + beta.abs()
+        return s, t, t_mag
 
     @staticmethod
     def _normalize_affine(layer: _Layer, params, buffers, shape):
-        """Normalize as per-channel (s, t), (1, C): y = x/std - mean/std."""
+        """Normalize as per-channel (s, t, |t|), (1, C): y = x/std - mean/std."""
         m, pos = layer.module, layer.position
         mean, std = buffers[pos + ".mean"], buffers[pos + ".std"]
         c = shape[0]
@@ -293,7 +301,8 @@ class Network:
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std != 0).all()):
             raise ValueError(f"{_describe(pos, m)}: mean and std must be finite with std != 0")
         s = (1 / std).expand(c)
-        return s.unsqueeze(0), (-mean * s).expand(c).unsqueeze(0)
+        t = (-mean * s).expand(c).unsqueeze(0)
+        return s.unsqueeze(0), t, t.abs()
 
     def forward(self, x: torch.Tensor, params: dict | None = None) -> torch.Tensor:
         """Natural logits of every member, (P, B, K), for inputs x (B, ...) shared by the population."""
@@ -309,6 +318,12 @@ class Network:
         return h.expand(P, *h.shape[1:])
 
     __call__ = forward
+
+
+def _gamma(n: int, dtype: torch.dtype) -> float:
+    """gamma_n = n u / (1 - n u), u the unit roundoff of dtype: the relative error bound of n roundings."""
+    u = torch.finfo(dtype).eps / 2
+    return n * u / (1 - n * u)
 
 
 def _dtype(params: dict, x) -> torch.dtype:
