@@ -1,4 +1,5 @@
-"""Test set-up: Triton's interpreter on machines without a GPU, and the `cuda` marker.
+"""Test set-up: Triton's interpreter on machines without a GPU, the `cuda` marker, and the `slow` marker
+(larger runs, skipped unless selected with `-m slow`).
 
 TRITON_INTERPRET must be set before triton is first imported, so it is set here, at collection.
 """
@@ -13,6 +14,11 @@ if not HAS_CUDA:
 
 
 def pytest_collection_modifyitems(config, items):
+    if "slow" not in (config.getoption("-m") or ""):
+        larger = pytest.mark.skip(reason="a larger run: select it with -m slow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(larger)
     if HAS_CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
