@@ -446,3 +446,38 @@ def test_obscure_inputs_get_clear_errors():
         gls.compute_bounds(model, x, 0.1, method=["ibp"])
     with pytest.raises(TypeError, match="float32 or float64"):
         gls.compute_bounds(model.half(), x, 0.1, method="ibp")
+
+
+@pytest.mark.parametrize("net", NETS + ["linear", "conv_linear"])
+@pytest.mark.parametrize("method", METHODS)
+def test_sound_mode_encloses_the_float64_bounds_tightly(net, method):
+    """sound=True (float32 in, float32 out): below the float64 lower bound (above the upper) of the same
+    method, and within float32 rounding of it; members independent of member_chunk."""
+    model, shape = build(net)
+    params = _stacked(population(model, 3))
+    x = _inputs(shape)
+    eps = EPS.get(net, 0.1)
+    C = torch.randn(3, 2, 4 if net == "mlp_image" else 3)
+    for intersect in ((True, False) if method in ("hbox", "deeppoly") else (True,)):
+        kw = dict(method=method, bound="both", intersect_ibp=intersect)
+        s = gls.compute_bounds(model, x, eps, spec=C, params=params, sound=True, **kw)
+        assert s.lower.dtype == torch.float32 and not s.lower.requires_grad
+        ref = gls.compute_bounds(model.double(), x.double(), eps, spec=C.double(),
+                                 params={n: t.double() for n, t in params.items()}, **kw)
+        model.float()
+        scale = ref.upper.abs().max() + ref.lower.abs().max()
+        assert (s.lower.double() <= ref.lower).all() and (s.upper.double() >= ref.upper).all()
+        assert (ref.lower - s.lower.double()).max() < 1e-5 * scale
+        assert (s.upper.double() - ref.upper).max() < 1e-5 * scale
+        chunked = gls.compute_bounds(model, x, eps, spec=C, params=params, sound=True, member_chunk=2, **kw)
+        torch.testing.assert_close(chunked.lower, s.lower, rtol=0, atol=0)
+
+
+def test_sound_mode_at_eps_zero_brackets_the_forward_pass():
+    model, shape = build("cnn")
+    x = _inputs(shape)
+    want = model.double()(x.double())
+    for method in METHODS:
+        b = gls.compute_bounds(model.float(), x, 0.0, method=method, bound="both", sound=True)
+        assert (b.lower[0].double() <= want).all() and (b.upper[0].double() >= want).all()
+        assert (b.upper - b.lower).max() < 1e-5
