@@ -16,6 +16,10 @@ are shared. Definitions, per method:
   last affine layer (W' = C W, b' = C b, the usual elision of the last layer) and evaluates it on the
   IBP box of that layer's input. No intersection at the output.
 
+Every intermediate bound is pushed outward by a rounding margin (_margin), so float32 cancellation
+cannot make an unstable ReLU look stable; the result is the real-valued bound up to rounding.
+``sound=True`` (gls.sound) gives bounds that are true for the real-valued network whatever the rounding.
+
 Inputs are in pixel space: the region is [max(x - eps, lo), min(x + eps, hi)] for domain = (lo, hi)
 (None: no clipping); Normalize is a layer of the network and is back-substituted through.
 """

@@ -9,16 +9,22 @@ The argument. u = 2^-53 (float64 unit roundoff), gamma_n = n u / (1 - n u), N = 
 dimension of any layer, input or specification, G = gamma_{N+2}. Standard results (Higham, Accuracy
 and Stability of Numerical Algorithms, section 3.1): a correctly rounded op has relative error <= u;
 a dot product of n terms computed in any order (with or without FMA) has |fl(sum) - sum| <= gamma_n
-sum |terms|; a sum of non-negative numbers is computed with relative error <= gamma_n. Hence:
+sum |terms|; a sum of non-negative numbers is computed with relative error <= gamma_n. Terms that are
+exactly zero (padding, zero coefficients) add no rounding, so n <= N for every dot product here,
+convolutions and their transposes included (a sum has at most as many non-zero terms as the vector
+it reads). Hence:
 
 1. Input box: lo = x - eps and hi = x + eps are rounded, then moved one float outward (nextafter),
    then clipped to the domain (exact): the real region lies inside [lo, hi].
-2. Interval step through z = W h + b with h in [l, u]: lo_z = W+ l + W- u + b and hi_z are dot
-   products of at most N + 2 terms, so each is within G * q of its real value, q = |W| m + |b| and
-   m = max(|l|, |u|). The computed q is within a factor (1 - G) of the real one, so 2 G fl(q)
-   covers the error; the result is lo_z - 2 G q (and hi_z + 2 G q), moved one float outward.
-   Elementwise maps (Normalize, BatchNorm kept unfolded) are the n = 1 case, plus Diag.err, the
-   bound on the rounding of their computed scale and shift (net.plan(sound=True)).
+2. Interval step through z = W h + b with h in [l, u], m = max(|l|, |u|): the box is written as
+   mid = fl((l + u) / 2) and rad = fl((u - l) / 2) + 4 u m, which holds [l, u] (mid and the half-width
+   are each within u m of their real values). c = fl(W mid + b), r = fl(|W| rad), q = fl(|W| m + |b|).
+   |c - (W mid + b)| <= G q, |r - |W| rad| <= G |W| rad <= 1.01 G q, and forming c -+ r adds at most
+   2.1 u q <= 2.1 G q; the computed q is at least (1 - G) times the real one, so e = 6 G q covers the
+   sum (<= 4.2 G q) and [c - r - e, c + r + e], moved one float outward, holds W h + b. (Forming rad
+   rounds too, but 4 u m leaves room for it.) Elementwise maps (Normalize,
+   BatchNorm kept unfolded) are exact per element but for two roundings, plus Diag.err, the bound on
+   the rounding of their computed scale and shift (net.plan(sound=True)).
 3. ReLU relaxation lines are made valid in real arithmetic for the (rigorous) [l, u] they get: the
    lower lines (slope 0 or 1, offset 0), the box line y <= u and the stable cases are exact; for the
    triangle, with s = fl(u / (u - l)), the offset is c = max(up(-s l), up(u - down(s u))) (up/down:
@@ -94,13 +100,18 @@ def _interval(op, l, u, G):
         e = 2 * G * q
         if op.err is not None:
             e = e + 2 * (m * op.err[0].unsqueeze(1) + op.err[1].unsqueeze(1))
-    else:
-        Wp, Wn = op.W.clamp(min=0), op.W.clamp(max=0)
-        lo = _affine(op, l, Wp, op.b) + _affine(op, u, Wn, None)
-        hi = _affine(op, u, Wp, op.b) + _affine(op, l, Wn, None)
-        q = _affine(op, m, op.W.abs(), None if op.b is None else op.b.abs())
-        e = 2 * G * q
-    return _down(lo - e), _up(hi + e), q
+        return _down(lo - e), _up(hi + e), q
+    mid = (l + u) / 2
+    rad = (u - l) / 2 + 4 * _U * m  # [mid - rad, mid + rad] holds [l, u] despite the rounding of both
+    rows = mid.shape[1]
+    c = _affine(op, mid, op.W, op.b)
+    both = _affine(op, torch.cat([rad, m], dim=1), op.W.abs(), None)  # |W| rad and |W| m in one pass
+    r, q = both[:, :rows], both[:, rows:]
+    if op.b is not None:
+        b = op.b.abs() if isinstance(op, Dense) else op.b.abs().repeat_interleave(op.n_out // op.W.shape[1], dim=1)
+        q = q + b.unsqueeze(-2)
+    e = 6 * G * q
+    return _down(c - r - e), _up(c + r + e), q
 
 
 def _back(op, lam):
