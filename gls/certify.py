@@ -5,7 +5,8 @@ for a training checkpoint. Certified means every margin's lower bound is > 0 ove
 (clipped to the pixel domain); "best" counts a sample certified by any of the relaxations tried.
 By default the bounds are sound (compute_bounds(sound=True): true bounds of the real-valued network
 despite floating-point rounding); ``--no-sound`` uses the faster float32 bounds. The table says which.
-Ordering that always holds: certified <= PGD <= natural.
+Ordering that always holds: certified <= PGD <= natural. Under ``torchrun`` the examples are sharded
+over the ranks and the counts added up (gls.distributed); rank 0 prints.
 """
 from __future__ import annotations
 
@@ -130,6 +131,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
+    from gls import distributed
+
     p = _Parser(prog="python -m gls.certify", description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("checkpoint", help="a run directory or a checkpoint file")
     p.add_argument("--which", choices=("last", "best"), default="best", help="checkpoint of a run directory")
@@ -169,14 +172,22 @@ def main(argv=None) -> int:
             raise ValueError(f"--eps must be a finite number >= 0, got {eps}")
         ds = data.load(cfg["dataset"], args.data_dir if args.data_dir is not None else cfg.get("data_dir"))
         split = getattr(ds, args.split).subset(args.subset)
-        result = evaluate(model, split, eps, methods=methods,
-                          batch_size=args.batch_size, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
-                          backend=args.backend, device=args.device, progress=sys.stderr.isatty(), sound=args.sound)
-        print(format_table(result))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=2)
-    except (ValueError, TypeError, checkpoint.CheckpointError, data.DataError, OSError) as e:
+        world = distributed.init(args.device)
+        try:
+            result = distributed.evaluate(world, model, split, eps, methods=methods,
+                                          batch_size=args.batch_size, pgd_steps=args.pgd_steps,
+                                          pgd_restarts=args.pgd_restarts, backend=args.backend,
+                                          device=distributed.device_of(world, args.device),
+                                          progress=sys.stderr.isatty() and world.is_main, sound=args.sound)
+        finally:
+            world.close()
+        if world.is_main:
+            print(format_table(result))
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(result, f, indent=2)
+    except (ValueError, TypeError, checkpoint.CheckpointError, data.DataError, OSError,
+            distributed.DistributedError) as e:
         print(f"gls.certify: error: {e}", file=sys.stderr)
         return 2
     return 0
