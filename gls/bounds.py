@@ -154,6 +154,8 @@ def _margin(scale: torch.Tensor) -> torch.Tensor:
     the identity relaxation, off by far more than the rounding (see tests/test_bounds.py). With the
     margin such a neuron stays unstable and gets a (slightly loose) sound relaxation; in float64 the
     margin is ~2e-15 of the bound's magnitude. gls.sound gives bounds sound under every rounding.
+    Callers detach it: an allowance for rounding, not part of the bound, so it carries no gradient
+    (its gradient, through sign(mid), made a batch split over ranks train different weights).
     """
     return scale * (_ULPS * torch.finfo(scale.dtype).eps)
 
@@ -165,7 +167,7 @@ def _ibp(segs, x_lo, x_hi, P, backend):
     boxes = []
     for seg in segs[:-1]:
         mid, rad = _interval(seg, mid, rad, backend)
-        d = _margin(mid.abs() + rad)
+        d = _margin(mid.abs() + rad).detach()
         l, u = _full(mid - rad - d, P), _full(mid + rad + d, P)
         boxes.append((l, u))
         l, u = l.relu(), u.relu()
@@ -225,7 +227,7 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, backend, all_rows, intersect_ibp=T
     res = torch.cat([_backsub(r.expand(P, B, *r.shape).contiguous(), segs, relax, k, x_lo, x_hi, backend)
                      for r in rows.split(chunk)], dim=-1)
     l_ibp, u_ibp = l.index_select(-1, idx), u.index_select(-1, idx)
-    d = _margin(torch.maximum(l_ibp.abs(), u_ibp.abs()))  # rounding allowance, as in _ibp
+    d = _margin(torch.maximum(l_ibp.abs(), u_ibp.abs())).detach()  # rounding allowance, as in _ibp
     l_bs, u_bs = res[..., :n] - d, -res[..., n:] + d
     if intersect_ibp:
         l_bs, u_bs = torch.maximum(l_ibp, l_bs), torch.minimum(u_ibp, u_bs)
