@@ -3,6 +3,8 @@
 ``python -m gls.certify RUN_DIR_OR_CKPT [--eps E] [--which best|last] [--subset N] ...`` prints the table
 for a training checkpoint. Certified means every margin's lower bound is > 0 over the whole eps-ball
 (clipped to the pixel domain); "best" counts a sample certified by any of the relaxations tried.
+By default the bounds are sound (compute_bounds(sound=True): true bounds of the real-valued network
+despite floating-point rounding); ``--no-sound`` uses the faster float32 bounds. The table says which.
 Ordering that always holds: certified <= PGD <= natural. Under ``torchrun`` the examples are sharded
 over the ranks and the counts added up (gls.distributed); rank 0 prints.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -20,6 +23,7 @@ from torch import nn
 from gls import checkpoint, data, models
 from gls.attack import pgd_robust
 from gls.bounds import METHODS, compute_bounds
+from gls.config import check_device
 from gls.net import Network
 
 _BACKSUB_MEMORY = 1 << 30  # bytes allowed for the back-substitution coefficients of one batch
@@ -45,7 +49,7 @@ def _cert_batch(net: Network, in_shape, method: str, batch_size: int) -> int:
 
 def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("ibp", "crown-ibp", "deeppoly"),
              batch_size: int = 256, pgd_steps: int = 40, pgd_restarts: int = 1, seed: int = 0, backend=None,
-             device="cpu", progress: bool = False) -> dict:
+             device="cpu", progress: bool = False, sound: bool = True) -> dict:
     """Accuracies (fractions) of `model` on `split` at radius `eps`; see the module docstring."""
     methods = tuple(dict.fromkeys({"crown": "deeppoly"}.get(m, m) for m in methods))
     bad = [m for m in methods if m not in METHODS]
@@ -77,7 +81,7 @@ def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("i
             for start in range(0, idx.numel(), sub[m]):
                 j = idx[start:start + sub[m]]
                 with torch.no_grad():
-                    lower = compute_bounds(net, x[j], eps, method=m, labels=y[j], backend=backend).lower[0]
+                    lower = compute_bounds(net, x[j], eps, method=m, labels=y[j], backend=backend, sound=sound).lower[0]
                 ok = (lower > 0).all(-1)
                 counts[m] += int(ok.sum())
                 any_cert[j] |= ok
@@ -85,7 +89,7 @@ def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("i
         counts["best"] += int(any_cert.sum())
         bar.update(len(y))
     bar.close()
-    return {"n": n, "eps": eps, "methods": list(methods), "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts,
+    return {"n": n, "eps": eps, "methods": list(methods), "sound": sound, "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts,
             "accuracy": {k: v / max(n, 1) for k, v in counts.items()}, "seconds": seconds}
 
 
@@ -94,7 +98,9 @@ def format_table(result: dict) -> str:
     rows = [("natural", "natural"), (f"PGD-{result['pgd_steps']}x{result['pgd_restarts']}", "pgd")]
     rows += [(f"certified {m}", m) for m in result["methods"]] + [("certified best", "best")]
     width = max(len(label) for label, _ in rows)
-    lines = [f"eps = {result['eps']:g} on {result['n']} samples"]
+    mode = ("sound bounds (float64 with a rigorous rounding allowance)" if result.get("sound")
+            else "float32 bounds (not guarded against rounding)")
+    lines = [f"eps = {result['eps']:g} on {result['n']} samples, {mode}"]
     lines += [f"  {label:<{width}}  {100 * acc[key]:6.2f} %   ({result['seconds'][key]:.1f} s)" for label, key in rows]
     return "\n".join(lines)
 
@@ -113,7 +119,7 @@ class _Parser(argparse.ArgumentParser):
 def main(argv=None) -> int:
     from gls import distributed
 
-    p = _Parser(prog="python -m gls.certify", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m gls.certify", description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("checkpoint", help="a run directory or a checkpoint file")
     p.add_argument("--which", choices=("last", "best"), default="best", help="checkpoint of a run directory")
     p.add_argument("--eps", type=float, default=None, help="radius (default: the run's --eps)")
@@ -127,15 +133,25 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default=None)
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.add_argument("--no-sound", dest="sound", action="store_false",
+                   help="float32 bounds instead of sound ones (faster; may be off by rounding)")
     try:
         args = p.parse_args(argv)
         which = checkpoint.BEST if args.which == "best" else checkpoint.LAST
-        try:
-            payload = checkpoint.load(args.checkpoint, which)
-        except checkpoint.CheckpointError:
-            if which != checkpoint.BEST:
-                raise
-            payload = checkpoint.load(args.checkpoint, checkpoint.LAST)
+        if args.subset is not None and args.subset < 1:
+            raise ValueError(f"--subset must be a positive number of samples, got {args.subset}")
+        methods = [m for m in args.methods.split(",") if m]
+        if not methods:
+            raise ValueError(f"--methods names no relaxation: {args.methods!r}")
+        check_device(args.device)
+        parent = os.path.dirname(os.path.abspath(args.json)) if args.json else None
+        if parent is not None and not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
+            raise OSError(f"--json {args.json}: {parent} is not a writable directory")
+        if which == checkpoint.BEST and os.path.isdir(args.checkpoint) and not os.path.exists(
+                os.path.join(args.checkpoint, checkpoint.BEST)):  # a run whose eps never reached its target
+            print(f"gls.certify: note: {args.checkpoint} has no {checkpoint.BEST}; using {checkpoint.LAST}", file=sys.stderr)
+            which = checkpoint.LAST
+        payload = checkpoint.load(args.checkpoint, which)
         model, cfg = model_from_checkpoint(payload)
         eps = cfg["eps"] if args.eps is None else args.eps
         if not (math.isfinite(eps) and eps >= 0):
@@ -144,23 +160,22 @@ def main(argv=None) -> int:
         split = getattr(ds, args.split).subset(args.subset)
         world = distributed.init(args.device)
         try:
-            result = distributed.evaluate(world, evaluate, model, split, eps, methods=[m for m in args.methods.split(",") if m],
+            result = distributed.evaluate(world, evaluate, model, split, eps, methods=methods,
                                           batch_size=args.batch_size, pgd_steps=args.pgd_steps,
                                           pgd_restarts=args.pgd_restarts, backend=args.backend,
                                           device=distributed.device_of(world, args.device),
-                                          progress=sys.stderr.isatty() and world.is_main)
+                                          progress=sys.stderr.isatty() and world.is_main, sound=args.sound)
         finally:
             world.close()
+        if world.is_main:
+            print(format_table(result))
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(result, f, indent=2)
     except (ValueError, TypeError, checkpoint.CheckpointError, data.DataError, OSError,
             distributed.DistributedError) as e:
         print(f"gls.certify: error: {e}", file=sys.stderr)
         return 2
-    if not world.is_main:
-        return 0
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
     return 0
 
 

@@ -67,6 +67,8 @@ def _dim(d) -> int:
     d = _int(d, "d")
     if d < 1:
         raise ValueError(f"the number of weights d must be >= 1, got {d}")
+    if d >= 1 << 63:
+        raise ValueError(f"the number of weights d must be < 2**63 (the ops take it as an int64), got {d}")
     return d
 
 

@@ -24,7 +24,8 @@ def _relu_relax_kernel(l_ptr, u_ptr, al_ptr, cl_ptr, au_ptr, cu_ptr, n, TRIANGLE
         slope = tl.math.div_rn(u, tl.where(unstable, u - l, 1.0))
         a_l = tl.where(unstable, (u > -l).to(tl.float32), act)
         a_u = tl.where(unstable, slope, act)
-        c_u = tl.where(unstable, -l * slope, zero)
+        c1, c2 = -l * slope, u * (1.0 - slope)  # see the reference: the larger of two equal numbers
+        c_u = tl.where(unstable, tl.where(c1 >= c2, c1, c2), zero)
     else:  # ibp / hbox: the box 0 <= y <= u
         a_l = act
         a_u = act

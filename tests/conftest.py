@@ -1,5 +1,6 @@
-"""Test set-up: Triton's interpreter on machines without a GPU, the `cuda` marker, and the `backend`
-fixture that runs an op's tests on every backend.
+"""Test set-up: Triton's interpreter on machines without a GPU, the `cuda` marker, the `slow` marker
+(larger runs, skipped unless selected with `-m slow`), and the `backend` fixture that runs an op's
+tests on every backend.
 
 TRITON_INTERPRET must be set before triton is first imported, so it is set here, at collection.
 
@@ -76,6 +77,11 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
+    if "slow" not in (config.getoption("-m") or ""):
+        larger = pytest.mark.skip(reason="a larger run: select it with -m slow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(larger)
     if HAS_CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -75,6 +75,10 @@ def test_errors():
         noise.normal(0, seed=1, member=0)
     with pytest.raises(ValueError, match="32-bit word"):
         noise.normal(4, seed=1, member=2**32)
+    for call in (lambda: noise.population_normal(2, 2**63, seed=0),
+                 lambda: noise.noise_weighted_sum(torch.ones(2), 0.1, 0, 2**63)):
+        with pytest.raises(ValueError, match=r"d must be < 2\*\*63"):
+            call()
     with pytest.raises(ValueError, match="exceed 2\\*\\*32"):
         noise.population_normal(4, 3, seed=1, member_offset=2**32 - 2)
 

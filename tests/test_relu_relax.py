@@ -114,3 +114,22 @@ def test_errors(backend):
     for args, exc, msg in cases:
         with pytest.raises(exc, match=msg):
             backend(*args)
+
+
+@pytest.mark.with_reference
+@pytest.mark.parametrize("method", ["crown-ibp", "deeppoly"])
+def test_triangle_line_stays_above_relu_at_float32_extremes(backend, method):
+    """u - l overflowing to inf gave slope 0 and offset -l * 0 = 0: the line y <= 0 for a neuron
+    reaching 3e38. Now the offset is max(-l s, u (1 - s)): the box line there, and at both ends of
+    every interval the line is above relu up to one float32 rounding."""
+    l = torch.tensor([-3e38, -1e38, -1.0, -1e-30, -7.0, -1e30], dtype=torch.float32)
+    u = torch.tensor([3e38, 3e38, 1e30, 1e30, 3.0, 1e-30], dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    mag = 10.0 ** (torch.rand(2, 500, generator=gen) * 60 - 30)
+    l, u = torch.cat([l, -mag[0]]), torch.cat([u, mag[1]])
+    a_l, c_l, a_u, c_u = (t.double().cpu() for t in backend(l.to(backend.device), u.to(backend.device), method))
+    L, U = l.double(), u.double()
+    tol = 2.0 ** -22
+    assert (a_u * U + c_u >= U * (1 - tol)).all()
+    assert (a_u * L + c_u >= -tol * (L.abs() * a_u + c_u.abs())).all()
+    assert (a_l * L + c_l <= 0).all() and (a_l * U + c_l <= U).all()
