@@ -234,7 +234,7 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     if sound:
         return sound_bounds(net, params, x, eps, method=method, labels=labels, spec=spec, domain=domain,
                             bound=bound, member_chunk=member_chunk, intersect_ibp=intersect_ibp)
-    chunk = member_chunk_size(member_chunk, P, x.shape[0], x.device)
+    chunk = member_chunk_size(member_chunk, P, x.shape[0], x.device, method)
     if chunk < P:
         parts = [compute_bounds(net, x, eps, method=method, labels=labels, spec=spec, domain=domain, bound=bound,
                                 params={n: t[i:i + chunk] for n, t in params.items()}, backend=backend,

@@ -288,7 +288,7 @@ def sound_bounds(net, params: dict, x: torch.Tensor, eps, *, method: str, labels
     docstring for the argument; the definitions of the methods are gls.bounds's."""
     dtype = x.dtype
     P = next(iter(params.values())).shape[0] if params else 1
-    chunk = member_chunk_size(member_chunk, P, x.shape[0], x.device)
+    chunk = member_chunk_size(member_chunk, P, x.shape[0], x.device, method)
     with torch.no_grad(), torch.backends.cudnn.flags(enabled=False):
         x64 = x.detach().double()
         lo, hi = _region(x64, eps, domain)
