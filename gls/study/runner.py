@@ -57,10 +57,11 @@ def train_argv(run_dir: Path, config_file: Path) -> list[str]:
     return ["gls.train", "--config", str(config_file), "--out", str(run_dir)]
 
 
-def run(jobs: list[Job], workers: int = 1, out=sys.stdout) -> dict[str, str]:
+def run(jobs: list[Job], workers: int = 1, out=None) -> dict[str, str]:
     """Run the jobs; returns {name: 'skipped' | 'done' | 'failed' | 'blocked'}. One progress line per job
     when it is skipped, starts (with resume/fresh) and ends. Ctrl-C stops the children (they keep their
     last checkpoints) and re-raises."""
+    out = sys.stdout if out is None else out
     by_name = {j.name: j for j in jobs}
     status: dict[str, str] = {}
     total = len(jobs)
