@@ -149,8 +149,8 @@ def sweep_markdown(rows: list[dict], spec: dict) -> str:
     lines = [f"# RGS / PGPE sweep ({spec['preset']} budget)", "",
              f"Relaxation {sw['relaxation']}, {sw['epochs']} epoch(s) per RGS run; PGPE runs warm-start from the "
              f"grad-{sw['relaxation']} cell and train {spec['pgpe_epochs']} epoch(s). Ranked by the final validation "
-             f"certified accuracy ({sw['relaxation']}, {spec['train']['val_subset']} validation images); the "
-             "start point row is the warm start before any PGPE step.", "",
+             f"certified accuracy ({sw['relaxation']}, {spec['train']['val_subset']} validation images); "
+             "'grad (warm start)' is the network every PGPE run starts from.", "",
              "| method | change from the preset | val certified % | val natural % | train time |", "|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["method"], -(r["val_certified_acc"] or 0))):
         lines.append(f"| {r['method']} | {r['change']} | {_pct(r['val_certified_acc'])} | {_pct(r['val_natural_acc'])} | "
