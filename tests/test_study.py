@@ -33,6 +33,17 @@ def test_budget_rule_gives_pgpe_the_rgs_cells_bound_evaluations():
     assert rgs["population"] == 4 and rgs["epochs"] == 8 and "init_from" not in rgs
 
 
+def test_time_estimate_formula():
+    spec = paradox.resolve("cpu", ["train.epochs=4", "train.batch_size=100", "train.val_subset=50", "eval.subset=10",
+                                   "rgs.population=3", "pgpe.population=4"], ["grad", "pgpe"], ["ibp"])
+    cert = {"ibp": 0.001, "hbox": 0.002, "crown-ibp": 0.003, "deeppoly": 0.004}
+    est = paradox.estimate_seconds({("grad", "ibp"): 0.5, ("pgpe", "ibp"): 2.0}, cert, 0.01, spec, 1000, workers=2)
+    # grad: 4 epochs * 10 steps * 0.5 s + 4 * 50 * 0.001; pgpe: round(4 * 2 / 4) = 2 epochs * 10 * 2.0 + 2 * 50 * 0.001
+    assert est["cells_s"] == pytest.approx({"grad-ibp": 20.2, "pgpe-ibp": 40.1})
+    assert est["eval_per_network_s"] == pytest.approx(10 * 0.02)
+    assert est["wall_s"] == pytest.approx((20.2 + 40.1 + 2 * 0.2) / 2)
+
+
 def test_verdict_is_computed_from_the_cells():
     cells = {"grad-ibp": {"certified": 0.8}, "grad-deeppoly": {"certified": 0.7},
              "rgs-deeppoly": {"certified": 0.82}, "rgs-ibp": {"certified": 0.81}}

@@ -125,7 +125,7 @@ def run_grid(spec: dict, out: Path, workers: int) -> int:
     status = runner.run(jobs, workers)
     results = {"study": "paradox", "spec": spec, "n_train": n_train, "pgpe_epochs": paradox.pgpe_epochs(spec),
                "budget_rule": paradox.BUDGET_RULE, "eval_methods": list(paradox.RELAXATIONS),
-               "n_test": None, "published_grad": paradox.PUBLISHED_GRAD, "published_setting": paradox.PUBLISHED_SETTING,
+               "n_test": spec["eval"]["subset"], "published_grad": paradox.PUBLISHED_GRAD, "published_setting": paradox.PUBLISHED_SETTING,
                "bound_evaluations": {cell_name(o, r): paradox.bound_evaluations(spec, o, n_train) for o, r in cells},
                "cells": {}, "job_status": status}
     for o, r in cells:
