@@ -115,7 +115,9 @@ def run_grid(spec: dict, out: Path, workers: int) -> int:
     runs = out / "runs"
     cells = [(o, r) for r in spec["relaxations"] for o in spec["optimizers"]]
     jobs, have = [], set()
-    for o, r in cells:
+    # costliest relaxations first, grad before the PGPE cell it warm-starts: the last jobs are short ones
+    order = {"deeppoly": 0, "hbox": 1, "crown-ibp": 2, "ibp": 3}
+    for o, r in sorted(cells, key=lambda c: (order[c[1]], paradox.OPTIMIZERS.index(c[0]))):
         if o == "pgpe" and ("grad", r) not in cells and cell_name("grad", r) not in have:  # the warm start
             jobs.append(_train_job(out, cell_name("grad", r), paradox.cell_config(spec, "grad", r, runs)))
             have.add(cell_name("grad", r))

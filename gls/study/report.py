@@ -127,6 +127,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xticks(list(xs), rels)
     ax.set_xlabel("training relaxation")
     ax.set_ylabel("certified accuracy, % (best-of)")
+    ax.set_ylim(0, 100)
     ax.set_title(f"paradox study, {spec['preset']} budget, eps {spec['train']['eps']:g}")
     ax.legend(fontsize=7)
     fig.tight_layout()
