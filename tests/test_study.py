@@ -122,3 +122,29 @@ def test_miniature_study_end_to_end_with_resume(tmp_path, capsys):
     assert main(["paradox", "--out", str(out), *MINI]) == 0  # nothing left to do
     third = capsys.readouterr().out
     assert third.count("already done, skipped") == 8 and "starting" not in third and "resuming" not in third
+
+
+def test_a_terminated_study_stops_and_a_rerun_completes(tmp_path):
+    """SIGTERM (or Ctrl-C) while a run trains: the study exits 130 with one line; the same command then
+    finishes the grid, whatever state the interrupted run was left in."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "study"
+    argv = [sys.executable, "-m", "gls.study", "paradox", "--out", str(out), "--optimizers", "grad",
+            "--relaxations", "ibp", *MINI[6:]]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    assert "train grad-ibp: starting" in line
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted; re-run the same command" in err
+    assert not (out / "evals" / "grad-ibp.json").exists()
+    assert main(["paradox", "--out", str(out), "--optimizers", "grad", "--relaxations", "ibp", *MINI[6:]]) == 0
+    assert set(json.loads((out / "results.json").read_text())["cells"]) == {"grad-ibp"}

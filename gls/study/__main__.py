@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from gls import data
@@ -186,7 +188,21 @@ def run_sweep(spec: dict, out: Path, workers: int) -> int:
     return 1 if any(s in ("failed", "blocked") for s in status.values()) else 0
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
+    """Entry point; SIGTERM stops the study like Ctrl-C (the runs stop too, keeping their checkpoints)."""
+    previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv) -> int:
     try:
         args = parser().parse_args(sys.argv[1:] if argv is None else argv)
         if args.workers < 1:
