@@ -21,15 +21,17 @@ MINI = ["--optimizers", "grad,pgpe", "--relaxations", "ibp,deeppoly", "--workers
 
 def test_budget_rule_gives_pgpe_the_rgs_cells_bound_evaluations():
     spec = paradox.resolve("cpu", ["train.epochs=8", "rgs.population=4", "pgpe.population=6"])
-    assert paradox.pgpe_epochs(spec) == 4  # round(8 * 3 / 6)
     n = 1000
+    assert paradox.pgpe_schedule(spec, n) == (4, 1000)  # 8 * 1000 * 3 / 6 = 4000 images
+    assert paradox.pgpe_schedule(spec, 3000) == (4, 3000)
+    assert paradox.pgpe_schedule(paradox.resolve("cpu", ["train.epochs=8", "rgs.population=4"]), 10000) == (1, 7500)
     assert paradox.bound_evaluations(spec, "grad", n) == 8 * n
     assert paradox.bound_evaluations(spec, "rgs", n) == 8 * n * 4
     assert paradox.bound_evaluations(spec, "pgpe", n) == 8 * n + 4 * n * 6 == paradox.bound_evaluations(spec, "rgs", n)
-    cfg = paradox.cell_config(spec, "pgpe", "hbox", paradox.Path("/s/runs"))
-    assert cfg["init_from"] == "/s/runs/grad-hbox/last.pt" and cfg["epochs"] == 4
+    cfg = paradox.cell_config(spec, "pgpe", "hbox", paradox.Path("/s/runs"), 2000)
+    assert cfg["init_from"] == "/s/runs/grad-hbox/last.pt" and (cfg["epochs"], cfg["train_subset"]) == (4, 2000)
     assert cfg["eps_start_epoch"] == cfg["eps_end_epoch"] == 0 and cfg["method"] == "pgpe"
-    rgs = paradox.cell_config(spec, "rgs", "ibp", paradox.Path("/s/runs"))
+    rgs = paradox.cell_config(spec, "rgs", "ibp", paradox.Path("/s/runs"), 2000)
     assert rgs["population"] == 4 and rgs["epochs"] == 8 and "init_from" not in rgs
 
 
@@ -38,7 +40,8 @@ def test_time_estimate_formula():
                                    "rgs.population=3", "pgpe.population=4"], ["grad", "pgpe"], ["ibp"])
     cert = {"ibp": 0.001, "hbox": 0.002, "crown-ibp": 0.003, "deeppoly": 0.004}
     est = paradox.estimate_seconds({("grad", "ibp"): 0.5, ("pgpe", "ibp"): 2.0}, cert, 0.01, spec, 1000, workers=2)
-    # grad: 4 epochs * 10 steps * 0.5 s + 4 * 50 * 0.001; pgpe: round(4 * 2 / 4) = 2 epochs * 10 * 2.0 + 2 * 50 * 0.001
+    # grad: 4 epochs * 10 steps * 0.5 s + 4 * 50 * 0.001; pgpe: 4 * 1000 * 2 / 4 = 2000 images = 2 epochs of
+    # 1000: 2 * 10 * 2.0 + 2 * 50 * 0.001
     assert est["cells_s"] == pytest.approx({"grad-ibp": 20.2, "pgpe-ibp": 40.1})
     assert est["eval_per_network_s"] == pytest.approx(10 * 0.02)
     assert est["wall_s"] == pytest.approx((20.2 + 40.1 + 2 * 0.2) / 2)
@@ -87,7 +90,7 @@ def test_miniature_study_end_to_end_with_resume(tmp_path, capsys):
     for name, cell in results["cells"].items():
         assert cell["n_test"] == 32 and 0 <= cell["certified"] <= cell["pgd"] <= cell["natural"] <= 1, name
         assert cell["certified_deeppoly"] <= cell["certified"]
-    assert results["pgpe_epochs"] == 1  # round(2 * (3 - 1) / 4)
+    assert results["pgpe_schedule"] == {"epochs": 1, "images": 64}  # 2 * 64 * (3 - 1) / 4 = 64 images
     assert results["bound_evaluations"]["pgpe-ibp"] == results["bound_evaluations"]["grad-ibp"] + 64 * 4
     md = (out / "results.md").read_text()
     assert "| relaxation | grad | pgpe |" in md and "| deeppoly |" in md and "Verdict" in md

@@ -121,13 +121,13 @@ def run_grid(spec: dict, out: Path, workers: int) -> int:
     order = {"deeppoly": 0, "hbox": 1, "crown-ibp": 2, "ibp": 3}
     for o, r in sorted(cells, key=lambda c: (order[c[1]], paradox.OPTIMIZERS.index(c[0]))):
         if o == "pgpe" and ("grad", r) not in cells and cell_name("grad", r) not in have:  # the warm start
-            jobs.append(_train_job(out, cell_name("grad", r), paradox.cell_config(spec, "grad", r, runs)))
+            jobs.append(_train_job(out, cell_name("grad", r), paradox.cell_config(spec, "grad", r, runs, n_train)))
             have.add(cell_name("grad", r))
         deps = [f"train {cell_name('grad', r)}"] if o == "pgpe" else []
-        jobs.append(_train_job(out, cell_name(o, r), paradox.cell_config(spec, o, r, runs), deps))
+        jobs.append(_train_job(out, cell_name(o, r), paradox.cell_config(spec, o, r, runs, n_train), deps))
         jobs.append(_eval_job(out, cell_name(o, r), spec))
     status = runner.run(jobs, workers)
-    results = {"study": "paradox", "spec": spec, "n_train": n_train, "pgpe_epochs": paradox.pgpe_epochs(spec),
+    results = {"study": "paradox", "spec": spec, "n_train": n_train, "pgpe_schedule": dict(zip(("epochs", "images"), paradox.pgpe_schedule(spec, n_train))),
                "budget_rule": paradox.BUDGET_RULE, "eval_methods": list(paradox.RELAXATIONS),
                "n_test": spec["eval"]["subset"], "published_grad": paradox.PUBLISHED_GRAD, "published_setting": paradox.PUBLISHED_SETTING,
                "bound_evaluations": {cell_name(o, r): paradox.bound_evaluations(spec, o, n_train) for o, r in cells},
@@ -150,9 +150,9 @@ def run_grid(spec: dict, out: Path, workers: int) -> int:
 
 def run_sweep(spec: dict, out: Path, workers: int) -> int:
     sw, runs = spec["sweep"], out / "runs"
-    relax = sw["relaxation"]
+    relax, n_train = sw["relaxation"], _n_train(spec)
     grad = cell_name("grad", relax)
-    jobs = [_train_job(out, grad, paradox.cell_config(spec, "grad", relax, runs))]
+    jobs = [_train_job(out, grad, paradox.cell_config(spec, "grad", relax, runs, n_train))]
     rows = []
     half = max(1, -(-sw["epochs"] // 2))
     for method in ("rgs", "pgpe"):
@@ -161,12 +161,12 @@ def run_sweep(spec: dict, out: Path, workers: int) -> int:
             name = f"{method}-{relax}-" + ("preset" if not change else "-".join(f"{k}{v}" for k, v in change.items()))
             if method == "rgs":
                 s = dict(spec, rgs=dict(spec["rgs"], **change))
-                cfg = paradox.cell_config(s, "rgs", relax, runs, epochs=sw["epochs"])
+                cfg = paradox.cell_config(s, "rgs", relax, runs, n_train, epochs=sw["epochs"])
                 cfg.update(eps_start_epoch=0, eps_end_epoch=half, lr_milestones=[])
                 deps = []
             else:
                 s = dict(spec, pgpe=dict(spec["pgpe"], **change))
-                cfg = paradox.cell_config(s, "pgpe", relax, runs)
+                cfg = paradox.cell_config(s, "pgpe", relax, runs, n_train)
                 deps = [f"train {grad}"]
             job = _train_job(out / "sweep", name, cfg, deps)
             job.name = f"train sweep/{name}"
@@ -181,7 +181,7 @@ def run_sweep(spec: dict, out: Path, workers: int) -> int:
         row.update(val_certified_acc=last.get("val_certified_acc"), val_natural_acc=last.get("val_natural_acc"),
                    train_time_s=json.loads(summary.read_text())["train_time_s"] if summary.is_file() else None,
                    run_dir=str(row["run_dir"]))
-    spec = dict(spec, pgpe_epochs=paradox.pgpe_epochs(spec))
+    spec = dict(spec, pgpe_schedule=dict(zip(("epochs", "images"), paradox.pgpe_schedule(spec, n_train))))
     _write_json(out / "sweep.json", {"spec": spec, "rows": table, "job_status": status})
     report._write(out / "sweep.md", report.sweep_markdown(table, spec))
     print(f"sweep: {out / 'sweep.md'}, {out / 'sweep.json'}")

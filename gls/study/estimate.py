@@ -75,7 +75,8 @@ def main(spec: dict, workers: int) -> int:
     est = paradox.estimate_seconds(step_s, cert_s, pgd_s, spec, n_train, workers)
     t = spec["train"]
     print(f"preset {spec['preset']}: {t['net']} width {t['width']}, eps {t['eps']:g}, batch {t['batch_size']}, "
-          f"{n_train} training images, {t['epochs']} epochs (PGPE {paradox.pgpe_epochs(spec)} after its warm start)")
+          f"{n_train} training images, {t['epochs']} epochs (PGPE after its warm start: %d epoch(s) on %d images)"
+          % paradox.pgpe_schedule(spec, n_train))
     print("step time at the target eps, initial weights (ms):")
     for (opt, relax), s in step_s.items():
         print(f"  {opt:>5} {relax:<10} {1000 * s:9.1f}   -> cell {est['cells_s'][paradox.cell_name(opt, relax)] / 60:7.1f} min")

@@ -15,8 +15,9 @@ to 9.9 as ClipUp's fixed-length, mostly-noise steps random-walked the weights). 
 does learn (width 4, population 32, ClipUp lr 0.03: the IBP loss of a DeepPoly-trained network fell
 7.58 -> 6.88 in 40 steps; population 128 at lr 0.01: -> 6.82), so a PGPE cell starts from the final
 weights of the grad cell of the same relaxation (``--init-from``) and then trains at the full eps with
-population P for E_p = max(1, round(E * (N_s - 1) / P)) epochs: warm start plus PGPE is then
-E*N + E_p*N*P ~ E*N*N_s evaluations, the RGS cell's number. results.json lists every cell's count.
+population P on the first n_p training images for E_p epochs, E_p * n_p * P = E*N*(N_s - 1)
+(:func:`pgpe_schedule`): warm start plus PGPE spend E*N*N_s evaluations, the RGS cell's number.
+results.json lists every cell's count.
 Measured limit of this: from a trained network PGPE at population 32-128 (d = 79k) did not improve
 its loss on this CPU; it drifted up slowly (width 8, IBP at eps 0.1, 40 steps of 64 images: validation
 loss 1.301 -> 1.310 at sigma 1e-3, lr 3e-3; -> 1.361 at lr 1e-2; -> 1.566 at sigma 1e-2, lr 3e-2;
@@ -84,9 +85,9 @@ PRESETS: dict[str, dict] = {
 }
 
 BUDGET_RULE = ("same network, data, eps schedule and epochs E for grad and RGS (E*N and E*N*N_s bound evaluations, "
-               "N_s = RGS samples); PGPE warm-starts from the grad cell of its relaxation and adds "
-               "E_p = max(1, round(E*(N_s-1)/P)) epochs at population P, so warm start + PGPE = the RGS cell's "
-               "E*N*N_s evaluations (one evaluation = one member bounded on one image).")
+               "N_s = RGS samples); PGPE warm-starts from the grad cell of its relaxation and adds E_p epochs at "
+               "population P over the first n_p training images, E_p*n_p*P = E*N*(N_s-1), so warm start + PGPE = "
+               "the RGS cell's E*N*N_s evaluations (one evaluation = one member bounded on one image).")
 
 SECTIONS = ("train", "rgs", "pgpe", "eval", "sweep")
 
@@ -140,10 +141,14 @@ def cell_name(optimizer: str, relaxation: str) -> str:
     return f"{optimizer}-{relaxation}"
 
 
-def pgpe_epochs(spec: dict) -> int:
-    """PGPE epochs after the warm start so that warm start + PGPE = the RGS cell's bound evaluations."""
+def pgpe_schedule(spec: dict, n_train: int) -> tuple[int, int]:
+    """(epochs, images per epoch) of a PGPE cell after its warm start, so that warm start + PGPE spend the
+    RGS cell's bound evaluations: E_p epochs over the first n_p training images with
+    E_p * n_p * P = E * N * (N_s - 1), E_p = ceil(T / N) for T = E * N * (N_s - 1) / P."""
     t, n_s, p = spec["train"], spec["rgs"]["population"], spec["pgpe"]["population"]
-    return max(1, round(t["epochs"] * (n_s - 1) / p))
+    total = t["epochs"] * n_train * (n_s - 1) / p
+    epochs = max(1, math.ceil(total / n_train))
+    return epochs, max(1, min(n_train, round(total / epochs)))
 
 
 def bound_evaluations(spec: dict, optimizer: str, n_train: int) -> int:
@@ -153,22 +158,27 @@ def bound_evaluations(spec: dict, optimizer: str, n_train: int) -> int:
         return e * n_train
     if optimizer == "rgs":
         return e * n_train * spec["rgs"]["population"]
-    return e * n_train + pgpe_epochs(spec) * n_train * spec["pgpe"]["population"]
+    epochs, images = pgpe_schedule(spec, n_train)
+    return e * n_train + epochs * images * spec["pgpe"]["population"]
 
 
-def cell_config(spec: dict, optimizer: str, relaxation: str, runs_dir: Path, pgpe: dict | None = None,
+def cell_config(spec: dict, optimizer: str, relaxation: str, runs_dir: Path, n_train: int,
                 epochs: int | None = None) -> dict:
-    """The gls.train options (a --config file) of one cell; `pgpe`/`epochs` override for sweeps."""
+    """The gls.train options (a --config file) of one cell (`n_train`: the grid's training images);
+    `epochs` overrides the epochs (sweeps)."""
     cfg = dict(spec["train"], method=optimizer, relaxation=relaxation)
     if optimizer == "rgs":
         cfg.update(population=spec["rgs"]["population"], sigma=spec["rgs"]["sigma"],
                    lr=spec["rgs"].get("lr", cfg["lr"]))
     elif optimizer == "pgpe":
-        p = dict(spec["pgpe"], **(pgpe or {}))
-        # warm start: the grad cell's final weights, then PGPE at the full eps (no second ramp)
+        p = spec["pgpe"]
+        pgpe_epochs, images = pgpe_schedule(spec, n_train)
+        # warm start: the grad cell's final weights, then PGPE at the full eps (no second ramp) on the
+        # first `images` training images
         cfg.update(population=p["population"], sigma=p["sigma"], lr=p["lr"], optimizer=p["optimizer"],
-                   adapt_sigma=p["adapt_sigma"], epochs=pgpe_epochs(spec), eps_start_epoch=0, eps_end_epoch=0,
-                   lr_milestones=[], init_from=str(runs_dir / cell_name("grad", relaxation) / "last.pt"))
+                   adapt_sigma=p["adapt_sigma"], epochs=pgpe_epochs, train_subset=images, eps_start_epoch=0,
+                   eps_end_epoch=0, lr_milestones=[],
+                   init_from=str(runs_dir / cell_name("grad", relaxation) / "last.pt"))
     if epochs is not None:
         cfg["epochs"] = epochs
     return cfg
@@ -176,15 +186,16 @@ def cell_config(spec: dict, optimizer: str, relaxation: str, runs_dir: Path, pgp
 
 def estimate_seconds(step_s: dict, cert_s: dict, pgd_s: float, spec: dict, n_train: int, workers: int) -> dict:
     """The budget formula. A cell trains in epochs * ceil(N / B) * t_step + epochs * n_val * t_cert(relaxation)
+    (PGPE: its own epochs and images)
     seconds (t_step measured at the target eps: an upper bound for the ramp's cheaper steps; the second term
     is the per-epoch validation); every network is then evaluated in n_test * (sum of t_cert + t_pgd). The
     study's wall time is the total divided by the workers (perfect packing: a lower bound)."""
     t = spec["train"]
-    spe = math.ceil(n_train / t["batch_size"])
     cells = {}
     for (opt, relax), secs in step_s.items():
-        epochs = pgpe_epochs(spec) if opt == "pgpe" else t["epochs"]
-        cells[cell_name(opt, relax)] = epochs * spe * secs + epochs * t["val_subset"] * cert_s[relax]
+        epochs, images = pgpe_schedule(spec, n_train) if opt == "pgpe" else (t["epochs"], n_train)
+        steps = epochs * math.ceil(images / t["batch_size"])
+        cells[cell_name(opt, relax)] = steps * secs + epochs * t["val_subset"] * cert_s[relax]
     n_test = spec["eval"]["subset"] or 10000
     per_net = n_test * (sum(cert_s.values()) + pgd_s)
     total = sum(cells.values()) + per_net * len(cells)

@@ -71,7 +71,8 @@ def markdown(results: dict) -> str:
              f"{t['eps_start_epoch']}-{t['eps_end_epoch']}; RGS {spec['rgs']['population']} samples, sigma "
              f"{spec['rgs']['sigma']:g}; PGPE population {spec['pgpe']['population']}, sigma {spec['pgpe']['sigma']:g}, "
              f"lr {spec['pgpe']['lr']:g} ({spec['pgpe']['optimizer']}), warm-started from the grad cell of the same "
-             f"relaxation, then {results['pgpe_epochs']} epoch(s) at full eps.", "",
+             f"relaxation, then {results['pgpe_schedule']['epochs']} epoch(s) on {results['pgpe_schedule']['images']} "
+             "images at full eps.", "",
              f"Budget: {results['budget_rule']}", "",
              f"Evaluation: the final network (last.pt) of every cell, first {results['n_test']} MNIST test images, "
              f"eps {t['eps']:g}, PGD-{ev['pgd_steps']}x{ev['pgd_restarts']}; certified = best of "
@@ -149,7 +150,8 @@ def sweep_markdown(rows: list[dict], spec: dict) -> str:
     sw = spec["sweep"]
     lines = [f"# RGS / PGPE sweep ({spec['preset']} budget)", "",
              f"Relaxation {sw['relaxation']}, {sw['epochs']} epoch(s) per RGS run; PGPE runs warm-start from the "
-             f"grad-{sw['relaxation']} cell and train {spec['pgpe_epochs']} epoch(s). Ranked by the final validation "
+             f"grad-{sw['relaxation']} cell and train {spec['pgpe_schedule']['epochs']} epoch(s) on "
+             f"{spec['pgpe_schedule']['images']} images (the preset's population; other populations by the budget rule). Ranked by the final validation "
              f"certified accuracy ({sw['relaxation']}, {spec['train']['val_subset']} validation images); "
              "'grad (warm start)' is the network every PGPE run starts from.", "",
              "| method | change from the preset | val certified % | val natural % | train time |", "|---|---|---|---|---|"]
