@@ -142,12 +142,16 @@ class PGPE:
 
     def losses(self, loss_fn: PopulationLoss, step: int) -> torch.Tensor:
         """Member losses (P,) at `step`, rows ordered as population_of(step), in chunks of pair_chunk pairs."""
-        n = self.population // 2
-        chunk = self.pair_chunk or n
+        return self.pair_losses(loss_fn, step, 0, self.population // 2)
+
+    def pair_losses(self, loss_fn: PopulationLoss, step: int, first: int, pairs: int) -> torch.Tensor:
+        """Losses (2 * pairs,) of pairs first.. at `step`: their plus members, then their minus members
+        (gls.distributed gives each rank such a slice)."""
+        chunk = self.pair_chunk or max(pairs, 1)
         plus, minus = [], []
-        for first in range(0, n, chunk):
-            c = min(chunk, n - first)
-            out = loss_fn(self.population_of(step, first, c)).detach()
+        for start in range(first, first + pairs, chunk):
+            c = min(chunk, first + pairs - start)
+            out = loss_fn(self.population_of(step, start, c)).detach()
             if out.shape != (2 * c,):
                 raise ValueError(f"the population loss must have shape ({2 * c},), got {tuple(out.shape)}")
             plus.append(out[:c])
@@ -235,28 +239,42 @@ class RGS:
         make = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.optimizer = make([self.theta])
 
-    def population_of(self, step: int) -> torch.Tensor:
-        """The (N, d) perturbed weights of `step` (no autograd)."""
+    def population_of(self, step: int, first: int = 0, count: int | None = None) -> torch.Tensor:
+        """The perturbed weights of `step` (no autograd): all N rows (N, d) by default; else the `count`
+        members (antithetic: pairs, 2 * count rows) from `first` on, as gls.distributed splits them."""
         base = self.theta.detach()
+        count = (self.samples // 2 if self.antithetic else self.samples) - first if count is None else count
+        rows = 2 * count if self.antithetic else count
         if self.sigma == 0:
-            return base.expand(self.samples, -1).clone()
-        return noise.perturb(base, self.sigma, _noise_seed(self.seed, step), self.samples, antithetic=self.antithetic)
+            return base.expand(rows, -1).clone()
+        return noise.perturb(base, self.sigma, _noise_seed(self.seed, step), rows, member_offset=first,
+                             antithetic=self.antithetic)
 
-    def gradient(self, loss_fn: PopulationLoss, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(smoothed gradient (d,), member losses (N,), finite-member mask (N,)) at `step`."""
-        pop = self.population_of(step).requires_grad_(True)
+    @staticmethod
+    def member_gradients(loss_fn: PopulationLoss, pop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(member losses (M,), their gradients (M, d)) for the population rows `pop`; a member whose
+        loss is NaN/inf gets a zero gradient row (it is left out later)."""
+        pop = pop.requires_grad_(True)
         losses = loss_fn(pop)
-        if losses.shape != (self.samples,):
-            raise ValueError(f"the population loss must have shape ({self.samples},), got {tuple(losses.shape)}")
+        if losses.shape != (pop.shape[0],):
+            raise ValueError(f"the population loss must have shape ({pop.shape[0]},), got {tuple(losses.shape)}")
         ok = torch.isfinite(losses.detach())
         (grad,) = torch.autograd.grad(torch.where(ok, losses, torch.zeros_like(losses)).sum(), pop,
                                       allow_unused=True)
-        if grad is None:
-            grad = torch.zeros_like(pop)
-        ok = ok & torch.isfinite(grad).all(dim=1)
+        return losses.detach(), (torch.zeros_like(pop) if grad is None else grad).detach()
+
+    def finite_mean(self, losses: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean gradient over the members with finite loss and gradient, that mask)."""
+        ok = torch.isfinite(losses) & torch.isfinite(grad).all(dim=1)
         count = int(ok.sum())
-        g = grad[ok].sum(0) / count if count else torch.zeros_like(self.theta)
-        return g.detach(), losses.detach(), ok
+        g = grad[ok].sum(0) / count if count else torch.zeros_like(self.theta.detach())
+        return g, ok
+
+    def gradient(self, loss_fn: PopulationLoss, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(smoothed gradient (d,), member losses (N,), finite-member mask (N,)) at `step`."""
+        losses, grad = self.member_gradients(loss_fn, self.population_of(step))
+        g, ok = self.finite_mean(losses, grad)
+        return g, losses, ok
 
     def step(self, loss_fn: PopulationLoss, step: int) -> StepStats:
         g, losses, ok = self.gradient(loss_fn, step)

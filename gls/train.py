@@ -15,6 +15,10 @@ checkpoint holds the optimiser/PGPE state, counters and buffers.
 BatchNorm networks: gls bounds BatchNorm in eval form with running statistics, so before each step
 the running statistics are updated from the centre network on the clean mini-batch (train mode) and
 every member is then bounded with them.
+
+Several processes: ``torchrun --nproc-per-node N -m gls.train ...`` splits each step's population (or
+batch) over the ranks and the evaluations over the examples (gls.distributed); rank 0 writes the run
+directory, and ``--resume`` takes any number of ranks.
 """
 from __future__ import annotations
 
@@ -27,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from gls import checkpoint, config, data, models
-from gls.certify import evaluate, format_table, load_weights
+from gls import checkpoint, config, data, distributed, models
+from gls.certify import format_table, load_weights
 from gls.checkpoint import CheckpointError
 from gls.config import ConfigError
 from gls.net import Network
@@ -41,15 +45,20 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2 ** 63)
 
 
-def _make_optimizer(cfg: dict, theta: torch.Tensor):
+def _make_optimizer(cfg: dict, theta: torch.Tensor, world: distributed.World | None = None):
+    """The PGPE or RGS optimiser of `cfg`; under torchrun (an active `world`) the one that splits the step."""
+    split = world is not None and world.active
+    extra = {"world": world} if split else {}
     if cfg["method"] == "pgpe":
-        return PGPE(theta, sigma=cfg["sigma"], lr=cfg["lr"], population=cfg["population"], seed=cfg["seed"],
-                    optimizer=cfg["optimizer"], max_speed=cfg["max_speed"], adapt_sigma=cfg["adapt_sigma"],
-                    stdev_lr=cfg["stdev_lr"], stdev_max_change=cfg["stdev_max_change"],
-                    pair_chunk=cfg["pair_chunk"] or None)
+        cls = distributed.DistributedPGPE if split else PGPE
+        return cls(theta, sigma=cfg["sigma"], lr=cfg["lr"], population=cfg["population"], seed=cfg["seed"],
+                   optimizer=cfg["optimizer"], max_speed=cfg["max_speed"], adapt_sigma=cfg["adapt_sigma"],
+                   stdev_lr=cfg["stdev_lr"], stdev_max_change=cfg["stdev_max_change"],
+                   pair_chunk=cfg["pair_chunk"] or None, **extra)
     clip = cfg["grad_clip"] if cfg["grad_clip"] and cfg["grad_clip"] > 0 else None
-    return RGS(theta, sigma=cfg["sigma"], samples=cfg["population"], seed=cfg["seed"], antithetic=cfg["antithetic"],
-               optimizer=make_torch_optimizer(cfg["optimizer"], cfg["lr"]), grad_clip=clip)
+    cls = distributed.DistributedRGS if split else RGS
+    return cls(theta, sigma=cfg["sigma"], samples=cfg["population"], seed=cfg["seed"], antithetic=cfg["antithetic"],
+               optimizer=make_torch_optimizer(cfg["optimizer"], cfg["lr"]), grad_clip=clip, **extra)
 
 
 def _center(opt) -> torch.Tensor:
@@ -68,17 +77,20 @@ def _update_bn_stats(model, theta, x) -> None:
     model.eval()
 
 
-def _validate(net: Network, split: data.Split, eps: float, relaxation: str, batch_size: int, backend) -> dict:
-    """Centre network on the validation subset: natural and certified (training relaxation) accuracy."""
+def _validate(net: Network, split: data.Split, eps: float, relaxation: str, batch_size: int, backend,
+              world: distributed.World) -> dict:
+    """Centre network on the validation subset: natural and certified (training relaxation) accuracy
+    (each rank counts its shard)."""
     from gls.bounds import compute_bounds
 
     nat = cert = 0
     with torch.no_grad():
-        for x, y in data.batches(split, batch_size, shuffle=False):
+        for x, y in data.batches(world.shard(split), batch_size, shuffle=False):
             nat += int((net.forward(x)[0].argmax(-1) == y).sum())
             if eps > 0:
                 lower = compute_bounds(net, x, eps, method=relaxation, labels=y, backend=backend).lower[0]
                 cert += int((lower > 0).all(-1).sum())
+    nat, cert = distributed.validate_counts(world, [nat, cert])
     n = max(len(split), 1)
     return {"val_natural_acc": nat / n, "val_certified_acc": cert / n if eps > 0 else nat / n}
 
@@ -130,15 +142,26 @@ def _progress(cfg) -> bool:
 
 
 def run(cfg: dict, resume_payload: dict | None = None) -> int:
-    """Train with the resolved config `cfg`; returns the process exit status."""
+    """Train with the resolved config `cfg` (on the ranks of torchrun's job, if any); returns the exit status."""
+    world = distributed.init(cfg["device"], cfg["dist_timeout"])
+    try:
+        return _run(cfg, resume_payload, world)
+    finally:
+        world.close()
+
+
+def _run(cfg: dict, resume_payload: dict | None, world: distributed.World) -> int:
     from tqdm import tqdm
 
+    main = world.is_main  # rank 0 alone writes the run directory and prints
+    save, plot, say, write_json = (world.main_only(f) for f in (checkpoint.save, _plot, print, _write_json))
+    cfg["world_size"] = world.size
     out = Path(cfg["out"] or config.default_out(cfg))
     if resume_payload is None and (out / checkpoint.LAST).exists():
         raise ConfigError(f"{out} already holds a run; pass --resume {out} to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     cfg["out"] = str(out)
-    device = torch.device(cfg["device"])
+    device = torch.device(distributed.device_of(world, cfg["device"]))
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
@@ -156,7 +179,7 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
                               f"this one {theta0.numel()}")
         theta0 = init["theta"].to(device)
         load_weights(model, theta0, init.get("buffers"))
-    opt = _make_optimizer(cfg, theta0)
+    opt = _make_optimizer(cfg, theta0, world)
     spe = data.num_batches(len(train), cfg["batch_size"])
     sched = EpsSchedule(cfg["train_eps"], cfg["eps_start_epoch"], cfg["eps_end_epoch"], spe, cfg["eps_schedule"])
 
@@ -167,10 +190,11 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
         epoch, step, best = resume_payload["epoch"], resume_payload["step"], resume_payload["best"]
         elapsed = resume_payload.get("elapsed_s", 0.0)
         torch.set_rng_state(resume_payload["torch_rng"])
-    _write_json(out / "config.json", cfg)
     history = _read_metrics(out / "metrics.jsonl", epoch)
-    with open(out / "metrics.jsonl", "w") as f:  # drop epochs after the checkpoint (a killed run's tail)
-        f.writelines(json.dumps(h) + "\n" for h in history)
+    write_json(out / "config.json", cfg)
+    if main:
+        with open(out / "metrics.jsonl", "w") as f:  # drop epochs after the checkpoint (a killed run's tail)
+            f.writelines(json.dumps(h) + "\n" for h in history)
 
     def payload(ep: int) -> dict:
         return {"config": cfg, "epoch": ep, "step": step, "best": best, "elapsed_s": elapsed,
@@ -178,7 +202,8 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
                 "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
                 "torch_rng": torch.get_rng_state()}
 
-    show = _progress(cfg)
+    show = _progress(cfg) and main
+    check_every = cfg["sync_check_every"]
     bn = _has_bn(model)
     status, message = "finished", None
     for epoch in range(epoch, cfg["epochs"]):
@@ -194,15 +219,20 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
             for x, y in data.batches(train, cfg["batch_size"], shuffle=True, generator=gen,
                                      augment=cfg["dataset"] == "cifar10"):
                 x, y = x.to(device), y.to(device)
+                x_rank, y_rank = opt.local_batch(x, y) if world.active else (x, y)
                 eps_t = sched(step)
                 weight = cfg["robust_weight"] * sched.ramp_fraction(step)
                 if bn:
                     _update_bn_stats(model, _center(opt), x)
                 record.clear()
-                loss_fn = population_loss(net, x, y, eps=eps_t, relaxation=cfg["relaxation"], robust_weight=weight,
-                                          backend=cfg["backend"], record=record)
+                loss_fn = population_loss(net, x_rank, y_rank, eps=eps_t, relaxation=cfg["relaxation"],
+                                          robust_weight=weight, backend=cfg["backend"], record=record)
                 stats = opt.step(loss_fn, step)
+                if world.active:
+                    record.update(opt.gather_record(record, step))
                 step += 1
+                if world.active and check_every and step % check_every == 0:
+                    world.check_same(opt.synced_state(), step)
                 nonfinite += stats.nonfinite
                 skipped += stats.skipped
                 if math.isfinite(stats.loss_mean):
@@ -237,46 +267,55 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
                "nonfinite_members": nonfinite, "skipped_steps": skipped,
                "sigma_mean": stats.sigma_mean, "sigma_min": stats.sigma_min, "sigma_max": stats.sigma_max,
                "grad_norm": sums["grad_norm"] / max(finite_steps, 1)}
-        row.update(_validate(net, val, eval_eps, cfg["relaxation"], cfg["eval_batch_size"], cfg["backend"]))
+        row.update(_validate(net, val, eval_eps, cfg["relaxation"], cfg["eval_batch_size"], cfg["backend"], world))
         elapsed += time.perf_counter() - t0
         row["time_s"] = time.perf_counter() - t0
         row["elapsed_s"] = elapsed
         history.append(row)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if main:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if world.active:  # what is saved must be every rank's state
+            world.check_same(opt.synced_state(), step)
         ramped = sched(step - 1) >= cfg["train_eps"]
         if ramped and (best is None or row["val_certified_acc"] > best["val_certified_acc"]):
             best = {"epoch": epoch + 1, "val_certified_acc": row["val_certified_acc"],
                     "val_natural_acc": row["val_natural_acc"]}
-            checkpoint.save(payload(epoch + 1), out / checkpoint.BEST)
-        checkpoint.save(payload(epoch + 1), out / checkpoint.LAST)
-        _plot(history, out / "curves.png")
-        print(f"epoch {epoch + 1}/{cfg['epochs']}: loss {row['train_loss']:.4f}  eps {row['eps']:.4g}  "
-              f"val nat {100 * row['val_natural_acc']:.2f}%  val cert({cfg['relaxation']}) "
-              f"{100 * row['val_certified_acc']:.2f}%  nonfinite {nonfinite}  {row['time_s']:.1f}s", flush=True)
+            save(payload(epoch + 1), out / checkpoint.BEST)
+        save(payload(epoch + 1), out / checkpoint.LAST)
+        plot(history, out / "curves.png")
+        say(f"epoch {epoch + 1}/{cfg['epochs']}: loss {row['train_loss']:.4f}  eps {row['eps']:.4g}  "
+            f"val nat {100 * row['val_natural_acc']:.2f}%  val cert({cfg['relaxation']}) "
+            f"{100 * row['val_certified_acc']:.2f}%  nonfinite {nonfinite}  {row['time_s']:.1f}s", flush=True)
         if cfg["halt_after_epoch"] is not None and epoch + 1 >= cfg["halt_after_epoch"] and epoch + 1 < cfg["epochs"]:
-            print(f"halted after epoch {epoch + 1} (--halt-after-epoch); continue with --resume {out}")
+            say(f"halted after epoch {epoch + 1} (--halt-after-epoch); continue with --resume {out}")
             return 0
 
     summary = {"status": status, "message": message, "epochs_done": len(history), "steps": step,
-               "train_time_s": elapsed, "best": best, "run_dir": str(out)}
+               "train_time_s": elapsed, "best": best, "run_dir": str(out), "world_size": world.size}
     if status == "diverged":
-        _write_json(out / "summary.json", summary)
-        print(f"gls.train: {message}", file=sys.stderr)
+        write_json(out / "summary.json", summary)
+        say(f"gls.train: {message}", file=sys.stderr)
         return 3
-    final = checkpoint.load(out, checkpoint.BEST) if best is not None else checkpoint.load(out, checkpoint.LAST)
+    final = None
+    if main:
+        final = checkpoint.load(out, checkpoint.BEST) if best is not None else checkpoint.load(out, checkpoint.LAST)
+    if world.active:
+        final = world.broadcast_object(final and {k: final[k] for k in ("theta", "buffers", "epoch")},
+                                       "the final checkpoint broadcast")
     load_weights(model, final["theta"], final["buffers"])
     t0 = time.perf_counter()
-    result = evaluate(model, test, cfg["eps"], methods=cfg["certify"], batch_size=cfg["eval_batch_size"],
-                      pgd_steps=cfg["pgd_steps"], pgd_restarts=cfg["pgd_restarts"], seed=cfg["seed"],
-                      backend=cfg["backend"], device=device, progress=show)
+    result = distributed.evaluate(world, model, test, cfg["eps"], methods=cfg["certify"],
+                                  batch_size=cfg["eval_batch_size"], pgd_steps=cfg["pgd_steps"],
+                                  pgd_restarts=cfg["pgd_restarts"], seed=cfg["seed"], backend=cfg["backend"],
+                                  device=device, progress=show)
     summary.update({"evaluated_checkpoint": "best" if best is not None else "last", "test": result,
                     "eval_time_s": time.perf_counter() - t0})
-    _write_json(out / "summary.json", summary)
-    print(f"test evaluation of the {summary['evaluated_checkpoint']} checkpoint "
-          f"(epoch {final['epoch']}; training {elapsed:.0f} s, evaluation {summary['eval_time_s']:.0f} s):")
-    print(format_table(result))
-    print(f"run directory: {out}")
+    write_json(out / "summary.json", summary)
+    say(f"test evaluation of the {summary['evaluated_checkpoint']} checkpoint "
+        f"(epoch {final['epoch']}; training {elapsed:.0f} s, evaluation {summary['eval_time_s']:.0f} s):")
+    say(format_table(result))
+    say(f"run directory: {out}")
     return 0
 
 
@@ -295,6 +334,9 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError, data.DataError) as e:
         print(f"gls.train: error: {e}", file=sys.stderr)
         return 2
+    except distributed.DistributedError as e:
+        print(f"gls.train: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("gls.train: interrupted; resume from the last checkpoint with --resume", file=sys.stderr)
         return 130
