@@ -21,9 +21,11 @@ results.json lists every cell's count.
 Measured limit of this: from a trained network PGPE at population 32-128 (d = 79k) did not improve
 its loss on this CPU; it drifted up slowly (width 8, IBP at eps 0.1, 40 steps of 64 images: validation
 loss 1.301 -> 1.310 at sigma 1e-3, lr 3e-3; -> 1.361 at lr 1e-2; -> 1.566 at sigma 1e-2, lr 3e-2;
-population 128 at lr 3e-3: -> 1.309; CROWN-IBP 1.120 -> 1.127). The cpu preset therefore takes the
-smallest-drift setting (sigma 1e-3, lr 3e-3), and its PGPE column is to be read against the grad column
-it starts from: at this budget it measures PGPE's drift, not what smoothing can do.
+population 128 at lr 3e-3: -> 1.309; CROWN-IBP 1.120 -> 1.127), while 80 plain-gradient steps from the
+same weights reached 1.122; width 2 (d = 4.9k), population 64: 1.671 -> 1.681, grad -> 1.493). The cpu
+preset therefore takes the smallest-drift setting (sigma 1e-3, lr 3e-3), and its PGPE column is to be
+read against the grad column it starts from: at this budget it measures PGPE's drift, not what
+smoothing can do.
 
 Presets (``--preset``): ``paper`` is the published setting (paradox paper's CONV network, eps 0.3, 200
 epochs; for a GPU); ``cpu`` is sized for a 2-core CPU in about two hours (derivation: the README's
