@@ -27,7 +27,7 @@ import torch
 
 from gls import ops
 from gls.affine import Dense, Diag, relax_step
-from gls.net import Network, _dtype, check_input
+from gls.net import Network, check_input, param_dtype
 
 METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
 _ALIASES = {"crown": "deeppoly"}
@@ -227,7 +227,7 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     if bound not in ("lower", "both"):
         raise ValueError(f"bound must be 'lower' or 'both', got {bound!r}")
     params, P = net.resolve_params(params)
-    x = check_input(x, _dtype(params, x))
+    x = check_input(x, param_dtype(params, x))
     chunk = _member_chunk(member_chunk, P, x.shape[0], x.device)
     if chunk < P:
         parts = [compute_bounds(net, x, eps, method=method, labels=labels, spec=spec, domain=domain, bound=bound,

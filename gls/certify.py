@@ -25,25 +25,11 @@ from gls.net import Network
 _BACKSUB_MEMORY = 1 << 30  # bytes allowed for the back-substitution coefficients of one batch
 
 
-def load_weights(model: nn.Sequential, theta: torch.Tensor, buffers: dict | None = None) -> nn.Sequential:
-    """Copy a flat weight vector (d,) (and buffers) into `model` in place."""
-    net = Network.from_module(model)
-    params = net.layout.unflatten(theta.detach().reshape(-1))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(params[name][0])
-        for name, b in model.named_buffers():
-            if buffers is not None and name in buffers:
-                b.copy_(buffers[name])
-    return model
-
-
 def model_from_checkpoint(payload: dict) -> tuple[nn.Sequential, dict]:
     cfg = payload["config"]
     mean, std = data.STATS[cfg["dataset"]]
-    in_shape = (1, 28, 28) if cfg["dataset"] == "mnist" else (3, 32, 32)
-    model = models.build(cfg["net"], in_shape, mean, std, width=cfg.get("width"))
-    return load_weights(model, payload["theta"], payload.get("buffers")).eval(), cfg
+    model = models.build(cfg["net"], data.SHAPES[cfg["dataset"]], mean, std, width=cfg.get("width"))
+    return models.load_weights(model, payload["theta"], payload.get("buffers")).eval(), cfg
 
 
 def _cert_batch(net: Network, in_shape, method: str, batch_size: int) -> int:
@@ -158,7 +144,7 @@ def main(argv=None) -> int:
         split = getattr(ds, args.split).subset(args.subset)
         world = distributed.init(args.device)
         try:
-            result = distributed.evaluate(world, model, split, eps, methods=[m for m in args.methods.split(",") if m],
+            result = distributed.evaluate(world, evaluate, model, split, eps, methods=[m for m in args.methods.split(",") if m],
                                           batch_size=args.batch_size, pgd_steps=args.pgd_steps,
                                           pgd_restarts=args.pgd_restarts, backend=args.backend,
                                           device=distributed.device_of(world, args.device),

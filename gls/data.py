@@ -37,6 +37,8 @@ STATS = {
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
 }
+# Per-sample input shape (C, H, W) of each dataset.
+SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 _MNIST_IDX = {
     "train_x": "train-images-idx3-ubyte",

@@ -280,7 +280,7 @@ class Network:
     def forward(self, x: torch.Tensor, params: dict | None = None) -> torch.Tensor:
         """Natural logits of every member, (P, B, K), for inputs x (B, ...) shared by the population."""
         params, P = self.resolve_params(params)
-        x = check_input(x, _dtype(params, x))
+        x = check_input(x, param_dtype(params, x))
         segs = self.plan(params, x.shape[1:], x.dtype)
         h = x.reshape(1, x.shape[0], -1)
         for k, seg in enumerate(segs):
@@ -293,7 +293,8 @@ class Network:
     __call__ = forward
 
 
-def _dtype(params: dict, x) -> torch.dtype:
+def param_dtype(params: dict, x) -> torch.dtype:
+    """The dtype a pass runs in: that of the parameters, else x's floating dtype, else torch's default."""
     for t in params.values():
         return t.dtype
     return x.dtype if isinstance(x, torch.Tensor) and x.is_floating_point() else torch.get_default_dtype()

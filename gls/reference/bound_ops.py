@@ -8,15 +8,7 @@ from __future__ import annotations
 
 import torch
 
-RELAX_METHODS = {"ibp": 0, "hbox": 1, "crown-ibp": 2, "deeppoly": 3, "crown": 3}
-
-
-def relax_code(method: str) -> int:
-    """Method name -> integer code shared with csrc/include/gls/relax.h."""
-    try:
-        return RELAX_METHODS[method]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown relaxation method {method!r}; expected one of {sorted(RELAX_METHODS)}") from None
+from gls_kernels.common import relax_code
 
 
 def relu_relax(l: torch.Tensor, u: torch.Tensor, method: str):
