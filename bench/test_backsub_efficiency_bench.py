@@ -1,9 +1,11 @@
 """Back-substitution efficiency: FLOP/s of DeepPoly's back-substitution vs torch.matmul on the same GEMMs.
 
 One counting pass records every back-substitution matmul that DeepPoly actually performs on the
-MLP (gls.ops.backsub_linear_relu calls and the Dense back-steps into the input; only the rows of
-unstable neurons are computed, and only those are counted): FLOPs = 2 * P * (B * rows) * N_out * N_in
-per call. Three timings of that same work:
+MLP and on the trained cnn3 of bench/trained.py (gls.ops.backsub_linear_relu calls, the Dense
+back-steps into the input, and gls.ops.backsub_conv_relu calls on windows; only the rows of each
+(member, sample)'s unstable neurons are computed, and only those are counted): FLOPs = 2 * P *
+(B * rows) * N_out * N_in per dense call and 2 * P * (B * rows * h * w) * C_out * (C_in * kh * kw) per
+window call (the GEMM of its columns, zeros included). Three timings of that same work:
   `matmul`  (baseline): torch.matmul on each recorded GEMM shape, back to back;
   `backsub` (candidate): the recorded back-substitution calls replayed on their recorded inputs
             (GEMM plus the fused ReLU relaxation and bias epilogue);
@@ -20,10 +22,11 @@ import torch
 
 import gls
 from gls import affine, ops
-from bench import workload
+from bench import trained, workload
 from bench.harness import bench_size, measure, record
 
-GRID = {"quick": [(8, 1), (8, 16), (8, 64)], "full": [(64, 1), (64, 16), (64, 64), (64, 256)]}  # (B, P)
+GRID = {"quick": [("mlp", 8, 1), ("mlp", 8, 16), ("mlp", 8, 64), ("cnn3-trained", 32, 1), ("cnn3-trained", 32, 8)],
+        "full": [("mlp", 64, 1), ("mlp", 64, 16), ("mlp", 64, 64), ("mlp", 64, 256), ("cnn3-trained", 64, 64)]}
 IMPLS = ("pass", "backsub", "matmul")
 ROUNDS = {"quick": 3, "full": 10}
 METHOD = "deeppoly"
@@ -32,15 +35,15 @@ METHOD = "deeppoly"
 def pytest_generate_tests(metafunc):
     if "impl" not in metafunc.fixturenames:
         return
-    cases = [pytest.param("mlp", B, P, impl, id=f"mlp-B{B}-P{P}-{impl}")
-             for B, P in GRID[bench_size(metafunc.config)] for impl in IMPLS]
+    cases = [pytest.param(m, B, P, impl, id=f"{m}-B{B}-P{P}-{impl}")
+             for m, B, P in GRID[bench_size(metafunc.config)] for impl in IMPLS]
     metafunc.parametrize(("model", "B", "P", "impl"), cases)
 
 
 def record_backsub(run):
     """Run `run()` once and return its back-substitution calls as (function, args, GEMM shape)."""
     calls = []
-    real_backsub, real_back = ops.backsub_linear_relu, affine.Dense.back
+    real_backsub, real_back, real_conv = ops.backsub_linear_relu, affine.Dense.back, ops.backsub_conv_relu
 
     def backsub(lam, W, *rest, **kw):
         calls.append((lambda *a: real_backsub(*a, **kw), (lam, W, *rest), (lam.shape[0], lam.shape[1] * lam.shape[2],
@@ -52,16 +55,22 @@ def record_backsub(run):
                                                                   self.W.shape[-2], self.W.shape[-1])))
         return real_back(self, lam)
 
-    with mock.patch.object(ops, "backsub_linear_relu", backsub), mock.patch.object(affine.Dense, "back", back):
+    def conv(lam, W, *rest, **kw):
+        P, B, R, c_out, h, w = lam.shape
+        calls.append((lambda *a: real_conv(*a, **kw), (lam, W, *rest), (P, B * R * h * w, c_out, W[0].numel() // c_out)))
+        return real_conv(lam, W, *rest, **kw)
+
+    with mock.patch.object(ops, "backsub_linear_relu", backsub), mock.patch.object(affine.Dense, "back", back), \
+            mock.patch.object(ops, "backsub_conv_relu", conv):
         run()
     if not calls:
         raise RuntimeError("no back-substitution call was recorded: has gls.bounds stopped using "
-                           "gls.ops.backsub_linear_relu / gls.affine.Dense.back?")
+                           "gls.ops.backsub_linear_relu / backsub_conv_relu / gls.affine.Dense.back?")
     return calls
 
 
 def test_backsub_efficiency(benchmark, request, device, model, B, P, impl):
-    module, x, y, eps = workload.build(model, B, device)
+    module, x, y, eps = (trained.build if model.endswith("-trained") else workload.build)(model, B, device)
     net = gls.Network.from_module(module)
     rounds = ROUNDS[bench_size(request.config)]
     why = workload.skip_reason(net, x.shape[1:], METHOD, P, B, device, calls=rounds + 2)

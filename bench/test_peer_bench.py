@@ -21,8 +21,9 @@ import pytest
 import torch
 
 import gls
+import gls.models
 from bench import trained, workload
-from bench.harness import bench_size, measure, record
+from bench.harness import bench_size, measure, peak_extra_bytes, record
 
 CASES = [  # (method, P, B, grad)
     ("deeppoly", 8, 32, False),
@@ -46,7 +47,7 @@ def _lirpa():
 
 
 def pytest_generate_tests(metafunc):
-    if "impl" in metafunc.fixturenames:
+    if metafunc.function.__name__ == "test_peer_bounds":
         metafunc.parametrize(("method", "P", "B", "grad", "impl"),
                              [pytest.param(*c, impl, id=f"cnn3-{c[0]}-P{c[1]}-B{c[2]}{'-grad' if c[3] else ''}-{impl}")
                               for c in CASES for impl in IMPLS])
@@ -109,3 +110,24 @@ def test_peer_bounds(benchmark, request, device, method, P, B, grad, impl):
     measure(benchmark, run, device, rounds=ROUNDS[bench_size(request.config)])
     record(benchmark, request, suite="peer", role="candidate" if impl == "gls" else "baseline",
            items=B * P, unit="bounds")
+
+
+CNN7_BATCH = {"quick": 1, "full": 8}
+
+
+@pytest.mark.parametrize("impl", ["deeppoly", "crown-ibp"])
+def test_cnn7_deeppoly(benchmark, request, device, impl):
+    """DeepPoly on gls.models cnn7 (MNIST, IBP initialisation, untrained: nearly every ReLU unstable, the
+    costly case), P = 1: time and peak memory, with CROWN-IBP on the same inputs as the baseline."""
+    B = CNN7_BATCH[bench_size(request.config)]
+    model = gls.models.build("cnn7", (1, 28, 28), (0.1307,), (0.3081,), init="ibp").eval().to(device)
+    x, y = (t.to(device) for t in trained.mnist_test(B))
+
+    def run():
+        with torch.inference_mode():
+            return gls.compute_bounds(model, x, 0.1, method=impl, labels=y).lower
+
+    peak, how = peak_extra_bytes(run, device)
+    measure(benchmark, run, device, rounds=1, warmup=0)
+    record(benchmark, request, suite="cnn7", role="candidate" if impl == "deeppoly" else "baseline", items=B,
+           unit="bounds", peak_bytes=peak, memory_measure=how)
