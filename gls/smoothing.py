@@ -220,7 +220,7 @@ class RGS:
 
     def __init__(self, theta: torch.Tensor, *, sigma: float, samples: int, seed: int,
                  optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
-                 antithetic: bool = False, grad_clip: float | None = None):
+                 antithetic: bool = False, grad_clip: float | None = None, member_chunk: int | None = None):
         if samples < 1:
             raise ValueError(f"RGS needs at least one sample, got {samples}")
         if sigma < 0:
@@ -229,6 +229,9 @@ class RGS:
             raise ValueError(f"antithetic RGS needs an even number of samples, got {samples}")
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive, got {grad_clip}")
+        if member_chunk is not None and member_chunk < 1:
+            raise ValueError(f"member_chunk must be a positive number of samples, got {member_chunk}")
+        self.member_chunk = member_chunk
         self.theta = torch.nn.Parameter(theta.detach().clone())
         self.sigma, self.samples, self.seed = float(sigma), samples, int(seed)
         self.antithetic, self.grad_clip = antithetic, grad_clip
@@ -243,20 +246,34 @@ class RGS:
         return noise.perturb(base, self.sigma, _noise_seed(self.seed, step), self.samples, antithetic=self.antithetic)
 
     def gradient(self, loss_fn: PopulationLoss, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(smoothed gradient (d,), member losses (N,), finite-member mask (N,)) at `step`."""
-        pop = self.population_of(step).requires_grad_(True)
-        losses = loss_fn(pop)
-        if losses.shape != (self.samples,):
-            raise ValueError(f"the population loss must have shape ({self.samples},), got {tuple(losses.shape)}")
-        ok = torch.isfinite(losses.detach())
-        (grad,) = torch.autograd.grad(torch.where(ok, losses, torch.zeros_like(losses)).sum(), pop,
-                                      allow_unused=True)
-        if grad is None:
-            grad = torch.zeros_like(pop)
-        ok = ok & torch.isfinite(grad).all(dim=1)
+        """(smoothed gradient (d,), member losses (N,), finite-member mask (N,)) at `step`.
+
+        Members go ``member_chunk`` at a time, and if `loss_fn` has ``parts`` (gls.objective's sample
+        chunks) the backward pass runs piece by piece, so only one piece's graph is alive at a time;
+        members are independent, so member chunks change no number."""
+        pop_all = self.population_of(step)
+        m = self.member_chunk or self.samples
+        grads, losses = [], []
+        for first in range(0, self.samples, m):
+            pop = pop_all[first:first + m].detach().requires_grad_(True)
+            parts = getattr(loss_fn, "parts", None)
+            total = grad = None
+            for piece in (parts(pop) if parts is not None else [loss_fn(pop)]):
+                if piece.shape != (pop.shape[0],):
+                    raise ValueError(f"the population loss must have shape ({pop.shape[0]},), got {tuple(piece.shape)}")
+                ok = torch.isfinite(piece.detach())
+                (g,) = torch.autograd.grad(torch.where(ok, piece, torch.zeros_like(piece)).sum(), pop,
+                                           allow_unused=True)
+                g = torch.zeros_like(pop) if g is None else g
+                total = piece.detach() if total is None else total + piece.detach()
+                grad = g if grad is None else grad + g
+            grads.append(grad)
+            losses.append(total)
+        grad, losses = torch.cat(grads), torch.cat(losses)
+        ok = torch.isfinite(losses) & torch.isfinite(grad).all(dim=1)
         count = int(ok.sum())
         g = grad[ok].sum(0) / count if count else torch.zeros_like(self.theta)
-        return g.detach(), losses.detach(), ok
+        return g.detach(), losses, ok
 
     def step(self, loss_fn: PopulationLoss, step: int) -> StepStats:
         g, losses, ok = self.gradient(loss_fn, step)
