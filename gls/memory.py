@@ -87,8 +87,9 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
     it only what is alive at once counts (the boxes and relaxation lines of every layer, and the largest
     back-substitution step). Per method:
 
-    * ibp: per affine op its centre and radius (4 vectors with the layout copies), per ReLU the box
-      before and after and the next op's input copies (8 vectors).
+    * ibp: with autograd, per affine op its centre and radius with their layout copies and gradients
+      (6 vectors), per ReLU the box before and after and the next op's input copies (10 vectors);
+      without, the boxes of every ReLU and two vectors of the widest layer.
     * crown-ibp adds the four relaxation lines per ReLU and the back-substitution of the spec: per
       affine op a (p, b, rows, n) coefficient block (_op_block), per ReLU the block, its line selection
       and product (3 blocks).
@@ -98,7 +99,7 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
     * with autograd, the backward pass holds two gradients of the largest block at once.
     """
     segs, relus = shape.segments, shape.relu_widths
-    ibp = 4 * shape.outputs + 8 * sum(relus)
+    ibp = 6 * shape.outputs + 10 * sum(relus) if grad else 0
     widest_out = max(n for seg in segs for _, _, n in seg)
     if method == "ibp":
         return p * b * (ibp + 2 * widest_out if grad else 4 * widest_out + 2 * sum(relus))
@@ -214,9 +215,10 @@ def _candidates(n: int, step: int = 1) -> list[int]:
 def plan_training(shape: NetShape, *, method: str, relaxation: str, population: int, batch: int, budget: int,
                   member_chunk: int | None = None, sample_chunk: int | None = None, robust: bool = True,
                   device: torch.device = torch.device("cpu")) -> StepPlan:
-    """The largest chunks whose step fits `budget` bytes: members first kept whole, then samples, then
-    members halved (member chunks change no number; sample chunks change only the summation order).
-    Chunks given by the caller are kept. PGPE member chunks are whole antithetic pairs (even)."""
+    """The chunks whose step fits `budget` bytes with the most members x samples per pass (the fewest
+    passes); at equal size the whole mini-batch is kept and members are split (member chunks change no
+    number, sample chunks the summation order). Chunks given by the caller are kept. PGPE member
+    chunks are whole antithetic pairs (even)."""
     pair = 2 if method == "pgpe" else 1
     members = [member_chunk] if member_chunk else _candidates(population, pair)
     samples = [sample_chunk] if sample_chunk else _candidates(batch)
@@ -225,7 +227,7 @@ def plan_training(shape: NetShape, *, method: str, relaxation: str, population: 
         return step_bytes(shape, method=method, relaxation=relaxation, population=population, member_chunk=m,
                           sample_chunk=s, robust=robust, device=device)
 
-    options = sorted(((m * s, m, s) for m in members for s in samples), key=lambda t: (-t[0], -t[1]))
+    options = sorted(((m * s, m, s) for m in members for s in samples), key=lambda t: (-t[0], -t[2]))
     for _, m, s in options:
         need = cost(m, s)
         if need <= budget:

@@ -1,8 +1,8 @@
 """Honest time: a run's duration predicted from steps timed before training, and an ETA that knows the eps ramp.
 
 A step's cost grows with eps: at eps = 0 no bounds are computed, and the tighter relaxations get
-slower as more ReLUs become unstable. Before training, one step is timed at eps = 0 and two at the
-target eps (the faster of the two, the first one also warms the kernels up). A step at ramp fraction
+slower as more ReLUs become unstable. Before training (gls.train), one step is timed at eps = 0 and
+one at the target eps (two when it is short, taking the faster: the first call also warms up). A step at ramp fraction
 f = eps / target is predicted to take ``t0 + (t1 - t0) * f``; the prediction is summed over the
 schedule. While training, the ETA scales the prediction of the steps left by the ratio of the time
 actually spent to the time predicted for the steps done, so a machine busier or quieter than during
