@@ -216,8 +216,8 @@ def plan_training(shape: NetShape, *, method: str, relaxation: str, population: 
                   member_chunk: int | None = None, sample_chunk: int | None = None, robust: bool = True,
                   device: torch.device = torch.device("cpu")) -> StepPlan:
     """The chunks whose step fits `budget` bytes with the most members x samples per pass (the fewest
-    passes); at equal size the whole mini-batch is kept and members are split (member chunks change no
-    number, sample chunks the summation order). Chunks given by the caller are kept. PGPE member
+    passes); at equal size the whole mini-batch is kept and members are split (either changes the numbers
+    only by float rounding). Chunks given by the caller are kept. PGPE member
     chunks are whole antithetic pairs (even)."""
     pair = 2 if method == "pgpe" else 1
     members = [member_chunk] if member_chunk else _candidates(population, pair)

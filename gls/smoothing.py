@@ -1,6 +1,6 @@
 """Gaussian loss smoothing: PGPE (zeroth order) and RGS (first order) on a flat weight vector.
 
-Both optimise ``L_sigma(theta) = E_z L(theta + sigma*z)`` (DESIGN §2). They see the model only through
+Both optimise ``L_sigma(theta) = E_z L(theta + sigma*z)`` (docs/design.md §5). They see the model only through
 a *population loss*: a callable mapping perturbed weight vectors ``(P, d)`` to per-member losses
 ``(P,)``, evaluated in one batched pass (``gls.bounds`` bounds every member at once). Plain gradient
 training is RGS with ``sigma = 0`` and one sample.
@@ -155,7 +155,7 @@ class PGPE:
         return torch.cat(plus + minus)
 
     def gradients(self, losses: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(g_mu, g_sigma) of the fitness -losses at `step` (DESIGN §2); the noise is regenerated.
+        """(g_mu, g_sigma) of the fitness -losses at `step` (docs/design.md §5); the noise is regenerated.
 
         With rows p and p + n holding +z_i and -z_i, g_mu = sum_p f_p/(2n) sigma eps_p and
         g_sigma = sum_p (f_p - mean f)/(2n) ((sigma eps_p)^2 - sigma^2)/sigma, f the centred ranks.
@@ -250,7 +250,8 @@ class RGS:
 
         Members go ``member_chunk`` at a time, and if `loss_fn` has ``parts`` (gls.objective's sample
         chunks) the backward pass runs piece by piece, so only one piece's graph is alive at a time;
-        members are independent, so member chunks change no number."""
+        members are independent, so member chunks change each member's numbers only by the rounding of
+        differently sized batched kernels."""
         pop_all = self.population_of(step)
         m = self.member_chunk or self.samples
         grads, losses = [], []

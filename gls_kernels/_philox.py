@@ -1,4 +1,4 @@
-"""Triton building blocks of the counter-based Gaussian noise (DESIGN.md section 2); not an op.
+"""Triton building blocks of the counter-based Gaussian noise (docs/design.md §4); not an op.
 
 Same math as csrc/include/gls/philox.h and gls/reference/noise.py: Philox4x32-10 on uint32 words
 (tl.umulhi for the high product), uniforms ((x >> 8) + 0.5) * 2^-24 in float32 and Box-Muller on lane

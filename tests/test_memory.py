@@ -86,7 +86,8 @@ def test_parse_size():
 
 
 def test_rgs_chunks_give_the_same_step():
-    """Member chunks change no number; sample chunks only the summation order."""
+    """Chunks compute the same step up to float rounding (batched kernels of another size may round
+    differently; sample pieces change the summation order)."""
     torch.manual_seed(0)
     model = models.build("mlp", (1, 28, 28), (0.1307,), (0.3081,), width=8)
     net = Network.from_module(model)
@@ -103,7 +104,8 @@ def test_rgs_chunks_give_the_same_step():
 
     g, losses, rec = grad(None, None)
     g1, losses1, rec1 = grad(1, None)
-    assert torch.equal(g, g1) and torch.equal(losses, losses1)
+    torch.testing.assert_close(g1, g, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(losses1, losses, rtol=1e-6, atol=0)
     g2, losses2, rec2 = grad(3, 10)
     torch.testing.assert_close(g2, g, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(losses2, losses, rtol=1e-5, atol=1e-7)

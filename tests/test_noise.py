@@ -12,7 +12,7 @@ HAS_CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 SEED_BIG = 0xFEDCBA9876543210  # >= 2^63: exercises the signed reinterpretation in the op schemas
 
-KNOWN_ANSWERS = [  # Random123 philox4x32-10 vectors (DESIGN.md section 2): counter, key, output
+KNOWN_ANSWERS = [  # Random123 philox4x32-10 vectors (docs/design.md §4): counter, key, output
     ([0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
     ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
     ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0], [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
