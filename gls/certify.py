@@ -96,9 +96,12 @@ def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("i
 def describe_checkpoint(path, payload: dict) -> str:
     """Which checkpoint a table comes from: file, epoch (and batch when written inside an epoch), step."""
     cfg, part = payload["config"], payload.get("partial")
-    when = (f"inside epoch {payload['epoch'] + 1}/{cfg['epochs']} after {part['batch']} batches" if part
-            else f"end of epoch {payload['epoch']}/{cfg['epochs']}")
-    return f"checkpoint {path} ({when}, step {payload['step']}; {cfg['method']} {cfg['relaxation']} {cfg['net']})"
+    of = f"/{cfg['epochs']}" if "epochs" in cfg else ""
+    when = (f"inside epoch {payload['epoch'] + 1}{of} after {part['batch']} batches" if part
+            else f"end of epoch {payload.get('epoch', '?')}{of}")
+    what = " ".join(str(cfg[k]) for k in ("method", "relaxation", "net") if k in cfg)
+    step = f", step {payload['step']}" if "step" in payload else ""
+    return f"checkpoint {path} ({when}{step}; {what})"
 
 
 def format_table(result: dict) -> str:

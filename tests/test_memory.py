@@ -29,7 +29,6 @@ def _plan(budget, **kw):
     dict(kind="train", method="rgs", net="cnn3", relaxation="crown-ibp", eps=0.3, P=4, B=64),
     dict(kind="train", method="rgs", net="cnn7", relaxation="crown-ibp", eps=0.3, P=4, B=16, width=16,
          member_chunk=1, sample_chunk=4),
-    dict(kind="cert", net="cnn3", relaxation="deeppoly", eps=0.3, P=1, B=64),
 ])
 def test_estimate_bounds_the_measured_peak(case):
     """Peak RSS of one step in a fresh process (tests/memory_probe.py) is below the estimate, and the
