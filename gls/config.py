@@ -110,7 +110,8 @@ def parser() -> argparse.ArgumentParser:
                             "on a CPU, then the evaluation table.")
     a = p.add_argument
     a("--config", metavar="FILE", help="TOML or JSON file with option values (same names as the options)")
-    a("--preset", choices=sorted(PRESETS), help="a standard CTBench setting (dataset, eps, schedule, epochs)")
+    a("--preset", choices=sorted(PRESETS), help="a standard CTBench setting (dataset, eps, schedule, epochs); "
+                                                "each states the machine it is sized for when a run starts")
     a("--dataset", help="mnist | cifar10 (default mnist)")
     a("--data-dir", help="directory with MNIST IDX files or the CIFAR-10 python batches")
     a("--net", help=f"network: {', '.join(NETS)} (default mlp)")

@@ -50,8 +50,8 @@ def plot_curves(history: list[dict], path: Path, cfg: dict, best_epoch: int | No
 
     for ax in axes:
         for m in cfg.get("lr_milestones") or []:
-            if ep and m <= ep[-1]:
-                ax.axvline(m, color="0.6", linewidth=0.8, linestyle=":")
+            if ep and m < ep[-1]:  # the lr drops after epoch m (0-based epoch m is 1-based m + 1)
+                ax.axvline(m + 0.5, color="0.6", linewidth=0.8, linestyle=":")
         if best_epoch is not None:
             ax.axvline(best_epoch, color="k", linewidth=0.8, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch (dotted: lr milestones)")

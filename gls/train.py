@@ -72,6 +72,8 @@ def _plan_memory(cfg: dict, shape: memory.NetShape, device: torch.device) -> tup
                                 robust=cfg["train_eps"] > 0 and cfg["robust_weight"] > 0, device=device)
     source = "--max-memory" if cfg["max_memory"] else \
         f"{100 * memory.SAFE_FRACTION.get(device.type, 0.7):.0f}% of the available {device.type.upper()} memory"
+    if cfg.get("preset"):
+        print(f"preset {cfg['preset']}: sized for {config.PRESET_MACHINES[cfg['preset']]}", flush=True)
     print(f"memory: one step needs about {memory.gib(plan.bytes)} with {plan.member_chunk} of {cfg['population']} "
           f"member(s) x {plan.sample_chunk} of {cfg['batch_size']} sample(s) per pass "
           f"(budget {memory.gib(budget)}: {source})", flush=True)
