@@ -117,8 +117,9 @@ def _validate(net: Network, split: data.Split, eps: float, relaxation: str, batc
 
 
 def _estimate_time(cfg, net, model, train, val, theta, sched, plan, spe, val_sub, device) -> RunClock:
-    """Time one step at eps 0 and two at the training eps on a scratch optimiser (the run's state, its
-    RNG and the model's buffers are left as they were), and one validation batch; print the total."""
+    """Time one step at eps 0 and one (two when short) at the training eps on a scratch optimiser (the
+    run's state, its RNG and the model's buffers are left as they were) and one validation batch; print
+    the predicted total (gls.timing)."""
     rng, buffers = torch.get_rng_state(), {n: b.detach().clone() for n, b in model.named_buffers()}
     opt = _make_optimizer(cfg, theta.clone(), plan)
     x, y = next(data.batches(train, cfg["batch_size"], shuffle=False))
