@@ -217,8 +217,8 @@ def plan_training(shape: NetShape, *, method: str, relaxation: str, population: 
                   device: torch.device = torch.device("cpu")) -> StepPlan:
     """The chunks whose step fits `budget` bytes with the most members x samples per pass (the fewest
     passes); at equal size the whole mini-batch is kept and members are split (either changes the numbers
-    only by float rounding). Chunks given by the caller are kept. PGPE member
-    chunks are whole antithetic pairs (even)."""
+    only by float rounding). Chunks given by the caller are kept. PGPE member chunks are whole
+    antithetic pairs (even)."""
     pair = 2 if method == "pgpe" else 1
     members = [member_chunk] if member_chunk else _candidates(population, pair)
     samples = [sample_chunk] if sample_chunk else _candidates(batch)
@@ -235,21 +235,22 @@ def plan_training(shape: NetShape, *, method: str, relaxation: str, population: 
     m, s = min(members), min(samples)
     smallest = cost(m, s)
     what = f"{method} {relaxation}, {population} member(s), batch {batch}"
-    if member_chunk or sample_chunk:
+    members_flag = "--pair-chunk" if method == "pgpe" else "--member-chunk"
+    if member_chunk or sample_chunk:  # the chunks asked for do not fit: say which would
         free = plan_training(shape, method=method, relaxation=relaxation, population=population, batch=batch,
-                             budget=budget, robust=robust, device=device) if smallest > budget else None
-        hint = (f"--member-chunk {free.member_chunk} --sample-chunk {free.sample_chunk} fits ({gib(free.bytes)})"
-                if free else "")
+                             budget=budget, robust=robust, device=device)
         raise MemoryPlanError(f"one step ({what}) with {m} member(s) x {s} sample(s) per pass needs about "
-                              f"{gib(smallest)}, more than --max-memory {gib(budget)}; {hint}")
-    raise MemoryPlanError(f"one step ({what}) needs about {gib(smallest)} even with 1 member x 1 sample per pass, "
-                          f"more than --max-memory {gib(budget)}; what fits: --max-memory {gib(smallest)} or more, "
-                          f"or {fitting_hint(shape, method, relaxation, population, budget, device)}")
+                              f"{gib(smallest)}, more than --max-memory {gib(budget)}; what fits: "
+                              f"{members_flag} {free.member_chunk // pair} --sample-chunk {free.sample_chunk} "
+                              f"({gib(free.bytes)})")
+    raise MemoryPlanError(f"one step ({what}) needs about {gib(smallest)} even with {m} member(s) x 1 sample per "
+                          f"pass, more than --max-memory {gib(budget)}; what fits: --max-memory {gib(smallest)} or "
+                          f"more, or {fitting_hint(shape, method, relaxation, population, budget, device)}")
 
 
 def fitting_hint(shape: NetShape, method: str, relaxation: str, population: int, budget: int,
                  device: torch.device) -> str:
-    """A cheaper relaxation or a smaller population that fits, for the refusal message."""
+    """A cheaper relaxation whose smallest step fits, for the refusal message (else: a smaller network)."""
     for cheaper in ("crown-ibp", "ibp"):
         if cheaper != relaxation and step_bytes(shape, method=method, relaxation=cheaper, population=population,
                                                 member_chunk=2 if method == "pgpe" else 1, sample_chunk=1,

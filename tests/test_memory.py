@@ -62,8 +62,10 @@ def test_pgpe_member_chunks_are_whole_pairs():
 def test_refusal_says_what_fits():
     with pytest.raises(memory.MemoryPlanError, match=r"what fits: --max-memory [\d.]+ GiB or more, or --relaxation crown-ibp"):
         _plan(16 * GiB, relaxation="deeppoly")
-    with pytest.raises(memory.MemoryPlanError, match=r"--member-chunk 1 --sample-chunk \d+ fits"):
+    with pytest.raises(memory.MemoryPlanError, match=r"what fits: --member-chunk 1 --sample-chunk \d+ \("):
         _plan(4 * GiB, member_chunk=4, sample_chunk=256)
+    with pytest.raises(memory.MemoryPlanError, match=r"what fits: --pair-chunk \d+ --sample-chunk \d+ \("):
+        _plan(2 * GiB, method="pgpe", population=16, member_chunk=16, sample_chunk=256)
     with pytest.raises(memory.MemoryPlanError, match="certifying one sample"):
         memory.cert_batch(_shape(), "deeppoly", 256, 2**20)
 
