@@ -2,7 +2,7 @@
 
 A step's cost grows with eps: at eps = 0 no bounds are computed, and the tighter relaxations get
 slower as more ReLUs become unstable. Before training (gls.train), one step is timed at eps = 0 and
-one at the target eps (two when it is short, taking the faster: the first call also warms up). A step at ramp fraction
+one at the target eps (two of each when they are short, taking the faster: a first call warms up). A step at ramp fraction
 f = eps / target is predicted to take ``t0 + (t1 - t0) * f``; the prediction is summed over the
 schedule. While training, the ETA scales the prediction of the steps left by the ratio of the time
 actually spent to the time predicted for the steps done, so a machine busier or quieter than during

@@ -117,7 +117,7 @@ def _validate(net: Network, split: data.Split, eps: float, relaxation: str, batc
 
 
 def _estimate_time(cfg, net, model, train, val, theta, sched, plan, spe, val_sub, device) -> RunClock:
-    """Time one step at eps 0 and one (two when short) at the training eps on a scratch optimiser (the
+    """Time one step at eps 0 and one at the training eps (two each when short) on a scratch optimiser (the
     run's state, its RNG and the model's buffers are left as they were) and one validation batch; print
     the predicted total (gls.timing)."""
     rng, buffers = torch.get_rng_state(), {n: b.detach().clone() for n, b in model.named_buffers()}
@@ -130,10 +130,12 @@ def _estimate_time(cfg, net, model, train, val, theta, sched, plan, spe, val_sub
                              backend=cfg["backend"], sample_chunk=plan.sample_chunk)
         return time_call(lambda: opt.step(fn, 0))
 
-    t0 = step(0.0, 0.0)
-    t1 = step(cfg["train_eps"], cfg["robust_weight"])
-    if t1 < 1.0:  # a short step is dominated by the first call's warm-up: take the faster of two
-        t1 = min(t1, step(cfg["train_eps"], cfg["robust_weight"]))
+    def timed(eps: float, weight: float) -> float:
+        t = step(eps, weight)
+        return min(t, step(eps, weight)) if t < 1.0 else t  # a short step is mostly warm-up: the faster of two
+
+    t0 = timed(0.0, 0.0)
+    t1 = timed(cfg["train_eps"], cfg["robust_weight"])
     vx = val.subset(min(len(val), cfg["eval_batch_size"]))
     val_s = time_call(lambda: _validate(net, vx, cfg["eps"], cfg["relaxation"], cfg["eval_batch_size"],
                                         cfg["backend"], val_sub)) * len(val) / max(len(vx), 1)
