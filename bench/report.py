@@ -22,6 +22,9 @@ STAT = "min"
 METRICS = {
     "flops_per_s": ("GFLOP/s", lambda v: f"{v / 1e9:.2f}"),
     "peak_bytes": ("peak extra MB", lambda v: f"{v / 2**20:.1f}"),
+    "wire_bytes_per_step": ("bytes sent / step / rank", lambda v: f"{v:.0f}"),
+    "broadcast_bytes_per_step": ("weight broadcast bytes (4 P d)", lambda v: f"{v:.3g}"),
+    "broadcast_ratio": ("broadcast / sent", lambda v: f"{v:.3g}"),
 }
 
 # (suite, case filter, candidate impl, baseline impl, target ratio, device type, what it checks)

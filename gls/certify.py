@@ -1,9 +1,11 @@
 """Evaluate a network: natural accuracy, PGD accuracy and certified accuracy per relaxation and best-of.
 
 ``python -m gls.certify RUN_DIR_OR_CKPT [--eps E] [--which best|last] [--subset N] [--threads T] ...``
-prints the table for a training checkpoint, headed by the checkpoint it evaluated (file, epoch, step). Certified means every margin's lower bound is > 0 over the whole eps-ball
-(clipped to the pixel domain); "best" counts a sample certified by any of the relaxations tried.
-Ordering that always holds: certified <= PGD <= natural.
+prints the table for a training checkpoint, headed by the checkpoint it evaluated (file, epoch, step).
+Certified means every margin's lower bound is > 0 over the whole eps-ball (clipped to the pixel
+domain); "best" counts a sample certified by any of the relaxations tried. Ordering that always
+holds: certified <= PGD <= natural. Under ``torchrun`` the examples are sharded over the ranks and
+the counts added up (gls.distributed); rank 0 prints.
 """
 from __future__ import annotations
 
@@ -126,6 +128,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
+    from gls import distributed
+
     p = _Parser(prog="python -m gls.certify", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="a run directory or a checkpoint file")
     p.add_argument("--which", choices=("last", "best"), default="best", help="checkpoint of a run directory")
@@ -166,12 +170,21 @@ def main(argv=None) -> int:
             raise ValueError(f"--eps must be a finite number >= 0, got {eps}")
         ds = data.load(cfg["dataset"], args.data_dir if args.data_dir is not None else cfg.get("data_dir"))
         split = getattr(ds, args.split).subset(args.subset)
-        result = evaluate(model, split, eps, methods=[m for m in args.methods.split(",") if m],
-                          batch_size=args.batch_size, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
-                          backend=args.backend, device=args.device, progress=sys.stderr.isatty(), max_memory=budget)
-    except (ValueError, TypeError, checkpoint.CheckpointError, data.DataError, OSError) as e:
+        world = distributed.init(args.device)
+        try:
+            result = distributed.evaluate(world, model, split, eps, methods=[m for m in args.methods.split(",") if m],
+                                          batch_size=args.batch_size, pgd_steps=args.pgd_steps,
+                                          pgd_restarts=args.pgd_restarts, backend=args.backend,
+                                          device=distributed.device_of(world, args.device),
+                                          progress=sys.stderr.isatty() and world.is_main, max_memory=budget)
+        finally:
+            world.close()
+    except (ValueError, TypeError, checkpoint.CheckpointError, data.DataError, OSError,
+            distributed.DistributedError) as e:
         print(f"gls.certify: error: {e}", file=sys.stderr)
         return 2
+    if not world.is_main:
+        return 0
     print(describe_checkpoint(path, payload))
     print(format_table(result))
     if args.json:

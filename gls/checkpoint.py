@@ -4,7 +4,8 @@ A checkpoint holds everything a run needs to continue bit-exactly: the resolved 
 centre weights, the model's buffers (BatchNorm running statistics), the optimiser state (PGPE: sigma,
 velocity/Adam moments; RGS: the torch optimiser), the epoch and step counters, the best validation
 result and the torch RNG state. The data order and the noise are functions of (seed, epoch) and
-(seed, step), so they need no state of their own.
+(seed, step), so they need no state of their own. Nothing in it depends on the number of processes:
+under torchrun rank 0 alone writes it (gls.train), and any number of ranks can resume from it.
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ DEFAULTS: dict = {
     "seed": 0, "device": "cpu", "threads": 1, "backend": None, "out": None, "init_from": None,
     "certify": ["ibp", "crown-ibp", "deeppoly"], "pgd_steps": 40, "pgd_restarts": 1,
     "eval_batch_size": 256, "train_subset": None, "val_subset": 1000, "test_subset": None,
-    "halt_after_epoch": None, "progress": None,
+    "halt_after_epoch": None, "progress": None, "dist_timeout": 600.0, "sync_check_every": 100,
 }
 
 METHOD_DEFAULTS = {
@@ -163,6 +163,11 @@ def parser() -> argparse.ArgumentParser:
     a("--pgd-restarts", type=int, help="PGD restarts in the final evaluation (default 1)")
     a("--eval-batch-size", type=int, help="batch size of the evaluations")
     a("--progress", type=_bool, help="progress bars (default: when stderr is a terminal)")
+    a("--dist-timeout", type=float, help="under torchrun: seconds a rank waits for the others in a collective "
+                                         "before the job stops with an error (default 600)")
+    a("--sync-check-every", type=int, help="under torchrun: compare a checksum of the centre across the ranks "
+                                           "every this many steps (and before every checkpoint; 0 = only then; "
+                                           "default 100)")
     for name in sorted(_HIDDEN):  # for tests and quick runs
         a("--" + name.replace("_", "-"), type=int, help=argparse.SUPPRESS)
     return p
@@ -181,6 +186,8 @@ def _read_file(path: str) -> dict:
     out = {}
     for k, v in raw.items():
         key = k.replace("-", "_")
+        if key == "world_size":  # recorded in a run's config.json; the launcher sets it
+            continue
         if key not in DEFAULTS and key != "preset":
             raise ConfigError(f"config file {path}: unknown option {k!r}")
         out[key] = v
@@ -260,13 +267,14 @@ def validate(cfg: dict) -> dict:
     for key in ("epochs", "batch_size", "population", "eval_batch_size", "pgd_restarts"):
         _number(cfg, key, lo=1, integer=True)
     for key in ("pgd_steps", "threads", "eps_start_epoch", "eps_end_epoch", "pair_chunk", "member_chunk",
-                "sample_chunk"):
+                "sample_chunk", "sync_check_every"):
         _number(cfg, key, integer=True)
     for key in ("width", *sorted(_HIDDEN)):
         _number(cfg, key, lo=1, integer=True, optional=True)
     _number(cfg, "seed", integer=True, hi=2 ** 32 - 1)
     _number(cfg, "lr", strict=True)
     _number(cfg, "lr_decay", strict=True)
+    _number(cfg, "dist_timeout", strict=True)
     _number(cfg, "sigma")
     _number(cfg, "robust_weight", hi=1.0)
     _number(cfg, "checkpoint_every")

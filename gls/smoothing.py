@@ -142,12 +142,16 @@ class PGPE:
 
     def losses(self, loss_fn: PopulationLoss, step: int) -> torch.Tensor:
         """Member losses (P,) at `step`, rows ordered as population_of(step), in chunks of pair_chunk pairs."""
-        n = self.population // 2
-        chunk = self.pair_chunk or n
+        return self.pair_losses(loss_fn, step, 0, self.population // 2)
+
+    def pair_losses(self, loss_fn: PopulationLoss, step: int, first: int, pairs: int) -> torch.Tensor:
+        """Losses (2 * pairs,) of pairs first.. at `step`: their plus members, then their minus members
+        (gls.distributed gives each rank such a slice)."""
+        chunk = self.pair_chunk or max(pairs, 1)
         plus, minus = [], []
-        for first in range(0, n, chunk):
-            c = min(chunk, n - first)
-            out = loss_fn(self.population_of(step, first, c)).detach()
+        for start in range(first, first + pairs, chunk):
+            c = min(chunk, first + pairs - start)
+            out = loss_fn(self.population_of(step, start, c)).detach()
             if out.shape != (2 * c,):
                 raise ValueError(f"the population loss must have shape ({2 * c},), got {tuple(out.shape)}")
             plus.append(out[:c])
@@ -238,43 +242,56 @@ class RGS:
         make = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.optimizer = make([self.theta])
 
-    def population_of(self, step: int) -> torch.Tensor:
-        """The (N, d) perturbed weights of `step` (no autograd)."""
+    def population_of(self, step: int, first: int = 0, count: int | None = None) -> torch.Tensor:
+        """The perturbed weights of `step` (no autograd): all N rows (N, d) by default; else the `count`
+        members (antithetic: pairs, 2 * count rows) from `first` on, as gls.distributed splits them."""
         base = self.theta.detach()
+        count = (self.samples // 2 if self.antithetic else self.samples) - first if count is None else count
+        rows = 2 * count if self.antithetic else count
         if self.sigma == 0:
-            return base.expand(self.samples, -1).clone()
-        return noise.perturb(base, self.sigma, _noise_seed(self.seed, step), self.samples, antithetic=self.antithetic)
+            return base.expand(rows, -1).clone()
+        return noise.perturb(base, self.sigma, _noise_seed(self.seed, step), rows, member_offset=first,
+                             antithetic=self.antithetic)
 
-    def gradient(self, loss_fn: PopulationLoss, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(smoothed gradient (d,), member losses (N,), finite-member mask (N,)) at `step`.
+    def member_gradients(self, loss_fn: PopulationLoss, pop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(member losses (M,), their gradients (M, d)) for the population rows `pop`; a member whose
+        loss is NaN/inf gets a zero gradient row (it is left out later).
 
         Members go ``member_chunk`` at a time, and if `loss_fn` has ``parts`` (gls.objective's sample
         chunks) the backward pass runs piece by piece, so only one piece's graph is alive at a time;
         members are independent, so member chunks change each member's numbers only by the rounding of
         differently sized batched kernels."""
-        pop_all = self.population_of(step)
-        m = self.member_chunk or self.samples
-        grads, losses = [], []
-        for first in range(0, self.samples, m):
-            pop = pop_all[first:first + m].detach().requires_grad_(True)
-            parts = getattr(loss_fn, "parts", None)
+        m = self.member_chunk or pop.shape[0]
+        parts = getattr(loss_fn, "parts", None)
+        all_losses, grads = [], []
+        for first in range(0, pop.shape[0], m):
+            rows = pop[first:first + m].detach().requires_grad_(True)
             total = grad = None
-            for piece in (parts(pop) if parts is not None else [loss_fn(pop)]):
-                if piece.shape != (pop.shape[0],):
-                    raise ValueError(f"the population loss must have shape ({pop.shape[0]},), got {tuple(piece.shape)}")
+            for piece in (parts(rows) if parts is not None else [loss_fn(rows)]):
+                if piece.shape != (rows.shape[0],):
+                    raise ValueError(f"the population loss must have shape ({rows.shape[0]},), got {tuple(piece.shape)}")
                 ok = torch.isfinite(piece.detach())
-                (g,) = torch.autograd.grad(torch.where(ok, piece, torch.zeros_like(piece)).sum(), pop,
+                (g,) = torch.autograd.grad(torch.where(ok, piece, torch.zeros_like(piece)).sum(), rows,
                                            allow_unused=True)
-                g = torch.zeros_like(pop) if g is None else g
+                g = torch.zeros_like(rows) if g is None else g
                 total = piece.detach() if total is None else total + piece.detach()
                 grad = g if grad is None else grad + g
-            grads.append(grad)
-            losses.append(total)
-        grad, losses = torch.cat(grads), torch.cat(losses)
+            all_losses.append(total)
+            grads.append(grad.detach())
+        return torch.cat(all_losses), torch.cat(grads)
+
+    def finite_mean(self, losses: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean gradient over the members with finite loss and gradient, that mask)."""
         ok = torch.isfinite(losses) & torch.isfinite(grad).all(dim=1)
         count = int(ok.sum())
-        g = grad[ok].sum(0) / count if count else torch.zeros_like(self.theta)
-        return g.detach(), losses, ok
+        g = grad[ok].sum(0) / count if count else torch.zeros_like(self.theta.detach())
+        return g, ok
+
+    def gradient(self, loss_fn: PopulationLoss, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(smoothed gradient (d,), member losses (N,), finite-member mask (N,)) at `step`."""
+        losses, grad = self.member_gradients(loss_fn, self.population_of(step))
+        g, ok = self.finite_mean(losses, grad)
+        return g, losses, ok
 
     def step(self, loss_fn: PopulationLoss, step: int) -> StepStats:
         g, losses, ok = self.gradient(loss_fn, step)

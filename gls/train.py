@@ -21,6 +21,10 @@ follows the eps ramp.
 BatchNorm networks: gls bounds BatchNorm in eval form with running statistics, so before each step
 the running statistics are updated from the centre network on the clean mini-batch (train mode) and
 every member is then bounded with them.
+
+Several processes: ``torchrun --nproc-per-node N -m gls.train ...`` splits each step's population (or
+batch) over the ranks and the evaluations over the examples (gls.distributed); rank 0 writes the run
+directory, and ``--resume`` takes any number of ranks.
 """
 from __future__ import annotations
 
@@ -33,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from gls import checkpoint, config, data, memory, models
-from gls.certify import describe_checkpoint, evaluate, format_table, load_weights
+from gls import checkpoint, config, data, distributed, memory, models
+from gls.certify import describe_checkpoint, format_table, load_weights
 from gls.checkpoint import CheckpointError
 from gls.config import ConfigError
 from gls.net import Network
@@ -49,20 +53,27 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2 ** 63)
 
 
-def _make_optimizer(cfg: dict, theta: torch.Tensor, plan: memory.StepPlan):
+def _make_optimizer(cfg: dict, theta: torch.Tensor, plan: memory.StepPlan, world: distributed.World | None = None):
+    """The PGPE or RGS optimiser of `cfg` with the member chunks of `plan`; under torchrun (an active
+    `world`) the one that splits the step."""
+    split = world is not None and world.active
+    extra = {"world": world} if split else {}
     if cfg["method"] == "pgpe":
         pairs = plan.member_chunk // 2
-        return PGPE(theta, sigma=cfg["sigma"], lr=cfg["lr"], population=cfg["population"], seed=cfg["seed"],
-                    optimizer=cfg["optimizer"], max_speed=cfg["max_speed"], adapt_sigma=cfg["adapt_sigma"],
-                    stdev_lr=cfg["stdev_lr"], stdev_max_change=cfg["stdev_max_change"],
-                    pair_chunk=pairs if pairs < cfg["population"] // 2 else None)
+        cls = distributed.DistributedPGPE if split else PGPE
+        return cls(theta, sigma=cfg["sigma"], lr=cfg["lr"], population=cfg["population"], seed=cfg["seed"],
+                   optimizer=cfg["optimizer"], max_speed=cfg["max_speed"], adapt_sigma=cfg["adapt_sigma"],
+                   stdev_lr=cfg["stdev_lr"], stdev_max_change=cfg["stdev_max_change"],
+                   pair_chunk=pairs if pairs < cfg["population"] // 2 else None, **extra)
     clip = cfg["grad_clip"] if cfg["grad_clip"] and cfg["grad_clip"] > 0 else None
     chunk = plan.member_chunk if plan.member_chunk < cfg["population"] else None
-    return RGS(theta, sigma=cfg["sigma"], samples=cfg["population"], seed=cfg["seed"], antithetic=cfg["antithetic"],
-               optimizer=make_torch_optimizer(cfg["optimizer"], cfg["lr"]), grad_clip=clip, member_chunk=chunk)
+    cls = distributed.DistributedRGS if split else RGS
+    return cls(theta, sigma=cfg["sigma"], samples=cfg["population"], seed=cfg["seed"], antithetic=cfg["antithetic"],
+               optimizer=make_torch_optimizer(cfg["optimizer"], cfg["lr"]), grad_clip=clip, member_chunk=chunk,
+               **extra)
 
 
-def _plan_memory(cfg: dict, shape: memory.NetShape, device: torch.device) -> tuple[memory.StepPlan, int]:
+def _plan_memory(cfg: dict, shape: memory.NetShape, device: torch.device, say=print) -> tuple[memory.StepPlan, int]:
     """(chunks of a training step that fit the budget, the budget in bytes); MemoryPlanError if none does."""
     budget = memory.parse_size(cfg["max_memory"]) if cfg["max_memory"] else memory.default_budget(device)
     given = 2 * cfg["pair_chunk"] if cfg["method"] == "pgpe" else cfg["member_chunk"]
@@ -73,8 +84,8 @@ def _plan_memory(cfg: dict, shape: memory.NetShape, device: torch.device) -> tup
     source = "--max-memory" if cfg["max_memory"] else \
         f"{100 * memory.SAFE_FRACTION.get(device.type, 0.7):.0f}% of the available {device.type.upper()} memory"
     if cfg.get("preset"):
-        print(f"preset {cfg['preset']}: sized for {config.PRESET_MACHINES[cfg['preset']]}", flush=True)
-    print(f"memory: one step needs about {memory.gib(plan.bytes)} with {plan.member_chunk} of {cfg['population']} "
+        say(f"preset {cfg['preset']}: sized for {config.PRESET_MACHINES[cfg['preset']]}", flush=True)
+    say(f"memory: one step needs about {memory.gib(plan.bytes)} with {plan.member_chunk} of {cfg['population']} "
           f"member(s) x {plan.sample_chunk} of {cfg['batch_size']} sample(s) per pass "
           f"(budget {memory.gib(budget)}: {source})", flush=True)
     return plan, budget
@@ -97,33 +108,34 @@ def _update_bn_stats(model, theta, x) -> None:
 
 
 def _validate(net: Network, split: data.Split, eps: float, relaxation: str, batch_size: int, backend,
-              sub: int | None = None) -> dict:
+              world: distributed.World, sub: int | None = None) -> dict:
     """Centre network on the validation subset: natural and certified (training relaxation) accuracy at
-    the target eps; bounds `sub` samples at a time (gls.memory.cert_batch)."""
+    the target eps (each rank counts its shard); bounds `sub` samples at a time (gls.memory.cert_batch)."""
     from gls.bounds import compute_bounds
 
     nat = cert = 0
     sub = sub or batch_size
     with torch.no_grad():
-        for x, y in data.batches(split, batch_size, shuffle=False):
+        for x, y in data.batches(world.shard(split), batch_size, shuffle=False):
             nat += int((net.forward(x)[0].argmax(-1) == y).sum())
             if eps > 0:
                 for i in range(0, len(y), sub):
                     lower = compute_bounds(net, x[i:i + sub], eps, method=relaxation, labels=y[i:i + sub],
                                            backend=backend).lower[0]
                     cert += int((lower > 0).all(-1).sum())
+    nat, cert = distributed.validate_counts(world, [nat, cert])
     n = max(len(split), 1)
     return {"val_natural_acc": nat / n, "val_certified_acc": cert / n if eps > 0 else nat / n, "val_samples": len(split)}
 
 
-def _estimate_time(cfg, net, model, train, val, theta, sched, plan, spe, val_sub, device) -> RunClock:
+def _estimate_time(cfg, net, model, train, val, theta, sched, plan, spe, val_sub, device, world, say) -> RunClock:
     """Time one step at eps 0 and one at the training eps (two each when short) on a scratch optimiser (the
     run's state, its RNG and the model's buffers are left as they were) and one validation batch; print
     the predicted total (gls.timing)."""
     rng, buffers = torch.get_rng_state(), {n: b.detach().clone() for n, b in model.named_buffers()}
-    opt = _make_optimizer(cfg, theta.clone(), plan)
+    opt = _make_optimizer(cfg, theta.clone(), plan, world)  # every rank times the same steps (collectives match)
     x, y = next(data.batches(train, cfg["batch_size"], shuffle=False))
-    x, y = x.to(device), y.to(device)
+    x, y = opt.local_batch(x.to(device), y.to(device)) if world.active else (x.to(device), y.to(device))
 
     def step(eps: float, weight: float):
         fn = population_loss(net, x, y, eps=eps, relaxation=cfg["relaxation"], robust_weight=weight,
@@ -138,12 +150,12 @@ def _estimate_time(cfg, net, model, train, val, theta, sched, plan, spe, val_sub
     t1 = timed(cfg["train_eps"], cfg["robust_weight"])
     vx = val.subset(min(len(val), cfg["eval_batch_size"]))
     val_s = time_call(lambda: _validate(net, vx, cfg["eps"], cfg["relaxation"], cfg["eval_batch_size"],
-                                        cfg["backend"], val_sub)) * len(val) / max(len(vx), 1)
+                                        cfg["backend"], world, val_sub)) * len(val) / max(len(vx), 1)
     load_weights(model, theta, buffers)
     torch.set_rng_state(rng)
     clock = RunClock(sched.ramp_fraction, t0, t1, cfg["epochs"] * spe, spe, val_s)
     total = clock.total()
-    print(f"time: a step takes {t0:.2f} s at eps 0 and {t1:.2f} s at eps {cfg['train_eps']:g}, a validation "
+    say(f"time: a step takes {t0:.2f} s at eps 0 and {t1:.2f} s at eps {cfg['train_eps']:g}, a validation "
           f"{val_s:.1f} s: {cfg['epochs']} epochs x {spe} steps take about {format_duration(total)} "
           f"(measured now, before the final evaluation)", flush=True)
     return clock
@@ -177,15 +189,26 @@ def _progress(cfg) -> bool:
 
 
 def run(cfg: dict, resume_payload: dict | None = None) -> int:
-    """Train with the resolved config `cfg`; returns the process exit status."""
+    """Train with the resolved config `cfg` (on the ranks of torchrun's job, if any); returns the exit status."""
+    world = distributed.init(cfg["device"], cfg["dist_timeout"])
+    try:
+        return _run(cfg, resume_payload, world)
+    finally:
+        world.close()
+
+
+def _run(cfg: dict, resume_payload: dict | None, world: distributed.World) -> int:
     from tqdm import tqdm
 
+    main = world.is_main  # rank 0 alone writes the run directory and prints
+    save, plot, say, write_json = (world.main_only(f) for f in (checkpoint.save, plot_curves, print, _write_json))
+    cfg["world_size"] = world.size
     out = Path(cfg["out"] or config.default_out(cfg))
     if resume_payload is None and (out / checkpoint.LAST).exists():
         raise ConfigError(f"{out} already holds a run; pass --resume {out} to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     cfg["out"] = str(out)
-    device = torch.device(cfg["device"])
+    device = torch.device(distributed.device_of(world, cfg["device"]))
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
@@ -204,9 +227,9 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
         theta0 = init["theta"].to(device)
         load_weights(model, theta0, init.get("buffers"))
     shape = memory.NetShape.of(net, ds.in_shape)
-    plan, budget = _plan_memory(cfg, shape, device)
+    plan, budget = _plan_memory(cfg, shape, device, say)
     val_sub = memory.cert_batch(shape, cfg["relaxation"], cfg["eval_batch_size"], budget, device)
-    opt = _make_optimizer(cfg, theta0, plan)
+    opt = _make_optimizer(cfg, theta0, plan, world)
     spe = data.num_batches(len(train), cfg["batch_size"])
     sched = EpsSchedule(cfg["train_eps"], cfg["eps_start_epoch"], cfg["eps_end_epoch"], spe, cfg["eps_schedule"])
 
@@ -220,11 +243,12 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
         if partial is not None:  # elapsed_s of a checkpoint inside an epoch includes that epoch's part
             elapsed -= partial["epoch_time_s"]
         torch.set_rng_state(resume_payload["torch_rng"])
-    clock = _estimate_time(cfg, net, model, train, val, _center(opt), sched, plan, spe, val_sub, device)
-    _write_json(out / "config.json", cfg)
+    clock = _estimate_time(cfg, net, model, train, val, _center(opt), sched, plan, spe, val_sub, device, world, say)
     history = _read_metrics(out / "metrics.jsonl", epoch)
-    with open(out / "metrics.jsonl", "w") as f:  # drop epochs after the checkpoint (a killed run's tail)
-        f.writelines(json.dumps(h) + "\n" for h in history)
+    write_json(out / "config.json", cfg)
+    if main:
+        with open(out / "metrics.jsonl", "w") as f:  # drop epochs after the checkpoint (a killed run's tail)
+            f.writelines(json.dumps(h) + "\n" for h in history)
 
     def payload(ep: int, part: dict | None = None) -> dict:
         return {"config": cfg, "epoch": ep, "step": step, "best": best, "elapsed_s": elapsed + (
@@ -233,7 +257,8 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
                 "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
                 "torch_rng": torch.get_rng_state(), "partial": part}
 
-    show = _progress(cfg)
+    show = _progress(cfg) and main
+    check_every = cfg["sync_check_every"]
     bn = _has_bn(model)
     status, message = "finished", None
     val_label = f"val (first {len(val)} of {len(ds.val)} images)" if len(val) < len(ds.val) else f"val ({len(val)} images)"
@@ -260,15 +285,21 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
                         raise CheckpointError("the checkpoint's data order does not match this data set")
                     continue
                 x, y = x.to(device), y.to(device)
+                x_rank, y_rank = opt.local_batch(x, y) if world.active else (x, y)
                 eps_t = sched(step)
                 weight = cfg["robust_weight"] * sched.ramp_fraction(step)
                 if bn:
                     _update_bn_stats(model, _center(opt), x)
                 record.clear()
-                loss_fn = population_loss(net, x, y, eps=eps_t, relaxation=cfg["relaxation"], robust_weight=weight,
-                                          backend=cfg["backend"], record=record, sample_chunk=plan.sample_chunk)
+                loss_fn = population_loss(net, x_rank, y_rank, eps=eps_t, relaxation=cfg["relaxation"],
+                                          robust_weight=weight, backend=cfg["backend"], record=record,
+                                          sample_chunk=plan.sample_chunk)
                 stats = opt.step(loss_fn, step)
+                if world.active:
+                    record.update(opt.gather_record(record, step))
                 step += 1
+                if world.active and check_every and step % check_every == 0:
+                    world.check_same(opt.synced_state(), step)
                 counts["nonfinite"] += stats.nonfinite
                 counts["skipped"] += stats.skipped
                 if math.isfinite(stats.loss_mean):
@@ -292,7 +323,7 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
                     part = {"batch": i + 1, "sums": dict(sums), "counts": dict(counts), "weight": weight,
                             "stats": stats, "data_rng": gen.get_state(),
                             "epoch_time_s": epoch_time + time.perf_counter() - t0}
-                    checkpoint.save(payload(epoch, part), out / checkpoint.LAST)
+                    save(payload(epoch, part), out / checkpoint.LAST)
                     last_save = time.monotonic()
         except NonFiniteCenterError as e:
             status = "diverged"
@@ -302,7 +333,7 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
             break
         except KeyboardInterrupt:
             bar.close()
-            print(f"gls.train: interrupted; {_resume_hint(out)}", file=sys.stderr)
+            say(f"gls.train: interrupted; {_resume_hint(out)}", file=sys.stderr)
             return 130
         bar.close()
         partial = None
@@ -320,52 +351,63 @@ def run(cfg: dict, resume_payload: dict | None = None) -> int:
                "sigma_mean": stats.sigma_mean, "sigma_min": stats.sigma_min, "sigma_max": stats.sigma_max,
                "grad_norm": sums["grad_norm"] / max(finite_steps, 1)}
         t_val = time.perf_counter()
-        row.update(_validate(net, val, eval_eps, cfg["relaxation"], cfg["eval_batch_size"], cfg["backend"], val_sub))
+        row.update(_validate(net, val, eval_eps, cfg["relaxation"], cfg["eval_batch_size"], cfg["backend"], world,
+                             val_sub))
         clock.observe_validation(time.perf_counter() - t_val)
         row["val_eps"] = eval_eps
         row["time_s"] = epoch_time + time.perf_counter() - t0
         elapsed += row["time_s"]
         row["elapsed_s"] = elapsed
         history.append(row)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if main:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if world.active:  # what is saved must be every rank's state
+            world.check_same(opt.synced_state(), step)
         ramped = sched(step - 1) >= cfg["train_eps"]
         if ramped and (best is None or row["val_certified_acc"] > best["val_certified_acc"]):
             best = {"epoch": epoch + 1, "val_certified_acc": row["val_certified_acc"],
                     "val_natural_acc": row["val_natural_acc"]}
-            checkpoint.save(payload(epoch + 1), out / checkpoint.BEST)
-        checkpoint.save(payload(epoch + 1), out / checkpoint.LAST)
+            save(payload(epoch + 1), out / checkpoint.BEST)
+        save(payload(epoch + 1), out / checkpoint.LAST)
         last_save = time.monotonic()
-        plot_curves(history, out / "curves.png", cfg, best["epoch"] if best else None)
+        plot(history, out / "curves.png", cfg, best["epoch"] if best else None)
         eta = f", run ETA {format_duration(clock.eta(step))}" if epoch + 1 < cfg["epochs"] else ""
-        print(f"epoch {epoch + 1}/{cfg['epochs']}: train eps {row['eps']:.4g} loss {row['train_loss']:.4f}  |  "
-              f"{val_label} at eps {eval_eps:g}: natural {100 * row['val_natural_acc']:.2f}%  certified "
-              f"({cfg['relaxation']}) {100 * row['val_certified_acc']:.2f}%  |  nonfinite {nonfinite}  "
-              f"{row['time_s']:.1f} s{eta}", flush=True)
+        say(f"epoch {epoch + 1}/{cfg['epochs']}: train eps {row['eps']:.4g} loss {row['train_loss']:.4f}  |  "
+            f"{val_label} at eps {eval_eps:g}: natural {100 * row['val_natural_acc']:.2f}%  certified "
+            f"({cfg['relaxation']}) {100 * row['val_certified_acc']:.2f}%  |  nonfinite {nonfinite}  "
+            f"{row['time_s']:.1f} s{eta}", flush=True)
         if cfg["halt_after_epoch"] is not None and epoch + 1 >= cfg["halt_after_epoch"] and epoch + 1 < cfg["epochs"]:
-            print(f"halted after epoch {epoch + 1} (--halt-after-epoch); continue with --resume {out}")
+            say(f"halted after epoch {epoch + 1} (--halt-after-epoch); continue with --resume {out}")
             return 0
 
     summary = {"status": status, "message": message, "epochs_done": len(history), "steps": step,
-               "train_time_s": elapsed, "best": best, "run_dir": str(out)}
+               "train_time_s": elapsed, "best": best, "run_dir": str(out), "world_size": world.size}
     if status == "diverged":
-        _write_json(out / "summary.json", summary)
-        print(f"gls.train: {message}", file=sys.stderr)
+        write_json(out / "summary.json", summary)
+        say(f"gls.train: {message}", file=sys.stderr)
         return 3
-    final_path = checkpoint.resolve(out, checkpoint.BEST if best is not None else checkpoint.LAST)
-    final = checkpoint.load(final_path)
+    final = final_path = None
+    if main:
+        final_path = checkpoint.resolve(out, checkpoint.BEST if best is not None else checkpoint.LAST)
+        final = checkpoint.load(final_path)
+    if world.active:
+        final = world.broadcast_object(final and {k: final[k] for k in ("theta", "buffers", "epoch")},
+                                       "the final checkpoint broadcast")
     load_weights(model, final["theta"], final["buffers"])
     t0 = time.perf_counter()
-    result = evaluate(model, test, cfg["eps"], methods=cfg["certify"], batch_size=cfg["eval_batch_size"],
-                      pgd_steps=cfg["pgd_steps"], pgd_restarts=cfg["pgd_restarts"], seed=cfg["seed"],
-                      backend=cfg["backend"], device=device, progress=show, max_memory=budget)
+    result = distributed.evaluate(world, model, test, cfg["eps"], methods=cfg["certify"],
+                                  batch_size=cfg["eval_batch_size"], pgd_steps=cfg["pgd_steps"],
+                                  pgd_restarts=cfg["pgd_restarts"], seed=cfg["seed"], backend=cfg["backend"],
+                                  device=device, progress=show, max_memory=budget)
     summary.update({"evaluated_checkpoint": "best" if best is not None else "last", "test": result,
                     "eval_time_s": time.perf_counter() - t0})
-    _write_json(out / "summary.json", summary)
-    print(f"test evaluation of the {summary['evaluated_checkpoint']} {describe_checkpoint(final_path, final)}; "
-          f"training {format_duration(elapsed)}, evaluation {format_duration(summary['eval_time_s'])}:")
-    print(format_table(result))
-    print(f"run directory: {out}")
+    write_json(out / "summary.json", summary)
+    if main:
+        say(f"test evaluation of the {summary['evaluated_checkpoint']} {describe_checkpoint(final_path, final)}; "
+            f"training {format_duration(elapsed)}, evaluation {format_duration(summary['eval_time_s'])}:")
+    say(format_table(result))
+    say(f"run directory: {out}")
     return 0
 
 
@@ -384,6 +426,9 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError, data.DataError, memory.MemoryPlanError) as e:
         print(f"gls.train: error: {e}", file=sys.stderr)
         return 2
+    except distributed.DistributedError as e:
+        print(f"gls.train: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("gls.train: interrupted; resume from the last checkpoint with --resume", file=sys.stderr)
         return 130
