@@ -30,7 +30,7 @@ def population_loss(net: Network, x: torch.Tensor, y: torch.Tensor, *, eps: floa
     `sample_chunk`: samples per pass (None: the whole batch); see the module docstring."""
     B = x.shape[0]
     chunk = B if not sample_chunk or sample_chunk >= B else int(sample_chunk)
-    pieces = [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, B, chunk)]
+    pieces = [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, B, chunk)] if B else [(x, y)]
 
     def piece_loss(theta_pop: torch.Tensor, xs, ys, acc: dict) -> torch.Tensor:
         params = net.layout.unflatten(theta_pop)

@@ -387,10 +387,10 @@ def _run(cfg: dict, resume_payload: dict | None, world: distributed.World) -> in
         write_json(out / "summary.json", summary)
         say(f"gls.train: {message}", file=sys.stderr)
         return 3
-    final = final_path = None
+    final = final_path = full = None
     if main:
         final_path = checkpoint.resolve(out, checkpoint.BEST if best is not None else checkpoint.LAST)
-        final = checkpoint.load(final_path)
+        final = full = checkpoint.load(final_path)
     if world.active:
         final = world.broadcast_object(final and {k: final[k] for k in ("theta", "buffers", "epoch")},
                                        "the final checkpoint broadcast")
@@ -404,7 +404,7 @@ def _run(cfg: dict, resume_payload: dict | None, world: distributed.World) -> in
                     "eval_time_s": time.perf_counter() - t0})
     write_json(out / "summary.json", summary)
     if main:
-        say(f"test evaluation of the {summary['evaluated_checkpoint']} {describe_checkpoint(final_path, final)}; "
+        say(f"test evaluation of the {summary['evaluated_checkpoint']} {describe_checkpoint(final_path, full)}; "
             f"training {format_duration(elapsed)}, evaluation {format_duration(summary['eval_time_s'])}:")
     say(format_table(result))
     say(f"run directory: {out}")
