@@ -1,18 +1,33 @@
 """Honest time: a run's duration predicted from steps timed before training, and an ETA that knows the eps ramp.
 
-A step's cost grows with eps: at eps = 0 no bounds are computed, and the tighter relaxations get
-slower as more ReLUs become unstable. Before training (gls.train), one step is timed at eps = 0 and
-one at the target eps (two of each when they are short, taking the faster: a first call warms up). A step at ramp fraction
-f = eps / target is predicted to take ``t0 + (t1 - t0) * f``; the prediction is summed over the
-schedule. While training, the ETA scales the prediction of the steps left by the ratio of the time
-actually spent to the time predicted for the steps done, so a machine busier or quieter than during
-the timing is accounted for.
+A step's cost depends on eps: at eps = 0 no bounds are computed; IBP and CROWN-IBP then cost the
+same at any eps > 0, while hBox and DeepPoly back-substitute one row per unstable neuron, and more
+neurons become unstable as eps grows. Before training (gls.train), one step is timed at eps = 0 (t0)
+and one at the target eps (t1), two of each when they are short (taking the faster: a first call
+warms up). A step is predicted to take ``t0 + (t1 - t0) * cost_fraction(step)`` (see
+:func:`cost_fraction`), summed over the schedule. While training, the ETA scales the prediction of
+the steps left by the ratio of the time actually spent to the time predicted for the steps done, so a
+machine busier or quieter than during the timing is accounted for.
 """
 from __future__ import annotations
 
 import itertools
 import time
 from typing import Callable
+
+
+def cost_fraction(sched, relaxation: str, robust_weight: float) -> Callable[[int], float]:
+    """Where a step lies between the eps-0 step (0) and the target-eps step (1): 0 while eps or the
+    robust weight is 0 (no bounds), 1 for IBP / CROWN-IBP at any eps > 0, and the ramp fraction
+    eps / target for hBox / DeepPoly, whose refined rows (the unstable neurons) grow with eps."""
+    grows = relaxation in ("hbox", "deeppoly")
+
+    def fraction(step: int) -> float:
+        if robust_weight <= 0 or sched(step) <= 0:
+            return 0.0
+        return sched.ramp_fraction(step) if grows else 1.0
+
+    return fraction
 
 
 def format_duration(seconds: float) -> str:
@@ -36,8 +51,8 @@ def time_call(fn: Callable[[], object]) -> float:
 class RunClock:
     """Predicted seconds of every step from (t0, t1) and the eps ramp, and the ETA of a run in progress.
 
-    ramp(step) is the ramp fraction of global step `step` (gls.schedule.EpsSchedule.ramp_fraction);
-    `val_s` is the time of one validation, paid after every epoch."""
+    ramp(step) places global step `step` between the two timed steps (:func:`cost_fraction`); `val_s`
+    is the time of one validation, paid after every epoch."""
 
     def __init__(self, ramp: Callable[[int], float], t0: float, t1: float, total_steps: int, steps_per_epoch: int,
                  val_s: float = 0.0):

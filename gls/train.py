@@ -46,7 +46,7 @@ from gls.objective import population_loss
 from gls.plot import plot_curves
 from gls.schedule import EpsSchedule, lr_factor
 from gls.smoothing import PGPE, RGS, NonFiniteCenterError, make_torch_optimizer
-from gls.timing import RunClock, format_duration, time_call
+from gls.timing import RunClock, cost_fraction, format_duration, time_call
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -153,7 +153,8 @@ def _estimate_time(cfg, net, model, train, val, theta, sched, plan, spe, val_sub
                                         cfg["backend"], world, val_sub)) * len(val) / max(len(vx), 1)
     load_weights(model, theta, buffers)
     torch.set_rng_state(rng)
-    clock = RunClock(sched.ramp_fraction, t0, t1, cfg["epochs"] * spe, spe, val_s)
+    clock = RunClock(cost_fraction(sched, cfg["relaxation"], cfg["robust_weight"]), t0, t1, cfg["epochs"] * spe,
+                     spe, val_s)
     total = clock.total()
     say(f"time: a step takes {t0:.2f} s at eps 0 and {t1:.2f} s at eps {cfg['train_eps']:g}, a validation "
           f"{val_s:.1f} s: {cfg['epochs']} epochs x {spe} steps take about {format_duration(total)} "

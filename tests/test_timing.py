@@ -2,7 +2,7 @@
 import pytest
 
 from gls.schedule import EpsSchedule
-from gls.timing import RunClock, format_duration
+from gls.timing import RunClock, cost_fraction, format_duration
 
 
 def test_prediction_follows_the_eps_ramp():
@@ -30,3 +30,13 @@ def test_eta_is_corrected_by_the_measured_time():
 def test_format_duration():
     assert [format_duration(s) for s in (3.2, 250, 7500, 3 * 86400 + 4 * 3600)] == \
            ["3 s", "4 min 10 s", "2 h 05 min", "3 d 4 h"]
+
+
+def test_cost_fraction_by_relaxation():
+    """IBP / CROWN-IBP cost the same at any eps > 0 (the README's RGS preset took 258 s for its first ramp
+    step as at the target eps); DeepPoly's cost follows the unstable neurons, so the ramp."""
+    sched = EpsSchedule(0.3, 1, 3, 10, "linear")
+    flat, grows = cost_fraction(sched, "crown-ibp", 1.0), cost_fraction(sched, "deeppoly", 1.0)
+    assert flat(5) == grows(5) == 0.0  # eps 0: no bounds
+    assert flat(10) == 1.0 and grows(10) == pytest.approx(sched.ramp_fraction(10)) and grows(10) < 0.1
+    assert cost_fraction(sched, "deeppoly", 0.0)(40) == 0.0  # no robust term: never any bounds
