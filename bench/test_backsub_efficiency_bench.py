@@ -20,7 +20,7 @@ import torch
 
 import gls
 from gls import affine, ops
-from bench import nets, workload
+from bench import workload
 from bench.harness import bench_size, measure, record
 
 GRID = {"quick": [(8, 1), (8, 16), (8, 64)], "full": [(64, 1), (64, 16), (64, 64), (64, 256)]}  # (B, P)
@@ -61,7 +61,7 @@ def record_backsub(run):
 
 
 def test_backsub_efficiency(benchmark, request, device, model, B, P, impl):
-    module, x, y, eps = nets.build(model, B, device)
+    module, x, y, eps = workload.build(model, B, device)
     net = gls.Network.from_module(module)
     rounds = ROUNDS[bench_size(request.config)]
     why = workload.skip_reason(net, x.shape[1:], METHOD, P, B, device, calls=rounds + 2)

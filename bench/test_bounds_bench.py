@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import gls
-from bench import nets, workload
+from bench import workload
 from bench.harness import bench_size, measure, record
 
 FULL_P = (1, 16, 64, 256)
@@ -49,7 +49,7 @@ def pytest_generate_tests(metafunc):
 
 
 def test_population_bounds(benchmark, request, device, model, method, B, P, impl):
-    module, x, y, eps = nets.build(model, B, device)
+    module, x, y, eps = workload.build(model, B, device)
     net = gls.Network.from_module(module)
     rounds = ROUNDS[bench_size(request.config)]
     why = workload.skip_reason(net, x.shape[1:], method, P, B, device, calls=rounds + 1,

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 import gls
-from bench import nets, workload
+from bench import workload
 from bench.harness import bench_size, measure, record
 from gls import distributed
 from gls.smoothing import PGPE
@@ -57,7 +57,7 @@ def _wchar() -> int:
 
 
 def _setup(model: str, B: int, P: int, world: distributed.World | None):
-    module, x, y, eps = nets.build(model, B, torch.device("cpu"))
+    module, x, y, eps = workload.build(model, B, torch.device("cpu"))
     net = gls.Network.from_module(module)
     loss = workload.population_loss(net, x, y, eps, "ibp")
     theta0 = workload.flat_params(module)

@@ -23,7 +23,7 @@ import torch
 
 import gls
 from gls.smoothing import PGPE, centered_ranks
-from bench import nets, workload
+from bench import workload
 from bench.harness import bench_size, measure, peak_extra_bytes, record
 
 SIGMA, LR = 0.01, 0.01
@@ -73,7 +73,7 @@ class NaivePGPE:
 
 
 def test_pgpe_step(benchmark, request, device, model, method, B, P, impl):
-    module, x, y, eps = nets.build(model, B, device)
+    module, x, y, eps = workload.build(model, B, device)
     net = gls.Network.from_module(module)
     d = net.layout.numel
     rounds = ROUNDS[bench_size(request.config)]

@@ -14,7 +14,7 @@ import torch
 
 import gls
 from gls.smoothing import RGS
-from bench import nets, workload
+from bench import workload
 from bench.harness import bench_size, measure, record
 
 SIGMA, LR = 0.01, 1e-3
@@ -56,7 +56,7 @@ class SeparateRGS:
 
 
 def test_rgs_step(benchmark, request, device, model, method, B, N, impl):
-    module, x, y, eps = nets.build(model, B, device)
+    module, x, y, eps = workload.build(model, B, device)
     net = gls.Network.from_module(module)
     rounds = ROUNDS[bench_size(request.config)]
     # autograd keeps the forward's tensors and the backward costs about twice the forward

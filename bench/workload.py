@@ -1,5 +1,12 @@
-"""What the benchmarks run: perturbed populations of a network, the population robust loss, and a
-memory estimate that decides which sizes fit on this machine (the rest are skipped, saying why).
+"""What the benchmarks run: gls's own networks on synthetic inputs, perturbed populations of them, the
+training objective as a population loss, and a memory estimate that decides which sizes fit on this
+machine (the rest are skipped, saying why).
+
+Networks (`build`): gls.models' mlp (CTBench fc_3layer, 784-256-64-10) on MNIST, cnn3 and cnn7 (no
+BatchNorm) on CIFAR-10, with gls.data's input shapes and channel statistics, PyTorch's default
+initialisation, inputs uniform in [0, 1] and CTBench's radii (MNIST 0.1, CIFAR 2/255). Throughput
+depends on the shapes and on how many ReLUs are unstable, and an untrained network at these radii has
+a realistic share of unstable neurons at the start of training.
 """
 from __future__ import annotations
 
@@ -8,6 +15,12 @@ import math
 import torch
 
 import gls
+from gls import data, models
+from gls.objective import population_loss as objective
+
+NETS = {"mlp": "mnist", "cnn3": "cifar10", "cnn7": "cifar10"}  # benchmark network -> its dataset
+EPS = {"mnist": 0.1, "cifar10": 2 / 255}
+NUM_CLASSES = 10
 
 SIGMA = 0.01  # relative perturbation of the weights in a benchmark population
 TEMPORARIES = 4  # the estimate's allowance for temporaries of the size of the largest tensor
@@ -25,15 +38,24 @@ def population(net: gls.Network, theta0: torch.Tensor, P: int, seed: int = 0) ->
     return theta0 * (1 + SIGMA * z)
 
 
+def build(name: str, batch: int, device: torch.device, seed: int = 0):
+    """(model in eval mode, inputs (batch, C, H, W) in [0, 1], labels (batch,), eps) for network `name`."""
+    if name not in NETS:
+        raise ValueError(f"unknown benchmark network {name!r}; expected one of {sorted(NETS)}")
+    dataset = NETS[name]
+    mean, std = data.STATS[dataset]
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = models.build(name, data.SHAPES[dataset], mean, std, NUM_CLASSES).eval().to(device)
+    x = torch.rand((batch, *data.SHAPES[dataset]), generator=gen).to(device)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device)
+    return model, x, y, EPS[dataset]
+
+
 def population_loss(net: gls.Network, x, y, eps, method: str, backend=None):
-    """theta_pop (P, d) -> robust loss of every member (P,), all members bounded in one pass."""
-
-    def loss(theta_pop: torch.Tensor) -> torch.Tensor:
-        params = net.layout.unflatten(theta_pop)
-        lower = gls.compute_bounds(net, x, eps, method=method, labels=y, params=params, backend=backend).lower
-        return gls.robust_loss(lower)
-
-    return loss
+    """theta_pop (P, d) -> loss of every member (P,): the training objective (gls.objective) with the
+    robust term alone, all members bounded in one pass."""
+    return objective(net, x, y, eps=eps, relaxation=method, robust_weight=1.0, backend=backend)
 
 
 def _segments(net: gls.Network, in_shape) -> list[list[tuple[int, int, int]]]:

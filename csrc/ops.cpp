@@ -1,8 +1,9 @@
 // Schemas of every gls op (TORCH_LIBRARY) and the Python module entry point of gls._C.
 //
-// Implementations register themselves per dispatch key next to their kernels:
-// csrc/cpu/*.cpp (TORCH_LIBRARY_IMPL(gls, CPU, m)) and csrc/cuda/*.cu (TORCH_LIBRARY_IMPL(gls, CUDA, m)).
-// Fake (meta) kernels and autograd formulas are registered from Python in gls/native/.
+// Implementations register themselves per dispatch key next to their kernels, one file per op named for
+// it: csrc/cpu/<op>.cpp (TORCH_LIBRARY_IMPL(gls, CPU, m)) and csrc/cuda/<op>.cu (TORCH_LIBRARY_IMPL(gls,
+// CUDA, m)); code shared by several ops sits in a header next to them. Fake (meta) kernels and autograd
+// formulas are registered from Python: gls/meta/<op>.py.
 #include <torch/library.h>
 
 #ifndef GLS_NO_PYTHON  // the CMake build makes a plain library for torch.ops.load_library

@@ -88,10 +88,14 @@ class Conv:
 
 
 class Diag:
-    """z = x * s + t elementwise; s, t (P|1, N) (per-channel values already spread over the pixels)."""
+    """z = x * s + t elementwise; s, t (P|1, N) (per-channel values already spread over the pixels).
 
-    def __init__(self, s: torch.Tensor, t: torch.Tensor):
-        self.s, self.t = s, t
+    err: None, or elementwise bounds (|ds|, |dt|) on how far the computed s and t are from the real
+    ones (they come out of divisions and square roots); gls.sound adds them to its allowance.
+    """
+
+    def __init__(self, s: torch.Tensor, t: torch.Tensor, err: tuple | None = None):
+        self.s, self.t, self.err = s, t, err
         self.n_in = self.n_out = s.shape[-1]
 
     def forward(self, x):

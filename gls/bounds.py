@@ -16,6 +16,10 @@ are shared. Definitions, per method:
   last affine layer (W' = C W, b' = C b, the usual elision of the last layer) and evaluates it on the
   IBP box of that layer's input. No intersection at the output.
 
+Every intermediate bound is pushed outward by a rounding margin (_margin), so float32 cancellation
+cannot make an unstable ReLU look stable; the result is the real-valued bound up to rounding.
+``sound=True`` (gls.sound) gives bounds that are true for the real-valued network whatever the rounding.
+
 Inputs are in pixel space: the region is [max(x - eps, lo), min(x + eps, hi)] for domain = (lo, hi)
 (None: no clipping); Normalize is a layer of the network and is back-substituted through.
 """
@@ -26,91 +30,11 @@ from typing import NamedTuple
 import torch
 
 from gls import ops
-from gls.affine import Dense, Diag, relax_step
-from gls.net import Network, _dtype, check_input
-
-METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
-_ALIASES = {"crown": "deeppoly"}
-
-
-class Bounds(NamedTuple):
-    """lower and upper (None unless bound="both") bounds of C z, each (P, B, S)."""
-
-    lower: torch.Tensor
-    upper: torch.Tensor | None
-
-
-def margin_spec(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """C (B, K-1, K) with rows e_y - e_j for j != y in increasing j: C z = margins z_y - z_j."""
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"labels must be a 1-D integer tensor (B,), got {labels!r:.80}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{labels.min()}, {labels.max()}]")
-    eye = torch.eye(num_classes, device=labels.device)
-    j = torch.arange(num_classes - 1, device=labels.device)
-    others = j + (j.unsqueeze(0) >= labels.unsqueeze(1)).long()  # (B, K-1): every class but y
-    return eye[labels].unsqueeze(1) - eye[others]
-
-
-def _method(method) -> str:
-    name = _ALIASES.get(method, method)
-    if name not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS + tuple(_ALIASES)}")
-    return name
-
-
-def input_region(x: torch.Tensor, eps, domain) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat box (B, N) [max(x - eps, lo), min(x + eps, hi)]; eps a float or a (B,) tensor."""
-    B = x.shape[0]
-    if isinstance(eps, torch.Tensor):
-        if eps.dim() == 0:
-            eps = eps.reshape(1).expand(B)
-        if eps.shape != (B,):
-            raise ValueError(f"eps must be a float or a tensor of shape (B,) = ({B},), got {tuple(eps.shape)}")
-        eps = eps.to(device=x.device, dtype=x.dtype)
-        if torch.isnan(eps).any():
-            raise ValueError("eps contains NaN")
-        if (eps < 0).any():
-            raise ValueError(f"eps must be non-negative, got min {eps.min().item()}")
-    else:
-        try:
-            eps = float(eps)
-        except (TypeError, ValueError):
-            raise TypeError(f"eps must be a float or a (B,) tensor, got {type(eps).__name__}") from None
-        if eps != eps or eps < 0:
-            raise ValueError(f"eps must be non-negative, got {eps}")
-        eps = torch.full((B,), eps, dtype=x.dtype, device=x.device)
-    flat, eps = x.reshape(B, -1), eps.unsqueeze(1)
-    lo, hi = flat - eps, flat + eps
-    if domain is not None:
-        d_lo, d_hi = (float(v) for v in domain)
-        if not d_lo <= d_hi:
-            raise ValueError(f"domain must be (lo, hi) with lo <= hi, got {domain}")
-        lo, hi = lo.clamp(min=d_lo), hi.clamp(max=d_hi)
-        if (lo > hi).any():
-            raise ValueError(f"x lies outside the domain {tuple(domain)} by more than eps")
-    return lo, hi
-
-
-def _spec(labels, spec, B: int, K: int, like: torch.Tensor) -> torch.Tensor:
-    if labels is not None and spec is not None:
-        raise ValueError("give labels or spec, not both")
-    if labels is not None:
-        if not isinstance(labels, torch.Tensor):
-            raise TypeError(f"labels must be an integer tensor (B,), got {type(labels).__name__}")
-        if labels.shape != (B,):
-            raise ValueError(f"labels must have shape (B,) = ({B},), got {tuple(labels.shape)}")
-        return margin_spec(labels.to(like.device), K).to(like.dtype)
-    if spec is None:  # bounds of the logits themselves
-        return torch.eye(K, dtype=like.dtype, device=like.device).expand(B, K, K)
-    if not isinstance(spec, torch.Tensor) or not spec.is_floating_point():
-        raise TypeError(f"spec must be a floating tensor (B, S, K), got {type(spec).__name__}")
-    if spec.dim() != 3 or spec.shape[0] != B or spec.shape[2] != K:
-        raise ValueError(f"spec must have shape (B, S, K) = ({B}, S, {K}), got {tuple(spec.shape)}")
-    if torch.isnan(spec).any():
-        raise ValueError("spec contains NaN")
-    return spec.to(like.dtype)
-
+from gls.affine import Dense, relax_step
+from gls.net import Network, check_input, param_dtype
+from gls.problem import (METHODS, Bounds, count_maps, input_region, margin_spec, member_chunk_size, method_name,
+                         spec_matrix)
+from gls.sound import sound_bounds
 
 def _full(t: torch.Tensor, P: int) -> torch.Tensor:
     return t.expand(P, *t.shape[1:]) if t.shape[0] != P else t
@@ -122,13 +46,32 @@ def _interval(seg, mid, rad, backend):
     return mid, rad
 
 
+_ULPS = 8  # outward margin of intermediate bounds, in units of eps(dtype) times the bound's magnitude
+
+
+def _margin(scale: torch.Tensor) -> torch.Tensor:
+    """Rounding allowance _ULPS * eps(dtype) * scale pushed outward from every intermediate bound.
+
+    Without it, l = mid - rad of a neuron whose true l is slightly negative can round to exactly 0
+    (mid ~ rad large: 1e8 x - 1 over x in [0, 1] gives mid = 5e7 in float32) and the neuron would get
+    the identity relaxation, off by far more than the rounding (see tests/test_bounds.py). With the
+    margin such a neuron stays unstable and gets a (slightly loose) sound relaxation; in float64 the
+    margin is ~2e-15 of the bound's magnitude. gls.sound gives bounds sound under every rounding.
+    Callers detach it: an allowance for rounding, not part of the bound, so it carries no gradient
+    (its gradient, through sign(mid), made a batch split over ranks train different weights).
+    """
+    return scale * (_ULPS * torch.finfo(scale.dtype).eps)
+
+
 def _ibp(segs, x_lo, x_hi, P, backend):
-    """IBP boxes of every ReLU's pre-activation, and the box of the last affine layer's input."""
+    """IBP boxes of every ReLU's pre-activation (widened by _margin), and the box of the last affine
+    layer's input."""
     mid, rad = ((x_hi + x_lo) / 2).unsqueeze(0), ((x_hi - x_lo) / 2).unsqueeze(0)
     boxes = []
     for seg in segs[:-1]:
         mid, rad = _interval(seg, mid, rad, backend)
-        l, u = _full(mid - rad, P), _full(mid + rad, P)
+        d = _margin(mid.abs() + rad).detach()
+        l, u = _full(mid - rad - d, P), _full(mid + rad + d, P)
         boxes.append((l, u))
         l, u = l.relu(), u.relu()
         mid, rad = (u + l) / 2, (u - l) / 2
@@ -164,8 +107,9 @@ def _backsub(lam, segs, relax, upto, x_lo, x_hi, backend):
 _CHUNK_ELEMENTS = 1 << 25  # at most this many coefficients per back-substituted block of rows
 
 
-def _refine(segs, relax, k, l, u, x_lo, x_hi, backend, all_rows):
-    """Intersect the IBP box of segs[k]'s output with back-substituted bounds (unstable rows only).
+def _refine(segs, relax, k, l, u, x_lo, x_hi, backend, all_rows, intersect_ibp=True):
+    """Intersect the IBP box of segs[k]'s output with back-substituted bounds (unstable rows only);
+    with intersect_ibp=False the back-substituted bounds replace the IBP box on those rows.
 
     Rows are independent, so they go in chunks that keep each coefficient tensor (P, B, rows, N)
     under _CHUNK_ELEMENTS whatever the layer width; the numbers do not depend on the chunking.
@@ -185,29 +129,17 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, backend, all_rows):
     chunk = max(1, _CHUNK_ELEMENTS // (P * B * widest))
     res = torch.cat([_backsub(r.expand(P, B, *r.shape).contiguous(), segs, relax, k, x_lo, x_hi, backend)
                      for r in rows.split(chunk)], dim=-1)
-    l = l.index_copy(-1, idx, torch.maximum(l.index_select(-1, idx), res[..., :n]))
-    u = u.index_copy(-1, idx, torch.minimum(u.index_select(-1, idx), -res[..., n:]))
-    return l, u
-
-
-def _count_maps(seg) -> int:
-    return sum(not isinstance(op, Diag) for op in seg)  # Dense/Conv; Diag ops are exact on boxes
-
-
-_CPU_ROWS_PER_CHUNK = 1024  # members x samples per pass on a CPU: past this the pass leaves the cache
-
-
-def _member_chunk(member_chunk, P: int, B: int, device: torch.device) -> int:
-    """Members bounded per pass: `member_chunk`, else all on a GPU and ~1024 / B on a CPU."""
-    if member_chunk is None:
-        return P if device.type != "cpu" else max(1, _CPU_ROWS_PER_CHUNK // max(B, 1))
-    if isinstance(member_chunk, bool) or not isinstance(member_chunk, int) or member_chunk < 1:
-        raise ValueError(f"member_chunk must be a positive int or None, got {member_chunk!r}")
-    return member_chunk
+    l_ibp, u_ibp = l.index_select(-1, idx), u.index_select(-1, idx)
+    d = _margin(torch.maximum(l_ibp.abs(), u_ibp.abs())).detach()  # rounding allowance, as in _ibp
+    l_bs, u_bs = res[..., :n] - d, -res[..., n:] + d
+    if intersect_ibp:
+        l_bs, u_bs = torch.maximum(l_ibp, l_bs), torch.minimum(u_ibp, u_bs)
+    return l.index_copy(-1, idx, l_bs), u.index_copy(-1, idx, u_bs)
 
 
 def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None, domain=(0.0, 1.0),
-                   bound="lower", backend=None, member_chunk=None, _all_rows=False) -> Bounds:
+                   bound="lower", backend=None, member_chunk=None, intersect_ibp=True, sound=False,
+                   _all_rows=False) -> Bounds:
     """Bounds of C z(x) over the input region for every member of a population.
 
     model: an nn.Sequential (see gls.net) or a gls.Network. x (B, ...) shared inputs; eps a float or
@@ -221,24 +153,41 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     depend on it; the union of unstable rows is taken per pass). None: the whole population on a
     GPU; on a CPU about 1024 / B members per pass, where the benchmarks showed larger passes falling
     out of cache and losing to smaller ones (bench/results).
+
+    intersect_ibp: hbox/deeppoly intersect their back-substituted intermediate bounds with IBP (the
+    default: never looser than either, and the intersection is what CTBench's DeepPoly and
+    hBox compute). It can make a bound differ from plain CROWN: a tighter (l, u) can flip the adaptive
+    lower slope (u > -l) to a worse choice for the final bound. intersect_ibp=False back-substitutes
+    every neuron and uses those bounds alone, i.e. plain CROWN (method deeppoly) and plain
+    back-substituted hBox, as auto_LiRPA's CROWN and the paradox paper's code compute them.
+
+    sound: False (default) computes in the input's dtype; intermediate bounds carry a small outward
+    rounding margin (see _margin) so rounding cannot turn an unstable ReLU into a stable one, but the
+    result may differ from the real-valued bound by rounding. True: gls.sound's float64 evaluation
+    with a rigorous rounding-error allowance; every returned lower (upper) bound is <= (>=) the true
+    bound of the real-valued network, whatever the rounding. No gradients in sound mode.
     """
     net = Network.from_module(model)
-    method = _method(method)
+    method = method_name(method)
     if bound not in ("lower", "both"):
         raise ValueError(f"bound must be 'lower' or 'both', got {bound!r}")
     params, P = net.resolve_params(params)
-    x = check_input(x, _dtype(params, x))
-    chunk = _member_chunk(member_chunk, P, x.shape[0], x.device)
+    x = check_input(x, param_dtype(params, x))
+    if sound:
+        return sound_bounds(net, params, x, eps, method=method, labels=labels, spec=spec, domain=domain,
+                            bound=bound, member_chunk=member_chunk, intersect_ibp=intersect_ibp)
+    chunk = member_chunk_size(member_chunk, P, x.shape[0], x.device)
     if chunk < P:
         parts = [compute_bounds(net, x, eps, method=method, labels=labels, spec=spec, domain=domain, bound=bound,
                                 params={n: t[i:i + chunk] for n, t in params.items()}, backend=backend,
-                                member_chunk=chunk, _all_rows=_all_rows) for i in range(0, P, chunk)]
+                                member_chunk=chunk, intersect_ibp=intersect_ibp, _all_rows=_all_rows)
+                 for i in range(0, P, chunk)]
         return Bounds(torch.cat([b.lower for b in parts]),
                       None if bound == "lower" else torch.cat([b.upper for b in parts]))
     x_lo, x_hi = input_region(x, eps, domain)
     segs = net.plan(params, x.shape[1:], x.dtype)
     B, K = x.shape[0], segs[-1][-1].n_out
-    C = _spec(labels, spec, B, K, x)
+    C = spec_matrix(labels, spec, B, K, x)
     S = C.shape[1]
     if bound == "both":
         C = torch.cat([C, -C], dim=1)
@@ -254,8 +203,9 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     else:
         relax = []
         for k, (l, u) in enumerate(boxes):
-            if method in ("hbox", "deeppoly") and (k > 0 or _count_maps(segs[0]) > 1):
-                l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, backend, _all_rows)
+            if method in ("hbox", "deeppoly") and (k > 0 or count_maps(segs[0]) > 1):
+                l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, backend, _all_rows or not intersect_ibp,
+                               intersect_ibp)
             relax.append(ops.relu_relax(l, u, method, backend=backend))
         lb = _backsub(lam, segs, relax, len(boxes), x_lo, x_hi, backend)
     if bound == "lower":

@@ -3,15 +3,18 @@
 ``python -m gls.certify RUN_DIR_OR_CKPT [--eps E] [--which best|last] [--subset N] [--threads T] ...``
 prints the table for a training checkpoint, headed by the checkpoint it evaluated (file, epoch, step).
 Certified means every margin's lower bound is > 0 over the whole eps-ball (clipped to the pixel
-domain); "best" counts a sample certified by any of the relaxations tried. Ordering that always
-holds: certified <= PGD <= natural. Under ``torchrun`` the examples are sharded over the ranks and
-the counts added up (gls.distributed); rank 0 prints.
+domain); "best" counts a sample certified by any of the relaxations tried.
+By default the bounds are sound (compute_bounds(sound=True): true bounds of the real-valued network
+despite floating-point rounding); ``--no-sound`` uses the faster float32 bounds. The table says which.
+Ordering that always holds: certified <= PGD <= natural. Under ``torchrun`` the examples are sharded
+over the ranks and the counts added up (gls.distributed); rank 0 prints.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -21,32 +24,21 @@ from torch import nn
 from gls import checkpoint, data, memory, models
 from gls.attack import pgd_robust
 from gls.bounds import METHODS, compute_bounds
+from gls.config import check_device
 from gls.net import Network
 
-def load_weights(model: nn.Sequential, theta: torch.Tensor, buffers: dict | None = None) -> nn.Sequential:
-    """Copy a flat weight vector (d,) (and buffers) into `model` in place."""
-    net = Network.from_module(model)
-    params = net.layout.unflatten(theta.detach().reshape(-1))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(params[name][0])
-        for name, b in model.named_buffers():
-            if buffers is not None and name in buffers:
-                b.copy_(buffers[name])
-    return model
 
 
 def model_from_checkpoint(payload: dict) -> tuple[nn.Sequential, dict]:
     cfg = payload["config"]
     mean, std = data.STATS[cfg["dataset"]]
-    in_shape = (1, 28, 28) if cfg["dataset"] == "mnist" else (3, 32, 32)
-    model = models.build(cfg["net"], in_shape, mean, std, width=cfg.get("width"))
-    return load_weights(model, payload["theta"], payload.get("buffers")).eval(), cfg
+    model = models.build(cfg["net"], data.SHAPES[cfg["dataset"]], mean, std, width=cfg.get("width"))
+    return models.load_weights(model, payload["theta"], payload.get("buffers")).eval(), cfg
 
 
 def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("ibp", "crown-ibp", "deeppoly"),
              batch_size: int = 256, pgd_steps: int = 40, pgd_restarts: int = 1, seed: int = 0, backend=None,
-             device="cpu", progress: bool = False, max_memory: int | None = None) -> dict:
+             device="cpu", progress: bool = False, sound: bool = True, max_memory: int | None = None) -> dict:
     """Accuracies (fractions) of `model` on `split` at radius `eps`; see the module docstring.
 
     Each relaxation bounds as many samples per pass as gls.memory estimates to fit `max_memory` bytes
@@ -64,7 +56,7 @@ def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("i
     n = len(split)
     budget = max_memory or memory.default_budget(torch.device(device))
     shape = memory.NetShape.of(net, in_shape)
-    sub = {m: memory.cert_batch(shape, m, batch_size, budget, torch.device(device)) for m in methods}
+    sub = {m: memory.cert_batch(shape, m, batch_size, budget, torch.device(device), sound=sound) for m in methods}
     bar = _bar(n, progress, "certify")
     for x, y in data.batches(split, batch_size, shuffle=False):
         x, y = x.to(device), y.to(device)
@@ -83,7 +75,7 @@ def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("i
             for start in range(0, idx.numel(), sub[m]):
                 j = idx[start:start + sub[m]]
                 with torch.no_grad():
-                    lower = compute_bounds(net, x[j], eps, method=m, labels=y[j], backend=backend).lower[0]
+                    lower = compute_bounds(net, x[j], eps, method=m, labels=y[j], backend=backend, sound=sound).lower[0]
                 ok = (lower > 0).all(-1)
                 counts[m] += int(ok.sum())
                 any_cert[j] |= ok
@@ -91,7 +83,7 @@ def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("i
         counts["best"] += int(any_cert.sum())
         bar.update(len(y))
     bar.close()
-    return {"n": n, "eps": eps, "methods": list(methods), "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts,
+    return {"n": n, "eps": eps, "methods": list(methods), "sound": sound, "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts,
             "accuracy": {k: v / max(n, 1) for k, v in counts.items()}, "seconds": seconds}
 
 
@@ -111,7 +103,9 @@ def format_table(result: dict) -> str:
     rows = [("natural", "natural"), (f"PGD-{result['pgd_steps']}x{result['pgd_restarts']}", "pgd")]
     rows += [(f"certified {m}", m) for m in result["methods"]] + [("certified best", "best")]
     width = max(len(label) for label, _ in rows)
-    lines = [f"eps = {result['eps']:g} on {result['n']} samples"]
+    mode = ("sound bounds (float64 with a rigorous rounding allowance)" if result.get("sound")
+            else "float32 bounds (not guarded against rounding)")
+    lines = [f"eps = {result['eps']:g} on {result['n']} samples, {mode}"]
     lines += [f"  {label:<{width}}  {100 * acc[key]:6.2f} %   ({result['seconds'][key]:.1f} s)" for label, key in rows]
     return "\n".join(lines)
 
@@ -130,7 +124,7 @@ class _Parser(argparse.ArgumentParser):
 def main(argv=None) -> int:
     from gls import distributed
 
-    p = _Parser(prog="python -m gls.certify", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m gls.certify", description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("checkpoint", help="a run directory or a checkpoint file")
     p.add_argument("--which", choices=("last", "best"), default="best", help="checkpoint of a run directory")
     p.add_argument("--eps", type=float, default=None, help="radius (default: the run's --eps)")
@@ -149,6 +143,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-memory", default=None,
                    help="memory a certification pass may use, e.g. 8GB (default: 70%% of the available RAM)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.add_argument("--no-sound", dest="sound", action="store_false",
+                   help="float32 bounds instead of sound ones (faster; may be off by rounding)")
     try:
         args = p.parse_args(argv)
         if args.threads < 0:
@@ -157,12 +153,20 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         budget = memory.parse_size(args.max_memory) if args.max_memory else None
         which = checkpoint.BEST if args.which == "best" else checkpoint.LAST
-        try:
-            path = checkpoint.resolve(args.checkpoint, which)
-        except checkpoint.CheckpointError:
-            if which != checkpoint.BEST:
-                raise
-            path = checkpoint.resolve(args.checkpoint, checkpoint.LAST)  # a run killed before eps was ramped
+        if args.subset is not None and args.subset < 1:
+            raise ValueError(f"--subset must be a positive number of samples, got {args.subset}")
+        methods = [m for m in args.methods.split(",") if m]
+        if not methods:
+            raise ValueError(f"--methods names no relaxation: {args.methods!r}")
+        check_device(args.device)
+        parent = os.path.dirname(os.path.abspath(args.json)) if args.json else None
+        if parent is not None and not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
+            raise OSError(f"--json {args.json}: {parent} is not a writable directory")
+        if which == checkpoint.BEST and os.path.isdir(args.checkpoint) and not os.path.exists(
+                os.path.join(args.checkpoint, checkpoint.BEST)):  # a run whose eps never reached its target
+            print(f"gls.certify: note: {args.checkpoint} has no {checkpoint.BEST}; using {checkpoint.LAST}", file=sys.stderr)
+            which = checkpoint.LAST
+        path = checkpoint.resolve(args.checkpoint, which)
         payload = checkpoint.load(path)
         model, cfg = model_from_checkpoint(payload)
         eps = cfg["eps"] if args.eps is None else args.eps
@@ -172,24 +176,24 @@ def main(argv=None) -> int:
         split = getattr(ds, args.split).subset(args.subset)
         world = distributed.init(args.device)
         try:
-            result = distributed.evaluate(world, model, split, eps, methods=[m for m in args.methods.split(",") if m],
+            result = distributed.evaluate(world, evaluate, model, split, eps, methods=methods,
                                           batch_size=args.batch_size, pgd_steps=args.pgd_steps,
                                           pgd_restarts=args.pgd_restarts, backend=args.backend,
                                           device=distributed.device_of(world, args.device),
-                                          progress=sys.stderr.isatty() and world.is_main, max_memory=budget)
+                                          progress=sys.stderr.isatty() and world.is_main, sound=args.sound,
+                                          max_memory=budget)
         finally:
             world.close()
+        if world.is_main:
+            print(describe_checkpoint(path, payload))
+            print(format_table(result))
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(result, f, indent=2)
     except (ValueError, TypeError, checkpoint.CheckpointError, data.DataError, OSError,
             distributed.DistributedError) as e:
         print(f"gls.certify: error: {e}", file=sys.stderr)
         return 2
-    if not world.is_main:
-        return 0
-    print(describe_checkpoint(path, payload))
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
     return 0
 
 

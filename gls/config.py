@@ -13,6 +13,8 @@ import math
 import tomllib
 from pathlib import Path
 
+import torch
+
 from gls.bounds import METHODS as RELAXATIONS
 from gls.memory import parse_size
 from gls.models import INITS, NETS
@@ -104,7 +106,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m gls.train", argument_default=argparse.SUPPRESS,
+    p = _Parser(prog="python -m gls.train", argument_default=argparse.SUPPRESS, allow_abbrev=False,
                 description="Certified training with Gaussian loss smoothing (PGPE, RGS) or plain gradients. "
                             "Without arguments: real MNIST, a small MLP, IBP training at eps 0.1 for a few minutes "
                             "on a CPU, then the evaluation table.")
@@ -173,6 +175,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_device(device) -> str:
+    """A torch device string that this machine can use, else ConfigError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return str(device)
+
+
+# Options that fix the network, its data and the optimiser's state: a resumed run cannot change them.
+_FIXED_ON_RESUME = ("dataset", "net", "width", "init", "method", "population", "optimizer", "antithetic", "seed")
+
+
 def _read_file(path: str) -> dict:
     f = Path(path)
     if not f.is_file():
@@ -204,6 +223,13 @@ def resolve(cli: dict, saved: dict | None = None) -> dict:
     cli = dict(cli)
     cli.pop("resume", None)
     if saved is not None:
+        if "config" in cli or "preset" in cli:
+            raise ConfigError("--config/--preset cannot be combined with --resume: the run's saved config is used "
+                              "(override single options on the command line)")
+        changed = [k for k in _FIXED_ON_RESUME if k in cli and cli[k] != saved.get(k)]
+        if changed:
+            k = changed[0]
+            raise ConfigError(f"{_flag(k)} cannot change when resuming (the run has {saved.get(k)!r}, got {cli[k]!r})")
         cfg = {**DEFAULTS, **saved, "halt_after_epoch": None}
         cfg.update({k: v for k, v in cli.items() if k not in ("config", "preset")})
         return validate(cfg)
@@ -260,6 +286,7 @@ def validate(cfg: dict) -> dict:
     _choice(cfg, "method", TRAIN_METHODS, "method")
     _choice(cfg, "relaxation", RELAXATIONS, "relaxation")
     _choice(cfg, "eps_schedule", SCHEDULES, "eps schedule")
+    check_device(cfg["device"])
     _number(cfg, "eps")
     _number(cfg, "train_eps", optional=True)
     if cfg["train_eps"] is None:

@@ -37,6 +37,8 @@ STATS = {
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
 }
+# Per-sample input shape (C, H, W) of each dataset.
+SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 _MNIST_IDX = {
     "train_x": "train-images-idx3-ubyte",
@@ -88,6 +90,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
     root = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+    if root is not None and not Path(root).is_dir():  # else MNIST would silently come from the bundle
+        raise DataError(f"data directory {data_dir} " + ("is not a directory" if Path(root).exists() else "does not exist"))
     train, val, test = _load_cached(key, root)
     mean, std = STATS[key]
     return Dataset(key, train, val, test, mean, std)

@@ -301,12 +301,11 @@ def validate_counts(world: World, counts: list[int]) -> list[int]:
     return [int(v) for v in world.all_reduce(torch.tensor(counts, dtype=torch.int64), "eval", "the validation counts")]
 
 
-def evaluate(world: World, model, split: data.Split, eps: float, **kwargs) -> dict:
-    """gls.certify.evaluate on this rank's shard of `split`, the counts summed over the ranks and the
-    per-method seconds the slowest rank's. PGD's random starts differ from one process's (each rank's
-    generator starts at the seed), so the PGD figure may differ by a few samples."""
-    from gls.certify import evaluate as evaluate_local
-
+def evaluate(world: World, evaluate_local, model, split: data.Split, eps: float, **kwargs) -> dict:
+    """`evaluate_local` (gls.certify.evaluate, passed in so this module does not import its caller) on
+    this rank's shard of `split`, the counts summed over the ranks and the per-method seconds the slowest
+    rank's. PGD's random starts differ from one process's (each rank's generator starts at the seed), so
+    the PGD figure may differ by a few samples."""
     if not world.active:
         return evaluate_local(model, split, eps, **kwargs)
     t0 = time.perf_counter()

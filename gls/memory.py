@@ -156,9 +156,12 @@ def step_bytes(shape: NetShape, *, method: str, relaxation: str, population: int
     return int(OVERHEAD * FLOAT_BYTES * (forward + bounds + weights))
 
 
-def cert_bytes(shape: NetShape, method: str, batch: int, device: torch.device = torch.device("cpu")) -> int:
-    """Estimated peak bytes of certifying `batch` samples of one network (no autograd)."""
-    return int(OVERHEAD * FLOAT_BYTES * bound_elements(shape, method, 1, batch, shape.classes - 1, grad=False))
+def cert_bytes(shape: NetShape, method: str, batch: int, device: torch.device = torch.device("cpu"),
+               sound: bool = False) -> int:
+    """Estimated peak bytes of certifying `batch` samples of one network (no autograd). Sound mode
+    (gls.sound) computes the same tensors in float64: twice the bytes (not checked against measured peaks)."""
+    width = 2 * FLOAT_BYTES if sound else FLOAT_BYTES
+    return int(OVERHEAD * width * bound_elements(shape, method, 1, batch, shape.classes - 1, grad=False))
 
 
 def available_bytes(device: torch.device) -> int:
@@ -261,10 +264,10 @@ def fitting_hint(shape: NetShape, method: str, relaxation: str, population: int,
 
 
 def cert_batch(shape: NetShape, method: str, batch: int, budget: int,
-               device: torch.device = torch.device("cpu")) -> int:
+               device: torch.device = torch.device("cpu"), sound: bool = False) -> int:
     """The largest number of samples (<= batch) certified in one pass within `budget` bytes."""
     for s in _candidates(batch):
-        if cert_bytes(shape, method, s, device) <= budget:
+        if cert_bytes(shape, method, s, device, sound) <= budget:
             return s
-    raise MemoryPlanError(f"certifying one sample with {method} needs about {gib(cert_bytes(shape, method, 1, device))}, "
-                          f"more than --max-memory {gib(budget)}")
+    need = cert_bytes(shape, method, 1, device, sound)
+    raise MemoryPlanError(f"certifying one sample with {method} needs about {gib(need)}, more than --max-memory {gib(budget)}")

@@ -55,8 +55,10 @@ class ParamLayout:
             t = params[name]
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"params[{name!r}] must be a tensor, got {type(t).__name__}")
-            if not t.is_floating_point():
-                raise TypeError(f"params[{name!r}] must be floating point, got {t.dtype}")
+            if t.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"params[{name!r}] must be float32 or float64, got {t.dtype}")
+            if t.device.type == "meta":
+                raise ValueError(f"params[{name!r}] is a meta tensor (no values); materialise the model first")
             if t.dim() != len(shape) + 1 or t.shape[1:] != shape:
                 raise ValueError(f"params[{name!r}] must have shape (P, {', '.join(map(str, shape))}), got {tuple(t.shape)}")
             if P is None:
@@ -106,12 +108,23 @@ def _describe(position: str, module: nn.Module) -> str:
     return f"layer {position} ({type(module).__name__})"
 
 
-def _parse(module: nn.Module, prefix: str = "") -> list[_Layer]:
+def _parse(module: nn.Module, prefix: str = "", seen: dict | None = None) -> list[_Layer]:
+    """Every position of the Sequential, repeats included (named_children() would drop a module object
+    that appears twice, silently bounding a different network)."""
+    seen = {} if seen is None else seen
     out = []
-    for name, m in module.named_children():
+    for name, m in module._modules.items():
+        if m is None:
+            continue
         pos = prefix + name
+        stateful = next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None
+        if stateful and id(m) in seen:
+            raise ValueError(f"{_describe(pos, m)} is the same module object as layer {seen[id(m)]}; a layer used "
+                             "twice shares its parameters, which gls cannot bound per member: give every layer "
+                             "its own module")
+        seen.setdefault(id(m), pos)
         if isinstance(m, nn.Sequential):
-            out += _parse(m, pos + ".")
+            out += _parse(m, pos + ".", seen)
         elif isinstance(m, nn.Identity):
             continue
         elif isinstance(m, nn.ReLU):
@@ -188,19 +201,22 @@ class Network:
         return {n: p.unsqueeze(0) for n, p in model.named_parameters()}
 
     def resolve_params(self, params: dict | None) -> tuple[dict, int]:
-        """(validated params, P); None -> the model's own parameters. NaN -> ValueError."""
+        """(validated params, P); None -> the model's own parameters. NaN or inf -> ValueError."""
         params = self.params() if params is None else params
         P = self.layout.check(params)
-        if params and torch.stack([torch.isnan(t).any() for t in params.values()]).any():  # one sync
-            raise ValueError(f"params contain NaN: {[n for n, t in params.items() if torch.isnan(t).any()]}")
+        if params and not torch.stack([torch.isfinite(t).all() for t in params.values()]).all():  # one sync
+            bad = [n for n, t in params.items() if not torch.isfinite(t).all()]
+            raise ValueError(f"params contain NaN or inf: {bad}")
         return params, P
 
-    def plan(self, params: dict, in_shape, dtype: torch.dtype) -> list[list]:
+    def plan(self, params: dict, in_shape, dtype: torch.dtype, sound: bool = False) -> list[list]:
         """Bind params to the layers for per-sample input shape in_shape.
 
         Returns the affine segments between ReLUs: segs[0] maps the input to the first ReLU's
         pre-activation, segs[-1] the last ReLU's output to the logits (len = number of ReLUs + 1).
-        Buffers (running statistics, Normalize constants) are cast to dtype.
+        Buffers (running statistics, Normalize constants) are cast to dtype. sound: no BatchNorm
+        folding (W s would be rounded; as its own Diag the rounding stays elementwise) and every Diag
+        carries bounds on the rounding of its s and t (Diag.err), for gls.sound.
         """
         buffers = {n: b.to(dtype) for n, b in self.module.named_buffers()}
         shape = tuple(in_shape)
@@ -229,11 +245,11 @@ class Network:
                         raise ValueError(f"{where}: input {shape} is smaller than the kernel")
                     out_shape = (m.out_channels, *hw)
                 nxt = layers[i + 1] if i + 1 < len(layers) else None
-                if nxt is not None and nxt.kind == "batchnorm":
-                    s, t = self._bn_affine(nxt, params, buffers, out_shape)
+                if nxt is not None and nxt.kind == "batchnorm" and not sound:
+                    s, t, _ = self._bn_affine(nxt, params, buffers, out_shape)
                     scale = s.view(s.shape[0], -1, *[1] * (W.dim() - 2))
                     W = W * scale
-                    b = t if b is None else b * s + t
+                    b = (t if b is None else b * s + t).expand(W.shape[0], -1)  # (P, C) even when t is shared
                     i += 1
                 if kind == "linear":
                     op = Dense(W, b)
@@ -242,45 +258,56 @@ class Network:
                 segs[-1].append(op)
                 shape = out_shape
             else:
-                s, t = (self._bn_affine if kind == "batchnorm" else self._normalize_affine)(layer, params, buffers, shape)
+                s, t, t_mag = (self._bn_affine if kind == "batchnorm" else self._normalize_affine)(layer, params, buffers, shape)
                 spread = math.prod(shape[1:])
-                segs[-1].append(Diag(s.repeat_interleave(spread, dim=1), t.repeat_interleave(spread, dim=1)))
+                err = None
+                if sound:  # at most 6 roundings, each of relative size <= u, behind s and behind each term of t
+                    g = _gamma(8, dtype)
+                    err = ((g * s.abs()).repeat_interleave(spread, dim=1), (g * t_mag).repeat_interleave(spread, dim=1))
+                segs[-1].append(Diag(s.repeat_interleave(spread, dim=1), t.repeat_interleave(spread, dim=1), err))
             i += 1
         return segs
 
     @staticmethod
     def _bn_affine(layer: _Layer, params, buffers, shape):
-        """Eval-form BatchNorm as per-channel (s, t), (P|1, C): y = x*s + t."""
+        """Eval-form BatchNorm as per-channel (s, t, |mean s| + |beta|), (P|1, C): y = x*s + t."""
         m, pos = layer.module, layer.position
         ranks = (3,) if isinstance(m, nn.BatchNorm2d) else (1, 2)
         if len(shape) not in ranks or shape[0] != m.num_features:
             raise ValueError(f"{_describe(pos, m)} with {m.num_features} features cannot follow per-sample shape {shape}")
         mean, var = buffers[pos + ".running_mean"], buffers[pos + ".running_var"]
-        s = torch.rsqrt(var + m.eps).unsqueeze(0)
+        if not (torch.isfinite(mean).all() and torch.isfinite(var).all() and (var + m.eps > 0).all()):
+            raise ValueError(f"{_describe(pos, m)}: running statistics must be finite with running_var + eps > 0")
+        s = (1 / torch.sqrt(var + m.eps)).unsqueeze(0)  # IEEE sqrt and division: gls.sound bounds their error
         gamma, beta = params.get(pos + ".weight"), params.get(pos + ".bias")
         if gamma is not None:
             s = s * gamma
         t = -mean * s
+        t_mag = t.abs()
         if beta is not None:
             t = t + beta
-        return s, t
+            t_mag = t_mag + beta.abs()
+        return s, t, t_mag
 
     @staticmethod
     def _normalize_affine(layer: _Layer, params, buffers, shape):
-        """Normalize as per-channel (s, t), (1, C): y = x/std - mean/std."""
+        """Normalize as per-channel (s, t, |t|), (1, C): y = x/std - mean/std."""
         m, pos = layer.module, layer.position
         mean, std = buffers[pos + ".mean"], buffers[pos + ".std"]
         c = shape[0]
         if max(mean.numel(), std.numel()) not in (1, c) or min(mean.numel(), std.numel()) not in (1, c):
             raise ValueError(f"{_describe(pos, m)} has {mean.numel()} means and {std.numel()} stds; per-sample shape "
                              f"{shape} needs 1 or {c}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std != 0).all()):
+            raise ValueError(f"{_describe(pos, m)}: mean and std must be finite with std != 0")
         s = (1 / std).expand(c)
-        return s.unsqueeze(0), (-mean * s).expand(c).unsqueeze(0)
+        t = (-mean * s).expand(c).unsqueeze(0)
+        return s.unsqueeze(0), t, t.abs()
 
     def forward(self, x: torch.Tensor, params: dict | None = None) -> torch.Tensor:
         """Natural logits of every member, (P, B, K), for inputs x (B, ...) shared by the population."""
         params, P = self.resolve_params(params)
-        x = check_input(x, _dtype(params, x))
+        x = check_input(x, param_dtype(params, x))
         segs = self.plan(params, x.shape[1:], x.dtype)
         h = x.reshape(1, x.shape[0], -1)
         for k, seg in enumerate(segs):
@@ -293,7 +320,14 @@ class Network:
     __call__ = forward
 
 
-def _dtype(params: dict, x) -> torch.dtype:
+def _gamma(n: int, dtype: torch.dtype) -> float:
+    """gamma_n = n u / (1 - n u), u the unit roundoff of dtype: the relative error bound of n roundings."""
+    u = torch.finfo(dtype).eps / 2
+    return n * u / (1 - n * u)
+
+
+def param_dtype(params: dict, x) -> torch.dtype:
+    """The dtype a pass runs in: that of the parameters, else x's floating dtype, else torch's default."""
     for t in params.values():
         return t.dtype
     return x.dtype if isinstance(x, torch.Tensor) and x.is_floating_point() else torch.get_default_dtype()
@@ -307,7 +341,11 @@ def check_input(x, dtype: torch.dtype) -> torch.Tensor:
         raise ValueError(f"x must have a batch axis and per-sample features, shape (B, ...), got {tuple(x.shape)}")
     if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int64, torch.int32)):
         raise TypeError(f"x must be a real tensor, got {x.dtype}")
+    if x.device.type == "meta":
+        raise ValueError("x is a meta tensor (no values)")
+    if x.shape[0] == 0:
+        raise ValueError(f"x holds no samples (shape {tuple(x.shape)}); give at least one")
     x = x.to(dtype)
-    if torch.isnan(x).any():
-        raise ValueError("x contains NaN")
+    if not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or inf")
     return x

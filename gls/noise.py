@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from gls import ops
+from gls.meta._noise import check_philox, check_sigma
 
 NORMAL_ATOL = 1e-5  # cross-backend agreement of the float32 normals (absolute; |n| < 6)
 PURPOSE_POPULATION = 0  # purpose word of the PGPE/RGS population noise
@@ -66,6 +67,8 @@ def _dim(d) -> int:
     d = _int(d, "d")
     if d < 1:
         raise ValueError(f"the number of weights d must be >= 1, got {d}")
+    if d >= 1 << 63:
+        raise ValueError(f"the number of weights d must be < 2**63 (the ops take it as an int64), got {d}")
     return d
 
 
@@ -87,8 +90,7 @@ def _sigma(sigma, d: int, like: Tensor) -> Tensor:
     """sigma as a tensor of like's dtype and device: a scalar or (d,); non-negative."""
     s = sigma if isinstance(sigma, Tensor) else torch.tensor(float(sigma))
     s = s.to(dtype=like.dtype, device=like.device)
-    if s.numel() != 1 and tuple(s.shape) != (d,):
-        raise ValueError(f"sigma must be a scalar or have shape (d,) = ({d},), got shape {tuple(s.shape)}")
+    check_sigma(s, d, "noise")
     if not bool((s.detach() >= 0).all()):
         raise ValueError("sigma must be non-negative (and not NaN)")
     return s.reshape(()) if s.numel() == 1 else s
@@ -101,8 +103,7 @@ def philox4x32_10(counter: Tensor, key: Tensor, *, backend: str | None = None) -
     """
     if not isinstance(counter, Tensor) or not isinstance(key, Tensor) or counter.dtype != torch.int64 or key.dtype != torch.int64:
         raise TypeError("philox4x32_10: counter and key must be int64 tensors holding u32 words")
-    if counter.shape[-1:] != (4,) or key.shape[-1:] != (2,):
-        raise ValueError(f"philox4x32_10: counter must be (..., 4) and key (..., 2), got {tuple(counter.shape)} and {tuple(key.shape)}")
+    check_philox(counter, key)
     for name, t in (("counter", counter), ("key", key)):
         if t.numel() and not bool(((t >= 0) & (t < _U32)).all()):
             raise ValueError(f"philox4x32_10: every {name} word must be in [0, 2**32)")

@@ -1,4 +1,4 @@
-"""The one place that picks a backend for each op.
+"""The one place that picks a backend for each op, and the table of ops.
 
 Backends: ``reference`` (plain PyTorch, gls/reference/), ``cpp`` (csrc/cpu via torch.ops.gls),
 ``cuda`` (csrc/cuda via torch.ops.gls) and ``triton`` (gls_kernels/, one module per op).
@@ -10,6 +10,14 @@ Choice, first match wins:
 3. the default: CPU tensors -> ``cpp``; CUDA tensors -> ``cuda``, else ``triton``; else ``reference``.
    (CUDA is preferred over Triton on GPUs because the CUDA kernels fuse the perturbation and the
    epilogue; override per call or with GLS_BACKEND=triton.)
+
+An op is found by its name in every tree (README "Adding an op"; tests/test_layout.py checks it):
+reference ``def <op>`` in the module named in OPS, schema in csrc/ops.cpp, kernels csrc/cpu/<op>.cpp,
+csrc/cuda/<op>.cu and gls_kernels/<op>.py (the ``gls_triton::<op>`` custom op), metadata (input
+check, fake kernel, autograd) in gls/meta/<op>.py, tests/test_<op>.py and bench/test_<op>_bench.py.
+To add one: write those files, add its entry to OPS and a wrapper function below. This module
+registers the metadata: for ``gls::<op>`` at import when gls._C defines it, for ``gls_triton::<op>``
+when it first loads the Triton module, so every backend shares one fake kernel and one backward.
 """
 from __future__ import annotations
 
@@ -20,13 +28,12 @@ from typing import Callable
 
 import torch
 
-from gls import native
+from gls import meta, native
 
 BACKENDS = ("reference", "cpp", "cuda", "triton")
 
-# op name -> (reference module, backends with a kernel besides the reference).
-# Triton kernels live in gls_kernels/<op>.py and export a function named like the op.
-_OPS: dict[str, tuple[str, tuple[str, ...]]] = {
+# The backend table: op name -> (reference module, backends with a kernel besides the reference).
+OPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "relu_relax": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "backsub_linear_relu": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
     "concretize": ("gls.reference.bound_ops", ("cpp", "cuda", "triton")),
@@ -41,11 +48,25 @@ _OPS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 @lru_cache(maxsize=None)
 def _triton_impl(op: str) -> Callable | None:
+    """gls_kernels.<op>.<op> with its metadata registered (and that of the ops its backward calls), or None."""
     try:
         module = importlib.import_module(f"gls_kernels.{op}")
     except ImportError:
         return None
-    return getattr(module, op, None)
+    if any(_triton_impl(dep) is None for dep in meta.needs(op)):
+        return None
+    meta.register(op, "gls_triton")
+    return getattr(module, op)
+
+
+def _register_native() -> None:
+    """Fake kernels and autograd of the gls:: ops that the loaded gls._C defines."""
+    for op in OPS:
+        if native.has_op(op):
+            meta.register(op, "gls")
+
+
+_register_native()
 
 
 def _triton_runs_on(device: torch.device) -> bool:
@@ -54,7 +75,7 @@ def _triton_runs_on(device: torch.device) -> bool:
 
 def _candidate(op: str, backend: str, device: torch.device) -> tuple[Callable | None, str]:
     """The implementation of `op` on `backend` for tensors on `device`, or (None, why not)."""
-    ref_module, kernels = _OPS[op]
+    ref_module, kernels = OPS[op]
     if backend == "reference":
         return getattr(importlib.import_module(ref_module), op), ""
     if backend not in kernels:
@@ -78,7 +99,7 @@ def _candidate(op: str, backend: str, device: torch.device) -> tuple[Callable | 
 
 def resolve(op: str, device: torch.device, backend: str | None = None) -> tuple[str, Callable]:
     """(backend name, implementation) that runs `op` for tensors on `device`; see the module docstring."""
-    if op not in _OPS:
+    if op not in OPS:
         raise KeyError(f"unknown gls op {op!r}")
     if backend is not None:
         if backend not in BACKENDS:

@@ -37,10 +37,11 @@ def _noise_seed(seed: int, step: int) -> int:
     return (int(seed) << 32) | int(step)
 
 
-def _population_noise(d: int, n: int, seed: int, step: int, *, device=None,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The normals (n, d) of members 0..n-1 (PGPE: pair indices) at `step`, materialised — for checks
-    only; the optimisers use the fused ops, which produce the same numbers without storing them."""
+def population_noise(d: int, n: int, seed: int, step: int, *, device=None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The normals (n, d) of members 0..n-1 (PGPE: pair indices) at `step`, materialised: what a step of
+    PGPE or RGS with this `seed` perturbs by, for reproducing or checking it. The optimisers themselves
+    use the fused ops, which produce the same numbers without storing them."""
     return noise.population_normal(n, d, seed=_noise_seed(seed, step), device=device).to(dtype)
 
 

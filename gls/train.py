@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 
 from gls import checkpoint, config, data, distributed, memory, models
-from gls.certify import describe_checkpoint, format_table, load_weights
+from gls.certify import describe_checkpoint, evaluate, format_table
+from gls.models import load_weights
 from gls.checkpoint import CheckpointError
 from gls.config import ConfigError
 from gls.net import Network
@@ -397,7 +398,7 @@ def _run(cfg: dict, resume_payload: dict | None, world: distributed.World) -> in
                                        "the final checkpoint broadcast")
     load_weights(model, final["theta"], final["buffers"])
     t0 = time.perf_counter()
-    result = distributed.evaluate(world, model, test, cfg["eps"], methods=cfg["certify"],
+    result = distributed.evaluate(world, evaluate, model, test, cfg["eps"], methods=cfg["certify"],
                                   batch_size=cfg["eval_batch_size"], pgd_steps=cfg["pgd_steps"],
                                   pgd_restarts=cfg["pgd_restarts"], seed=cfg["seed"], backend=cfg["backend"],
                                   device=device, progress=show, max_memory=budget)

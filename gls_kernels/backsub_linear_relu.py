@@ -7,7 +7,7 @@ goes to memory. The bias row sums are written as one partial per (row, column ti
 second, tiny reduction (torch.sum over the tile axis): deterministic, unlike atomic adds, and the
 partial buffer is only 1/BLOCK_N of lam_next's size. The lam.b term is accumulated along the same
 K loop (lam's tile is already loaded) and added to the column-tile-0 partial.
-Backward is the VJP of the reference.
+Fake kernel and backward (shared with gls::backsub_linear_relu): gls/meta/backsub_linear_relu.py.
 """
 from typing import Optional
 
@@ -15,8 +15,6 @@ import torch
 import triton
 import triton.language as tl
 
-from gls.native.autograd import register_reference_vjp
-from gls.reference import bound_ops as ref
 from gls_kernels import common
 
 
@@ -66,13 +64,13 @@ def _backsub_kernel(
     tl.store(part_ptr + (p * M + rows) * N_TILES + pid_n, partial, mask=m_ok)
 
 
-def _check(lam, W, b, a_l, c_l, a_u, c_u, *, fake=False):
+def _check(lam, W, b, a_l, c_l, a_u, c_u):
     """Validate shapes; returns (P, B, S, N_out, N_in)."""
     op = "backsub_linear_relu"
     lines = {"a_l": a_l, "c_l": c_l, "a_u": a_u, "c_u": c_u}
     common.check_inputs(
         op, {"lam": lam, "W": W, "b": b, **lines},
-        {"lam": 4, "W": 3, "b": 2, "a_l": 3, "c_l": 3, "a_u": 3, "c_u": 3}, fake=fake,
+        {"lam": 4, "W": 3, "b": 2, "a_l": 3, "c_l": 3, "a_u": 3, "c_u": 3},
     )
     P, B, S, n_out = lam.shape
     if W.shape[0] not in (1, P) or W.shape[1] != n_out:
@@ -83,9 +81,10 @@ def _check(lam, W, b, a_l, c_l, a_u, c_u, *, fake=False):
     n_in = W.shape[2]
     if b is not None and (b.shape[0] not in (1, P) or b.shape[1] != n_out):
         raise ValueError(f"gls_triton::{op}: b must have shape (1 or P={P}, N_out={n_out}), got {tuple(b.shape)}")
-    for name, t in lines.items():
-        if tuple(t.shape) != (P, B, n_in):
-            raise ValueError(f"gls_triton::{op}: {name} must have shape (P, B, N_in) = {(P, B, n_in)}, got {tuple(t.shape)}")
+    for name, t in lines.items():  # one population size for the four lines: P, or 1 when shared
+        if tuple(t.shape) != (a_l.shape[0], B, n_in) or a_l.shape[0] not in (1, P):
+            raise ValueError(f"gls_triton::{op}: {name} must have shape (1 or P, B, N_in) = (1 or {P}, {B}, {n_in}) like a_l, "
+                             f"got {tuple(t.shape)}")
     return P, B, S, n_out, n_in
 
 
@@ -94,7 +93,7 @@ def backsub_linear_relu(
     lam: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor],
     a_l: torch.Tensor, c_l: torch.Tensor, a_u: torch.Tensor, c_u: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lam_next (P,B,S,N_in), bias (P,B,S)) from lam (P,B,S,N_out), W (P|1,N_out,N_in), b (P|1,N_out) or None."""
+    """(lam_next (P,B,S,N_in), bias (P,B,S)) from lam (P,B,S,N_out), W (P|1,N_out,N_in), b (P|1,N_out) or None, lines (P|1,B,N_in)."""
     P, B, S, n_out, n_in = _check(lam, W, b, a_l, c_l, a_u, c_u)
     lam, W = lam.contiguous(), W.contiguous()
     b = None if b is None else b.contiguous()
@@ -109,16 +108,7 @@ def backsub_linear_relu(
     grid = (triton.cdiv(M, tiles["BLOCK_M"]), n_tiles, P)
     _backsub_kernel[grid](
         lam, W, W if b is None else b, a_l, c_l, a_u, c_u, out, partial,
-        M, S, n_out, n_in, n_tiles, common.population_stride(W), 0 if b is None else common.population_stride(b), B * n_in,
+        M, S, n_out, n_in, n_tiles, common.population_stride(W), 0 if b is None else common.population_stride(b), common.population_stride(a_l),
         HAS_BIAS=b is not None, PRECISION=common.dot_precision(), **tiles, **common.LAUNCH,
     )
     return out, partial.sum(-1)
-
-
-@backsub_linear_relu.register_fake
-def _(lam, W, b, a_l, c_l, a_u, c_u):
-    P, B, S, _, n_in = _check(lam, W, b, a_l, c_l, a_u, c_u, fake=True)
-    return lam.new_empty((P, B, S, n_in)), lam.new_empty((P, B, S))
-
-
-register_reference_vjp("gls_triton::backsub_linear_relu", ref.backsub_linear_relu, tensor_args=(0, 1, 2, 3, 4, 5, 6))

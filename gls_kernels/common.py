@@ -1,4 +1,5 @@
-"""What the Triton ops share: where they may run, tile sizes, tl.dot precision and input checks.
+"""What the bound ops' kernels share (a helper, not an op): where the Triton kernels may run, tile sizes,
+tl.dot precision, their kernel guard, and the relaxation method codes (imports no triton).
 
 Tile sizes are a fixed choice keyed on the interpreter (no autotuning there: its timings mean
 nothing, and small tiles keep it fast); on a GPU they are sensible defaults for fp32 tiles.
@@ -22,6 +23,19 @@ ROW_REDUCE_TILES = dict(BLOCK_M=32, BLOCK_N=32) if INTERPRET else dict(BLOCK_M=3
 LAUNCH = dict(num_warps=4) if INTERPRET else dict(num_warps=4, num_stages=3)
 
 
+# Relaxation method -> integer code, shared with csrc/include/gls/relax.h: 0, 1 the box, 2, 3 the triangle.
+# The one Python definition: gls.reference.bound_ops and gls/meta/relu_relax.py use it too.
+RELAX_METHODS = {"ibp": 0, "hbox": 1, "crown-ibp": 2, "deeppoly": 3, "crown": 3}
+
+
+def relax_code(method: str) -> int:
+    """Method name -> its code; ValueError naming the known methods otherwise."""
+    try:
+        return RELAX_METHODS[method]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown relaxation method {method!r}; expected one of {sorted(RELAX_METHODS)}") from None
+
+
 def dot_precision() -> str:
     """The tl.dot input precision to launch with (validated, so a typo fails loudly)."""
     if DOT_PRECISION not in DOT_PRECISIONS:
@@ -29,8 +43,8 @@ def dot_precision() -> str:
     return DOT_PRECISION
 
 
-def check_inputs(op: str, tensors: dict, ranks: dict, *, fake: bool = False) -> None:
-    """Dtype, rank and device checks shared by every op (None entries are skipped; the schema checks types).
+def check_inputs(op: str, tensors: dict, ranks: dict) -> None:
+    """Kernel guard shared by the bound ops: dtype, rank and device (None entries are skipped; the schema checks types).
 
     float32 only: the kernels accumulate in fp32 and tl.dot has no fp64 path worth using; float64
     work (e.g. gradcheck) runs on the reference backend.
@@ -50,7 +64,7 @@ def check_inputs(op: str, tensors: dict, ranks: dict, *, fake: bool = False) -> 
             device = t.device
         elif t.device != device:
             raise ValueError(f"gls_triton::{op}: {name} is on {t.device}, expected {device} like the other inputs")
-    if not fake and device is not None and device.type != "cuda" and not INTERPRET:
+    if device is not None and device.type != "cuda" and not INTERPRET:
         raise ValueError(f"gls_triton::{op}: Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got tensors on {device}")
 
 

@@ -2,14 +2,12 @@
 
 Each program reduces BLOCK_M rows of lam (one population member) over N in BLOCK_N chunks,
 lam^+ x_lo + lam^- x_hi with the box row of the row's batch element, and adds the bias. Sums stay
-in registers (no atomics), so results are deterministic. Backward is the VJP of the reference.
+in registers (no atomics), so results are deterministic. Fake kernel and backward: gls/meta/concretize.py.
 """
 import torch
 import triton
 import triton.language as tl
 
-from gls.native.autograd import register_reference_vjp
-from gls.reference import bound_ops as ref
 from gls_kernels import common
 
 
@@ -34,9 +32,9 @@ def _concretize_kernel(lam_ptr, bias_ptr, lo_ptr, hi_ptr, out_ptr, M, S, N, BLOC
     tl.store(out_ptr + p * M + rows, tl.sum(acc, axis=1) + bias, mask=m_ok)
 
 
-def _check(lam, bias, x_lo, x_hi, *, fake=False):
+def _check(lam, bias, x_lo, x_hi):
     op = "concretize"
-    common.check_inputs(op, {"lam": lam, "bias": bias, "x_lo": x_lo, "x_hi": x_hi}, {"lam": 4, "bias": 3, "x_lo": 2, "x_hi": 2}, fake=fake)
+    common.check_inputs(op, {"lam": lam, "bias": bias, "x_lo": x_lo, "x_hi": x_hi}, {"lam": 4, "bias": 3, "x_lo": 2, "x_hi": 2})
     P, B, S, N = lam.shape
     if tuple(bias.shape) != (P, B, S):
         raise ValueError(f"gls_triton::{op}: bias must have shape (P, B, S) = {(P, B, S)}, got {tuple(bias.shape)}")
@@ -58,12 +56,3 @@ def concretize(lam: torch.Tensor, bias: torch.Tensor, x_lo: torch.Tensor, x_hi: 
         grid = (triton.cdiv(M, tiles["BLOCK_M"]), P)
         _concretize_kernel[grid](lam, bias, x_lo, x_hi, out, M, S, N, **tiles, **common.LAUNCH)
     return out
-
-
-@concretize.register_fake
-def _(lam, bias, x_lo, x_hi):
-    P, B, S, _ = _check(lam, bias, x_lo, x_hi, fake=True)
-    return bias.new_empty((P, B, S))
-
-
-register_reference_vjp("gls_triton::concretize", ref.concretize, tensor_args=(0, 1, 2, 3))

@@ -3,7 +3,7 @@
 Each program owns a (BLOCK_M batch rows) x (BLOCK_N outputs) tile for one population member and
 loops over N_in: every W tile is loaded once and feeds both tl.dot(mid, W^T) and tl.dot(rad, |W|^T).
 Population axes of size 1 (mid/rad, W, b) are shared through a zero stride, never materialised.
-Backward is the VJP of the reference.
+Fake kernel and backward: gls/meta/ibp_affine.py.
 """
 from typing import Optional
 
@@ -11,8 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-from gls.native.autograd import register_reference_vjp
-from gls.reference import bound_ops as ref
 from gls_kernels import common
 
 
@@ -50,10 +48,10 @@ def _ibp_affine_kernel(
     tl.store(rad_out_ptr + out, acc_rad, mask=mask)
 
 
-def _check(mid, rad, W, b, *, fake=False):
+def _check(mid, rad, W, b):
     """Validate shapes; returns (P, B, N_out) of both outputs, P broadcast over mid/rad and W."""
     op = "ibp_affine"
-    common.check_inputs(op, {"mid": mid, "rad": rad, "W": W, "b": b}, {"mid": 3, "rad": 3, "W": 3, "b": 2}, fake=fake)
+    common.check_inputs(op, {"mid": mid, "rad": rad, "W": W, "b": b}, {"mid": 3, "rad": 3, "W": 3, "b": 2})
     if mid.shape != rad.shape:
         raise ValueError(f"gls_triton::{op}: mid and rad must have the same shape, got {tuple(mid.shape)} and {tuple(rad.shape)}")
     Px, B, n_in = mid.shape
@@ -62,7 +60,7 @@ def _check(mid, rad, W, b, *, fake=False):
         raise ValueError(f"gls_triton::{op}: W has N_in={w_in} columns but mid/rad have N_in={n_in} features")
     if Px != Pw and 1 not in (Px, Pw):
         raise ValueError(f"gls_triton::{op}: population sizes of mid/rad ({Px}) and W ({Pw}) must match or be 1")
-    P = max(Px, Pw)
+    P = Px if Pw == 1 else Pw  # the joint population size (0 included: an empty population stays empty)
     # b's population may not exceed that of mid/W: the radius output does not depend on b, so a
     # per-member b with everything else shared would give the two outputs different shapes.
     if b is not None and (b.shape[0] not in (1, P) or b.shape[1] != n_out):
@@ -87,12 +85,3 @@ def ibp_affine(mid: torch.Tensor, rad: torch.Tensor, W: torch.Tensor, b: Optiona
             HAS_BIAS=b is not None, PRECISION=common.dot_precision(), **tiles, **common.LAUNCH,
         )
     return mid_out, rad_out
-
-
-@ibp_affine.register_fake
-def _(mid, rad, W, b):
-    P, B, n_out = _check(mid, rad, W, b, fake=True)
-    return mid.new_empty((P, B, n_out)), mid.new_empty((P, B, n_out))
-
-
-register_reference_vjp("gls_triton::ibp_affine", ref.ibp_affine, tensor_args=(0, 1, 2, 3))

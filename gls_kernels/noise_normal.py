@@ -2,10 +2,12 @@
 import torch
 from torch import Tensor
 
-from gls_kernels.noise_perturb import check_members, population
+from gls_kernels._noise import check_members, rows
+from gls_kernels.noise_perturb import population
 
 
 def _check(members: Tensor, d: int) -> None:
+    """Kernel guard."""
     check_members(members, "noise_normal")
     if d < 1:
         raise ValueError(f"noise_normal: the number of elements d must be >= 1, got {d}")
@@ -15,11 +17,6 @@ def _check(members: Tensor, d: int) -> None:
 def noise_normal(members: Tensor, d: int, seed: int, purpose: int, antithetic: bool) -> Tensor:
     """Rows +eps of members (then -eps of the same members with antithetic); see gls.reference.noise."""
     _check(members, d)
-    out = torch.empty((members.shape[0] * (2 if antithetic else 1), d), dtype=torch.float32, device=members.device)
+    out = torch.empty((rows(members, antithetic), d), dtype=torch.float32, device=members.device)
     return population(None, None, members, d, seed, purpose, antithetic, out)
 
-
-@noise_normal.register_fake
-def _(members, d, seed, purpose, antithetic):
-    _check(members, d)
-    return members.new_empty((members.shape[0] * (2 if antithetic else 1), d), dtype=torch.float32)

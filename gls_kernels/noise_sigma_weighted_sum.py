@@ -1,11 +1,10 @@
 """Triton op gls_triton::noise_sigma_weighted_sum: sum_p w_p * sigma * (eps_p^2 - 1), the PGPE stdev reduction.
 
-Kernel in noise_weighted_sum.py (SIGMA_TERM on).
+Kernel in noise_weighted_sum.py (SIGMA_TERM on); fake kernel and backward: gls/meta/noise_sigma_weighted_sum.py.
 """
 import torch
 from torch import Tensor
 
-from gls.native.autograd import register_reference_vjp
 from gls_kernels.noise_weighted_sum import check, weighted_sum
 
 
@@ -15,17 +14,3 @@ def noise_sigma_weighted_sum(weights: Tensor, sigma: Tensor, members: Tensor, d:
     check(weights, sigma, members, d, antithetic, "noise_sigma_weighted_sum")
     return weighted_sum(weights, sigma, members, d, seed, purpose, antithetic, sigma_term=True)
 
-
-@noise_sigma_weighted_sum.register_fake
-def _(weights, sigma, members, d, seed, purpose, antithetic):
-    check(weights, sigma, members, d, antithetic, "noise_sigma_weighted_sum")
-    return weights.new_empty((d,))
-
-
-def _reference(*args):
-    from gls.reference.noise import noise_sigma_weighted_sum as ref
-
-    return ref(*args)
-
-
-register_reference_vjp("gls_triton::noise_sigma_weighted_sum", _reference, tensor_args=(0, 1))

@@ -3,16 +3,15 @@
 Each program owns BLOCKS Philox blocks (4 * BLOCKS consecutive elements) and loops over the members in
 order (each stream generated once per antithetic pair), so memory is O(d) and the sum order is fixed. The kernel also serves
 gls_triton::noise_sigma_weighted_sum (SIGMA_TERM: eps^2 - 1 in place of eps). Weights are (P,) or
-(P, d) (elementwise, as in the sigma-gradient of noise_perturb).
+(P, d) (elementwise, as in the sigma-gradient of noise_perturb). Fake kernel and backward:
+gls/meta/noise_weighted_sum.py.
 """
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from gls.native.autograd import register_reference_vjp
-from gls_kernels._philox import BLOCKS, PRECISE, lanes_2d, normal4, seed_words
-from gls_kernels.noise_perturb import check_members, check_sigma
+from gls_kernels._noise import BLOCKS, PRECISE, check_members, check_sigma, lanes_2d, normal4, rows, seed_words
 
 
 @triton.jit
@@ -49,12 +48,13 @@ def _weighted_sum_kernel(w_ptr, sigma_ptr, sigma_stride, members_ptr, n_members,
 
 
 def check(weights: Tensor, sigma: Tensor, members: Tensor, d: int, antithetic: bool, op: str) -> None:
+    """Kernel guard of this op and of noise_sigma_weighted_sum."""
     check_members(members, op)
     if d < 1:
         raise ValueError(f"{op}: the number of elements d must be >= 1, got {d}")
-    rows = members.shape[0] * (2 if antithetic else 1)
-    if weights.dim() not in (1, 2) or weights.shape[0] != rows or (weights.dim() == 2 and weights.shape[1] != d):
-        raise ValueError(f"{op}: weights must be (P,) or (P, d) with P = {rows} population rows and d = {d}, got {tuple(weights.shape)}")
+    n_rows = rows(members, antithetic)
+    if weights.dim() not in (1, 2) or weights.shape[0] != n_rows or (weights.dim() == 2 and weights.shape[1] != d):
+        raise ValueError(f"{op}: weights must be (P,) or (P, d) with P = {n_rows} population rows and d = {d}, got {tuple(weights.shape)}")
     check_sigma(sigma, d, weights, op)
 
 
@@ -74,17 +74,3 @@ def noise_weighted_sum(weights: Tensor, sigma: Tensor, members: Tensor, d: int, 
     check(weights, sigma, members, d, antithetic, "noise_weighted_sum")
     return weighted_sum(weights, sigma, members, d, seed, purpose, antithetic, sigma_term=False)
 
-
-@noise_weighted_sum.register_fake
-def _(weights, sigma, members, d, seed, purpose, antithetic):
-    check(weights, sigma, members, d, antithetic, "noise_weighted_sum")
-    return weights.new_empty((d,))
-
-
-def _reference(*args):
-    from gls.reference.noise import noise_weighted_sum as ref
-
-    return ref(*args)
-
-
-register_reference_vjp("gls_triton::noise_weighted_sum", _reference, tensor_args=(0, 1))

@@ -1,10 +1,13 @@
-"""Triton op gls_triton::philox4x32_10: the raw Philox4x32-10 block function on int64-held u32 words."""
+"""Triton op gls_triton::philox4x32_10: the raw Philox4x32-10 block function on int64-held u32 words.
+
+Fake kernel: gls/meta/philox4x32_10.py.
+"""
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from gls_kernels._philox import BLOCKS, philox4x32_10 as _philox
+from gls_kernels._noise import BLOCKS, philox4x32_10 as _philox
 
 
 @triton.jit
@@ -25,6 +28,7 @@ def _philox_kernel(c_ptr, k_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 
 def _check(counter: Tensor, key: Tensor) -> None:
+    """Kernel guard."""
     if counter.dim() < 1 or counter.shape[-1] != 4 or key.shape[-1:] != (2,) or key.shape[:-1] != counter.shape[:-1]:
         raise ValueError(f"philox4x32_10: counter must be (..., 4) and key (..., 2) with the same leading shape, got {tuple(counter.shape)} and {tuple(key.shape)}")
     if counter.dtype != torch.int64 or key.dtype != torch.int64:
@@ -42,8 +46,3 @@ def philox4x32_10(counter: Tensor, key: Tensor) -> Tensor:
         _philox_kernel[(triton.cdiv(n, 4 * BLOCKS),)](c, k, out, n, BLOCK=4 * BLOCKS)
     return out
 
-
-@philox4x32_10.register_fake
-def _(counter, key):
-    _check(counter, key)
-    return torch.empty_like(counter)

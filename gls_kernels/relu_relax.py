@@ -1,14 +1,12 @@
 """relu_relax in Triton: the ReLU relaxation lines from pre-activation bounds, one elementwise pass.
 
 Same maths as gls.reference.bound_ops.relu_relax (the slope is divided with round-to-nearest so it
-matches the reference bit for bit); backward is the VJP of the reference.
+matches the reference bit for bit). Fake kernel and backward: gls/meta/relu_relax.py.
 """
 import torch
 import triton
 import triton.language as tl
 
-from gls.native.autograd import register_reference_vjp
-from gls.reference import bound_ops as ref
 from gls_kernels import common
 
 
@@ -26,7 +24,8 @@ def _relu_relax_kernel(l_ptr, u_ptr, al_ptr, cl_ptr, au_ptr, cu_ptr, n, TRIANGLE
         slope = tl.math.div_rn(u, tl.where(unstable, u - l, 1.0))
         a_l = tl.where(unstable, (u > -l).to(tl.float32), act)
         a_u = tl.where(unstable, slope, act)
-        c_u = tl.where(unstable, -l * slope, zero)
+        c1, c2 = -l * slope, u * (1.0 - slope)  # see the reference: the larger of two equal numbers
+        c_u = tl.where(unstable, tl.where(c1 >= c2, c1, c2), zero)
     else:  # ibp / hbox: the box 0 <= y <= u
         a_l = act
         a_u = act
@@ -37,31 +36,23 @@ def _relu_relax_kernel(l_ptr, u_ptr, al_ptr, cl_ptr, au_ptr, cu_ptr, n, TRIANGLE
     tl.store(cu_ptr + offs, c_u, mask=mask)
 
 
-def _check(l, u, method, *, fake=False):
-    code = ref.relax_code(method)  # ValueError on an unknown method
-    common.check_inputs("relu_relax", {"l": l, "u": u}, {}, fake=fake)
+def _check(l, u, method):
+    """Kernel guard; returns whether the method uses the triangle (codes 2, 3) rather than the box."""
+    code = common.relax_code(method)  # ValueError on an unknown method
+    common.check_inputs("relu_relax", {"l": l, "u": u}, {})
     if l.shape != u.shape:
         raise ValueError(f"gls_triton::relu_relax: l and u must have the same shape, got {tuple(l.shape)} and {tuple(u.shape)}")
-    return code
+    return code >= 2
 
 
 @torch.library.custom_op("gls_triton::relu_relax", mutates_args=())
 def relu_relax(l: torch.Tensor, u: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lines a_l*z + c_l <= relu(z) <= a_u*z + c_u for l <= z <= u, any shape; float32."""
-    code = _check(l, u, method)
+    triangle = _check(l, u, method)
     l, u = l.contiguous(), u.contiguous()
     out = [torch.empty_like(l, memory_format=torch.contiguous_format) for _ in range(4)]
     n = l.numel()
     if n:
         block = common.ELEMENTWISE_BLOCK
-        _relu_relax_kernel[(triton.cdiv(n, block),)](l, u, *out, n, TRIANGLE=code >= 2, BLOCK=block, **common.LAUNCH)
+        _relu_relax_kernel[(triton.cdiv(n, block),)](l, u, *out, n, TRIANGLE=triangle, BLOCK=block, **common.LAUNCH)
     return tuple(out)
-
-
-@relu_relax.register_fake
-def _(l, u, method):
-    _check(l, u, method, fake=True)
-    return tuple(torch.empty_like(l, memory_format=torch.contiguous_format) for _ in range(4))
-
-
-register_reference_vjp("gls_triton::relu_relax", ref.relu_relax, tensor_args=(0, 1))

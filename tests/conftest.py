@@ -1,8 +1,16 @@
-"""Test set-up: Triton's interpreter on machines without a GPU, and the `cuda` marker.
+"""Test set-up: Triton's interpreter on machines without a GPU, the `cuda` marker, the `slow` marker
+(larger runs, skipped unless selected with `-m slow`), and the `backend` fixture that runs an op's
+tests on every backend.
 
 TRITON_INTERPRET must be set before triton is first imported, so it is set here, at collection.
+
+tests/test_<op>.py names its op in a module constant OP; every test that takes `backend` then runs once
+per backend of gls.ops that implements OP here (cpp and cuda when gls._C has the kernel, triton when
+triton imports; CUDA ones marked `cuda`), and also on the reference when marked `with_reference`.
 """
+import importlib.util
 import os
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -10,9 +18,70 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend of one op: `backend(*args)` calls gls.ops.<op>(*args, backend=name)."""
+
+    op: str
+    name: str  # gls.ops backend: reference, cpp, cuda or triton
+    device: str  # where its tensors live
+    float32_only: bool = False  # the Triton bound kernels run in float32 only
+
+    def __call__(self, *args):
+        from gls import ops
+
+        return getattr(ops, self.op)(*args, backend=self.name)
+
+    @property
+    def compiled(self) -> bool:
+        return self.name in ("cpp", "cuda")
+
+    def torch_op(self):
+        """The torch op behind this backend (torch.ops.gls.<op> or torch.ops.gls_triton.<op>), registered."""
+        from gls import ops
+
+        ops.resolve(self.op, torch.device(self.device), self.name)
+        return getattr(torch.ops.gls_triton if self.name == "triton" else torch.ops.gls, self.op)
+
+    def require(self, dtype: torch.dtype) -> None:
+        """Skip unless this backend runs `dtype`."""
+        if self.float32_only and dtype != torch.float32:
+            pytest.skip(f"the {self.name} kernel of {self.op} runs in float32 only")
+
+
+def backend_params(op: str, *, reference: bool = False, float32_only_triton: bool = False) -> list:
+    """pytest params of every Backend that runs `op` here."""
+    from gls import native
+
+    out = [pytest.param(Backend(op, "reference", "cpu"), id="reference")] if reference else []
+    if native.has_kernel(op, "CPU"):
+        out.append(pytest.param(Backend(op, "cpp", "cpu"), id="cpp"))
+    if native.has_kernel(op, "CUDA"):
+        out.append(pytest.param(Backend(op, "cuda", "cuda"), id="cuda", marks=pytest.mark.cuda))
+    if HAS_TRITON:
+        device = "cuda" if HAS_CUDA else "cpu"  # the interpreter on a CPU
+        marks = [pytest.mark.cuda] if HAS_CUDA else []
+        out.append(pytest.param(Backend(op, "triton", device, float32_only_triton), id="triton", marks=marks))
+    return out
+
+
+def pytest_generate_tests(metafunc):
+    op = getattr(metafunc.module, "OP", None)  # only op test modules: others may parametrize a `backend` of their own
+    if op is not None and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", backend_params(
+            op, reference=metafunc.definition.get_closest_marker("with_reference") is not None,
+            float32_only_triton=getattr(metafunc.module, "TRITON_FLOAT32_ONLY", False)))
 
 
 def pytest_collection_modifyitems(config, items):
+    if "slow" not in (config.getoption("-m") or ""):
+        larger = pytest.mark.skip(reason="a larger run: select it with -m slow")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(larger)
     if HAS_CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

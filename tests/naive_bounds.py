@@ -4,7 +4,8 @@ Independent of gls.net/gls.bounds: every affine module is turned into an explici
 probing the torch module itself with basis vectors (float64), and the bounds are computed with
 explicit loops over layers, samples and members. Definitions (docs/design.md §3 and the gls.bounds
 docstring): BatchNorm directly after a Linear/Conv2d is merged into it; IBP elides C into the last
-affine layer; hbox/deeppoly intermediate bounds back-substitute every neuron and intersect with IBP.
+affine layer; hbox/deeppoly intermediate bounds back-substitute every neuron and intersect with IBP;
+every intermediate bound is pushed out by gls's rounding margin (8 eps of its magnitude).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import nn
 
 
 def _leaves(module):
-    for m in module.children():
+    for m in module._modules.values():  # repeats included (children() drops a module used twice)
         if isinstance(m, nn.Sequential):
             yield from _leaves(m)
         elif not isinstance(m, nn.Identity):
@@ -94,8 +95,14 @@ def _backsub(A, layers, stop, lines, lo, hi):
     return A.clamp(min=0) @ lo + A.clamp(max=0) @ hi + const
 
 
-def bound_one(layers, C, lo, hi, method):
-    """Lower bounds of C z over [lo, hi] (flat float64 vectors) for one sample and one member."""
+def margin(scale):
+    """The outward rounding margin gls puts on intermediate bounds: 8 eps(float64) of their magnitude."""
+    return scale * (8 * torch.finfo(torch.float64).eps)
+
+
+def bound_one(layers, C, lo, hi, method, intersect=True):
+    """Lower bounds of C z over [lo, hi] (flat float64 vectors) for one sample and one member; without
+    `intersect`, hbox/deeppoly use the back-substituted intermediate bounds alone (plain CROWN)."""
     l, u = lo.clone(), hi.clone()
     lines = {}
     last = max(k for k, layer in enumerate(layers) if layer[0] == "affine")
@@ -106,12 +113,14 @@ def bound_one(layers, C, lo, hi, method):
         if layer[0] == "affine":
             l, u = _box_affine(layer[1], layer[2], l, u)
             continue
+        d = margin(torch.maximum(l.abs(), u.abs()))  # gls's rounding margin on every intermediate bound
+        l, u = l - d, u + d
         if method in ("hbox", "deeppoly"):  # every neuron, then intersect with IBP
             n = len(l)
             eye = torch.eye(n, dtype=torch.float64)
-            bl = _backsub(eye, layers, k, lines, lo, hi)
-            bu = -_backsub(-eye, layers, k, lines, lo, hi)
-            l_ref, u_ref = torch.maximum(l, bl), torch.minimum(u, bu)
+            bl = _backsub(eye, layers, k, lines, lo, hi) - d
+            bu = -_backsub(-eye, layers, k, lines, lo, hi) + d
+            l_ref, u_ref = (torch.maximum(l, bl), torch.minimum(u, bu)) if intersect else (bl, bu)
         else:
             l_ref, u_ref = l, u
         lines[k] = relax(l_ref, u_ref, method)
@@ -119,7 +128,7 @@ def bound_one(layers, C, lo, hi, method):
     return _backsub(C, layers, len(layers), lines, lo, hi)
 
 
-def naive_bounds(model, members: list[dict], x, eps, C, method, domain=(0.0, 1.0)):
+def naive_bounds(model, members: list[dict], x, eps, C, method, domain=(0.0, 1.0), intersect=True):
     """Lower bounds (P, B, S) by loops over members and samples; eps a float."""
     method = "deeppoly" if method == "crown" else method
     x = x.double()
@@ -130,5 +139,5 @@ def naive_bounds(model, members: list[dict], x, eps, C, method, domain=(0.0, 1.0
             lo, hi = x[i].reshape(-1) - eps, x[i].reshape(-1) + eps
             if domain is not None:
                 lo, hi = lo.clamp(min=domain[0]), hi.clamp(max=domain[1])
-            out[p, i] = bound_one(layers, C[i].double(), lo, hi, method)
+            out[p, i] = bound_one(layers, C[i].double(), lo, hi, method, intersect)
     return out

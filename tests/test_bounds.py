@@ -62,6 +62,63 @@ def test_matches_naive_oracle(net, method):
     torch.testing.assert_close(got.upper, want_hi, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("method", ["hbox", "deeppoly"])
+def test_without_ibp_intersection_matches_the_naive_oracle(net, method):
+    """intersect_ibp=False: plain back-substituted bounds (CROWN for deeppoly), as the oracle computes them."""
+    model, shape = build(net)
+    model = model.double()
+    params = _stacked(population(model, 2), torch.float64)
+    x = _inputs(shape, B=2).double()
+    eps = EPS.get(net, 0.1)
+    C = torch.randn(2, 4, 3 if net != "mlp_image" else 4, dtype=torch.float64)
+    got = gls.compute_bounds(model, x, eps, method=method, spec=C, params=params, intersect_ibp=False)
+    want = naive_bounds(model, _members(params), x, eps, C, method, intersect=False)
+    torch.testing.assert_close(got.lower, want, rtol=1e-5, atol=1e-7)
+
+
+def _differs_from_plain_crown():
+    """A net where intersecting with IBP flips a lower slope: deeppoly != plain CROWN (searched once)."""
+    for seed in range(200):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(),
+                              nn.Linear(6, 2)).double()
+        x = torch.rand(1, 3, dtype=torch.float64)
+        C = torch.tensor([[[1.0, -1.0]]], dtype=torch.float64)
+        a = naive_bounds(model, [dict(model.named_parameters())], x, 0.3, C, "deeppoly")
+        b = naive_bounds(model, [dict(model.named_parameters())], x, 0.3, C, "deeppoly", intersect=False)
+        if (a - b).abs().max() > 1e-6:
+            return model, x, C, b
+    raise AssertionError("no net found")
+
+
+def test_plain_crown_differs_from_the_intersected_default_where_the_slope_flips():
+    model, x, C, crown = _differs_from_plain_crown()
+    got = gls.compute_bounds(model, x, 0.3, method="crown", spec=C, intersect_ibp=False).lower
+    torch.testing.assert_close(got, crown, rtol=1e-7, atol=1e-9)
+    assert (gls.compute_bounds(model, x, 0.3, method="crown", spec=C).lower - crown).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("sound", [False, True])
+def test_float32_cancellation_cannot_make_a_relu_stable(method, sound):
+    """x in [0, 1], h = relu(1e8 x), out = relu(h) - relu(h - 1): true range [0, 1]. In float32 IBP's
+    mid - rad of h - 1 rounds to exactly 0, which made the neuron stable and the bounds [1, 1]."""
+    model = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        for m, w, b in ((model[0], [[1e8]], [0.0]), (model[2], [[1.0], [1.0]], [0.0, -1.0]), (model[4], [[1.0, -1.0]], [0.0])):
+            m.weight.copy_(torch.tensor(w))
+            m.bias.copy_(torch.tensor(b))
+    x = torch.tensor([[0.5]])
+    b = gls.compute_bounds(model, x, 0.5, method=method, bound="both", sound=sound)
+    assert b.lower.dtype == torch.float32
+    assert b.lower.item() <= 0.0 and b.upper.item() >= 1.0, (b.lower.item(), b.upper.item())
+    assert -1.01e8 < b.lower.item() and b.upper.item() < 1.01e8  # sound, and no looser than plain IBP
+    pts = torch.linspace(0, 1, 10001).unsqueeze(1).double()
+    vals = model.double()(pts)
+    assert vals.min() >= b.lower.item() and vals.max() <= b.upper.item()
+
+
 def _region_points(lo, hi, n=10_000, gen=None):
     """All corners of a box of dimension <= 13, else 4,000 random corners; interior points up to n."""
     d = lo.numel()
@@ -135,8 +192,8 @@ def test_exact_without_relu(net, method):
 def test_exact_when_ibp_leaves_no_relu_unstable(net):
     model, shape = build(net)
     model = model.double()
-    x = _inputs(shape, B=2).double()
-    eps = 1e-4
+    x = _inputs(shape, B=2).double().clamp(0.05, 0.95)  # off the domain's edge: a bias-free neuron fed by
+    eps = 1e-4  # a pixel region [0, eps] has l = 0 exactly, which the rounding margin keeps unstable
     netw = gls.Network.from_module(model)
     params, P = netw.resolve_params(None)
     x_lo, x_hi = gls.bounds.input_region(x, eps, (0.0, 1.0))
@@ -304,7 +361,7 @@ def test_errors_name_the_problem():
         gls.compute_bounds(model, torch.full_like(x, float("nan")), 0.1, method="ibp")
     bad = _stacked(population(model, 1))
     bad["3.bias"][0, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"params contain NaN: \['3.bias'\]"):
+    with pytest.raises(ValueError, match=r"params contain NaN or inf: \['3.bias'\]"):
         gls.compute_bounds(model, x, 0.1, method="ibp", params=bad)
     with pytest.raises(ValueError, match=r"spec must have shape \(B, S, K\)"):
         gls.compute_bounds(model, x, 0.1, method="ibp", spec=torch.randn(3, 2, 4))
@@ -318,3 +375,109 @@ def test_errors_name_the_problem():
         gls.compute_bounds(model, x, 0.1, method="ibp", bound="upper")
     with pytest.raises(ValueError, match="outside the domain"):
         gls.compute_bounds(model, x + 2, 0.1, method="ibp")
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64])
+def test_integer_labels_of_any_width_give_the_same_margins(dtype):
+    """uint8 labels used to index as a boolean mask (wrong margins when B equals the number of classes)."""
+    model, shape = build("mlp")
+    x = _inputs(shape)
+    labels = torch.tensor([2, 0, 1])  # B = K = 3
+    want = gls.compute_bounds(model, x, 0.05, method="crown-ibp", labels=labels).lower
+    got = gls.compute_bounds(model, x, 0.05, method="crown-ibp", labels=labels.to(dtype)).lower
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(gls.margin_spec(labels.to(dtype), 3), gls.margin_spec(labels, 3))
+
+
+def test_bias_free_conv_before_affine_free_batchnorm_takes_a_population():
+    """Conv2d(bias=False) + BatchNorm2d(affine=False): the folded bias is shared (1, C); P > 1 crashed."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.BatchNorm2d(2, affine=False), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8, 3)).eval()
+    shape = (1, 4, 4)
+    members = population(model, 3)
+    x = _inputs(shape)
+    for method in METHODS:
+        got = gls.compute_bounds(model, x, 0.05, method=method, labels=torch.tensor([0, 1, 2]), params=_stacked(members))
+        for p, member in enumerate(members):
+            one = gls.compute_bounds(member, x, 0.05, method=method, labels=torch.tensor([0, 1, 2]))
+            torch.testing.assert_close(got.lower[p], one.lower[0], rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_inputs_are_refused():
+    model, shape = build("mlp")
+    x = _inputs(shape)
+    bad = _stacked(population(model, 1))
+    bad["1.weight"][0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"params contain NaN or inf: \['1.weight'\]"):
+        gls.compute_bounds(model, x, 0.1, method="ibp", params=bad)
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        gls.compute_bounds(model, torch.full_like(x, float("inf")), 0.1, method="ibp", domain=None)
+    with pytest.raises(ValueError, match="unbounded"):
+        gls.compute_bounds(model, x, float("inf"), method="ibp", domain=None)
+    with pytest.raises(ValueError, match="unbounded"):
+        gls.compute_bounds(model, x, torch.tensor([0.1, float("inf"), 0.1]), method="deeppoly", domain=None)
+    finite = gls.compute_bounds(model, x, float("inf"), method="ibp", bound="both")  # the whole domain
+    assert torch.isfinite(finite.lower).all() and torch.isfinite(finite.upper).all()
+    spec = torch.randn(3, 2, 3)
+    spec[1, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="spec contains NaN or inf"):
+        gls.compute_bounds(model, x, 0.1, method="ibp", spec=spec)
+    model[4].running_var[0] = -1.0
+    with pytest.raises(ValueError, match=r"layer 4 \(BatchNorm1d\): running statistics must be finite"):
+        gls.compute_bounds(model, x, 0.1, method="ibp")
+
+
+def test_obscure_inputs_get_clear_errors():
+    model, shape = build("mlp")
+    x = _inputs(shape)
+    with pytest.raises(ValueError, match="holds no samples"):
+        gls.compute_bounds(model, x[:0], 0.1, method="deeppoly", labels=torch.zeros(0, dtype=torch.long))
+    with pytest.raises(TypeError, match="labels must be a 1-D integer tensor"):
+        gls.compute_bounds(model, x, 0.1, method="ibp", labels=torch.tensor([True, False, True]))
+    with pytest.raises(ValueError, match="meta tensor"):
+        gls.compute_bounds(model, x.to("meta"), 0.1, method="ibp")
+    with pytest.raises(ValueError, match="meta tensor"):
+        gls.compute_bounds(model.to("meta"), x, 0.1, method="ibp")
+    model, _ = build("mlp")
+    for domain in (1.0, (0.0, 0.5, 1.0), ("a", "b")):
+        with pytest.raises(TypeError, match="domain must be None or a pair"):
+            gls.compute_bounds(model, x, 0.1, method="ibp", domain=domain)
+    with pytest.raises(TypeError, match="method must be one string"):
+        gls.compute_bounds(model, x, 0.1, method=["ibp"])
+    with pytest.raises(TypeError, match="float32 or float64"):
+        gls.compute_bounds(model.half(), x, 0.1, method="ibp")
+
+
+@pytest.mark.parametrize("net", NETS + ["linear", "conv_linear"])
+@pytest.mark.parametrize("method", METHODS)
+def test_sound_mode_encloses_the_float64_bounds_tightly(net, method):
+    """sound=True (float32 in, float32 out): below the float64 lower bound (above the upper) of the same
+    method, and within float32 rounding of it; members independent of member_chunk."""
+    model, shape = build(net)
+    params = _stacked(population(model, 3))
+    x = _inputs(shape)
+    eps = EPS.get(net, 0.1)
+    C = torch.randn(3, 2, 4 if net == "mlp_image" else 3)
+    for intersect in ((True, False) if method in ("hbox", "deeppoly") else (True,)):
+        kw = dict(method=method, bound="both", intersect_ibp=intersect)
+        s = gls.compute_bounds(model, x, eps, spec=C, params=params, sound=True, **kw)
+        assert s.lower.dtype == torch.float32 and not s.lower.requires_grad
+        ref = gls.compute_bounds(model.double(), x.double(), eps, spec=C.double(),
+                                 params={n: t.double() for n, t in params.items()}, **kw)
+        model.float()
+        scale = ref.upper.abs().max() + ref.lower.abs().max()
+        assert (s.lower.double() <= ref.lower).all() and (s.upper.double() >= ref.upper).all()
+        assert (ref.lower - s.lower.double()).max() < 1e-5 * scale
+        assert (s.upper.double() - ref.upper).max() < 1e-5 * scale
+        chunked = gls.compute_bounds(model, x, eps, spec=C, params=params, sound=True, member_chunk=2, **kw)
+        torch.testing.assert_close(chunked.lower, s.lower, rtol=0, atol=0)
+
+
+def test_sound_mode_at_eps_zero_brackets_the_forward_pass():
+    model, shape = build("cnn")
+    x = _inputs(shape)
+    want = model.double()(x.double())
+    for method in METHODS:
+        b = gls.compute_bounds(model.float(), x, 0.0, method=method, bound="both", sound=True)
+        assert (b.lower[0].double() <= want).all() and (b.upper[0].double() >= want).all()
+        assert (b.upper - b.lower).max() < 1e-5

@@ -78,3 +78,38 @@ def test_certify_cli(tmp_path, capsys):
     assert err.startswith("gls.certify: error: no checkpoint") and "\n" not in err
     assert certify.main([str(tmp_path), "--methods", "zonotope"]) == 2
     assert "unknown relaxation" in capsys.readouterr().err
+
+
+def test_certify_table_says_which_mode_and_sound_is_the_default(tmp_path, capsys):
+    _tiny_checkpoint(tmp_path)
+    assert certify.main([str(tmp_path), "--subset", "4", "--pgd-steps", "1", "--methods", "ibp"]) == 0
+    assert "sound bounds" in capsys.readouterr().out
+    assert certify.main([str(tmp_path), "--subset", "4", "--pgd-steps", "1", "--methods", "ibp", "--no-sound"]) == 0
+    assert "float32 bounds" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--subset", "-5"], "--subset must be a positive number"),
+    (["--subset", "0"], "--subset must be a positive number"),
+    (["--methods", ","], "--methods names no relaxation"),
+    (["--data-dir", "{tmp}/nowhere"], "does not exist"),
+    (["--data-dir", "{tmp}/last.pt"], "is not a directory"),
+    (["--json", "{tmp}/nodir/r.json"], "is not a writable directory"),
+    (["--json", "{tmp}/last.pt/r.json"], "is not a writable directory"),
+    (["--subs", "3"], "unrecognized arguments"),
+    (["--which", "best"], "cannot read checkpoint"),
+] + ([(["--device", "cuda"], "no CUDA device")] if not torch.cuda.is_available() else []))
+def test_certify_cli_errors_are_one_line(tmp_path, capsys, argv, message):
+    _tiny_checkpoint(tmp_path)
+    if "best" in argv:  # a corrupt best.pt is an error, not a silent fallback to last.pt
+        (tmp_path / checkpoint.BEST).write_bytes(b"corrupt")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = certify.main([str(tmp_path), "--which", "last", "--pgd-steps", "1", "--methods", "ibp", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err and "Traceback" not in err, err
+
+
+def test_certify_says_when_it_uses_last_pt(tmp_path, capsys):
+    _tiny_checkpoint(tmp_path)
+    assert certify.main([str(tmp_path), "--subset", "2", "--pgd-steps", "1", "--methods", "ibp"]) == 0
+    assert "no best.pt; using last.pt" in capsys.readouterr().err

@@ -107,5 +107,30 @@ def test_errors_on_shapes_and_params():
         net.forward(torch.rand(2, 4), two)
     with pytest.raises(ValueError, match=r"theta must have shape \(P, \d+\)"):
         net.layout.unflatten(torch.zeros(3))
-    with pytest.raises(TypeError, match="floating"):
+    with pytest.raises(TypeError, match="float32 or float64"):
         net.forward(torch.rand(2, 4), {n: t.long() for n, t in params.items()})
+
+
+def test_a_module_used_twice_is_bounded_at_every_position():
+    """nn.Sequential(l1, act, l2, act, l3): named_children() drops the second act; the IR must not."""
+    torch.manual_seed(1)
+    act = nn.ReLU()
+    l1, l2, l3 = nn.Linear(3, 5), nn.Linear(5, 4), nn.Linear(4, 2)
+    shared = nn.Sequential(l1, act, l2, act, l3)
+    separate = nn.Sequential(l1, nn.ReLU(), l2, nn.ReLU(), l3)
+    assert gls.Network.from_module(shared).num_relus == 2
+    x = torch.randn(6, 3)
+    torch.testing.assert_close(gls.Network.from_module(shared)(x)[0], separate(x))
+    for method in ("ibp", "hbox", "crown-ibp", "deeppoly"):
+        got = gls.compute_bounds(shared, x, 0.0, method=method, domain=None).lower[0]
+        torch.testing.assert_close(got, separate(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reuse", ["linear", "batchnorm"])
+def test_a_stateful_module_used_twice_is_refused(reuse):
+    lin, bn = nn.Linear(4, 4), nn.BatchNorm1d(4).eval()
+    mod = lin if reuse == "linear" else bn
+    model = nn.Sequential(nn.Linear(4, 4), mod, nn.ReLU(), mod, nn.Linear(4, 2)) if reuse == "batchnorm" else \
+        nn.Sequential(lin, nn.ReLU(), lin, nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="same module object as layer"):
+        gls.Network.from_module(model)

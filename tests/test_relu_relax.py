@@ -1,10 +1,12 @@
-"""relu_relax: every backend against the reference, plus the reference against the relaxation's definition."""
+"""relu_relax: every backend (the `backend` fixture) against the reference, plus the reference against the
+relaxation's definition: values, gradients, opcheck, errors."""
 import pytest
 import torch
 
-from gls import native, ops
 from gls.reference import bound_ops as ref
 
+OP = "relu_relax"
+TRITON_FLOAT32_ONLY = True
 METHODS = ["ibp", "hbox", "crown-ibp", "deeppoly", "crown"]
 
 
@@ -32,30 +34,28 @@ def test_reference_is_a_sound_relaxation(method, shape):
     assert exact[:, stable].all()
 
 
-def _native_backends():
-    out = []
-    if native.has_kernel("relu_relax", "CPU"):
-        out.append(("cpp", "cpu"))
-    if native.has_kernel("relu_relax", "CUDA"):
-        out.append(pytest.param("cuda", "cuda", marks=pytest.mark.cuda))
-    return out
-
-
-@pytest.mark.parametrize("backend,device", _native_backends())
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 5, 3), (7, 3, 129), (0, 2, 3)])
-def test_kernel_matches_reference(backend, device, method, shape):
-    l, u = (t.to(device) for t in _bounds(shape))
-    got = ops.relu_relax(l, u, method, backend=backend)
-    want = ref.relu_relax(l, u, method)
-    for g, w in zip(got, want):
+@pytest.mark.parametrize("shape", [(1,), (3, 7), (1, 1, 1), (1, 5, 3), (5, 2, 33), (1, 1, 129), (7, 3, 129), (0, 3), (0, 2, 3)])
+def test_matches_reference(backend, method, shape):
+    l, u = (t.to(backend.device) for t in _bounds(shape))
+    got = backend(l, u, method)
+    for g, w in zip(got, ref.relu_relax(l, u, method)):
+        assert g.shape == w.shape
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("backend,device", _native_backends())
+def test_non_contiguous_inputs(backend):
+    l, u = (t.to(backend.device) for t in _bounds((33, 5)))
+    got = backend(l.t(), u.t(), "deeppoly")
+    for g, w in zip(got, ref.relu_relax(l.t(), u.t(), "deeppoly")):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("method", ["hbox", "deeppoly"])
-def test_kernel_gradients_match_reference(backend, device, method):
-    l, u = (t.to(device).double() for t in _bounds((2, 3, 17)))
+def test_gradients_match_reference(backend, dtype, method):
+    backend.require(dtype)
+    l, u = (t.to(backend.device, dtype) for t in _bounds((2, 3, 17)))
     l.requires_grad_(True)
     u.requires_grad_(True)
     w = [torch.randn_like(l) for _ in range(4)]
@@ -64,7 +64,7 @@ def test_kernel_gradients_match_reference(backend, device, method):
         out = torch.autograd.grad(sum((o * wi).sum() for o, wi in zip(fn(l, u, method), w)), (l, u), allow_unused=True)
         return [torch.zeros_like(l) if g is None else g for g in out]
 
-    for g, r in zip(grads(lambda *a: ops.relu_relax(*a, backend=backend)), grads(ref.relu_relax)):
+    for g, r in zip(grads(backend), grads(ref.relu_relax)):
         torch.testing.assert_close(g, r)
 
 
@@ -77,19 +77,59 @@ def test_reference_gradcheck(method):
     assert torch.autograd.gradcheck(lambda a, b: ref.relu_relax(a, b, method), (l, u))
 
 
-@pytest.mark.skipif(not native.has_kernel("relu_relax", "CPU"), reason="gls._C not built")
-def test_opcheck():
-    l, u = _bounds((2, 3, 5))
-    torch.library.opcheck(torch.ops.gls.relu_relax.default, (l, u, "deeppoly"))
-    torch.library.opcheck(torch.ops.gls.relu_relax.default, (l.double().requires_grad_(), u.double().requires_grad_(), "hbox"))
+def test_opcheck(backend):
+    op = backend.torch_op().default
+    l, u = (t.to(backend.device) for t in _bounds((2, 3, 5)))
+    torch.library.opcheck(op, (l, u, "deeppoly"))
+    grad_dtype = torch.float32 if backend.float32_only else torch.float64
+    torch.library.opcheck(op, (l.to(grad_dtype).requires_grad_(), u.to(grad_dtype).requires_grad_(), "hbox"))
 
 
-def test_errors():
+def test_reference_errors():
     l = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="unknown relaxation method"):
         ref.relu_relax(l, l, "zonotope")
-    if native.has_kernel("relu_relax", "CPU"):
-        with pytest.raises(RuntimeError, match="unknown method"):
-            ops.relu_relax(l, l, "zonotope", backend="cpp")
-        with pytest.raises(RuntimeError, match="same shape"):
-            ops.relu_relax(l, torch.zeros(3, 2), "ibp", backend="cpp")
+
+
+def _error_cases(backend):
+    """(arguments, exception, message) that backend must refuse; None: no table for it."""
+    def z(*shape, dtype=torch.float32):
+        return torch.zeros(shape, dtype=dtype, device=backend.device)
+
+    if backend.name == "cpp":
+        return [((z(2, 3), z(2, 3), "zonotope"), RuntimeError, "unknown method"),
+                ((z(2, 3), z(3, 2), "ibp"), RuntimeError, "same shape")]
+    if backend.name == "triton":
+        return [((z(2, 3), z(2, 3), "zonotope"), ValueError, "unknown relaxation method"),
+                ((z(2, 3), z(3, 2), "ibp"), ValueError, "same shape"),
+                ((z(2, 3, dtype=torch.float64), z(2, 3, dtype=torch.float64), "ibp"), TypeError, "float64"),
+                ((z(2, 3), z(2, 3, dtype=torch.float16), "ibp"), TypeError, "u has dtype torch.float16")]
+    return None
+
+
+def test_errors(backend):
+    cases = _error_cases(backend)
+    if cases is None:
+        pytest.skip(f"no error table for {backend.name}")
+    for args, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            backend(*args)
+
+
+@pytest.mark.with_reference
+@pytest.mark.parametrize("method", ["crown-ibp", "deeppoly"])
+def test_triangle_line_stays_above_relu_at_float32_extremes(backend, method):
+    """u - l overflowing to inf gave slope 0 and offset -l * 0 = 0: the line y <= 0 for a neuron
+    reaching 3e38. Now the offset is max(-l s, u (1 - s)): the box line there, and at both ends of
+    every interval the line is above relu up to one float32 rounding."""
+    l = torch.tensor([-3e38, -1e38, -1.0, -1e-30, -7.0, -1e30], dtype=torch.float32)
+    u = torch.tensor([3e38, 3e38, 1e30, 1e30, 3.0, 1e-30], dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    mag = 10.0 ** (torch.rand(2, 500, generator=gen) * 60 - 30)
+    l, u = torch.cat([l, -mag[0]]), torch.cat([u, mag[1]])
+    a_l, c_l, a_u, c_u = (t.double().cpu() for t in backend(l.to(backend.device), u.to(backend.device), method))
+    L, U = l.double(), u.double()
+    tol = 2.0 ** -22
+    assert (a_u * U + c_u >= U * (1 - tol)).all()
+    assert (a_u * L + c_u >= -tol * (L.abs() * a_u + c_u.abs())).all()
+    assert (a_l * L + c_l <= 0).all() and (a_l * U + c_l <= U).all()

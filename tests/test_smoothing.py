@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gls import smoothing
-from gls.smoothing import PGPE, RGS, NonFiniteCenterError, _population_noise, centered_ranks, make_torch_optimizer
+from gls.smoothing import PGPE, RGS, NonFiniteCenterError, population_noise, centered_ranks, make_torch_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,10 +21,10 @@ def smooth_loss(pop: torch.Tensor) -> torch.Tensor:
 
 
 def test_noise_is_a_pure_function_of_seed_and_step():
-    a = _population_noise(5, 3, seed=1, step=4)
-    assert torch.equal(a, _population_noise(5, 3, seed=1, step=4))
-    assert not torch.equal(a, _population_noise(5, 3, seed=1, step=5))
-    assert not torch.equal(a, _population_noise(5, 3, seed=2, step=4))
+    a = population_noise(5, 3, seed=1, step=4)
+    assert torch.equal(a, population_noise(5, 3, seed=1, step=4))
+    assert not torch.equal(a, population_noise(5, 3, seed=1, step=5))
+    assert not torch.equal(a, population_noise(5, 3, seed=2, step=4))
     assert a.shape == (3, 5) and a.dtype == torch.float32
 
 
@@ -52,7 +52,7 @@ def test_rgs_is_mean_of_separate_gradients(antithetic):
     theta, sigma, n, step = torch.randn(D, dtype=torch.float64), 0.3, 6, 11
     rgs = RGS(theta, sigma=sigma, samples=n, seed=5, antithetic=antithetic)
     g, _, _ = rgs.gradient(smooth_loss, step)
-    z = _population_noise(D, n // 2 if antithetic else n, 5, step, dtype=torch.float64)
+    z = population_noise(D, n // 2 if antithetic else n, 5, step, dtype=torch.float64)
     if antithetic:
         z = torch.cat([z, -z])
     points = rgs.population_of(step)  # the fused perturbation: theta + sigma z, z regenerated
@@ -124,7 +124,7 @@ def test_pgpe_update_matches_textbook_formula():
     pgpe = PGPE(theta, sigma=sigma, lr=0.05, population=8, seed=9)
     velocity = np.zeros(D)
     for step in range(3):
-        z = _population_noise(D, 4, 9, step, dtype=torch.float64)
+        z = population_noise(D, 4, 9, step, dtype=torch.float64)
         pop = pgpe.population_of(step)
         torch.testing.assert_close(pop, torch.cat([pgpe.theta + pgpe.sigma * z, pgpe.theta - pgpe.sigma * z]),
                                    rtol=1e-6, atol=1e-6)

@@ -91,12 +91,27 @@ def test_resume_after_a_kill_is_exact(tmp_path, method):
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--config", "{tmp}/none.toml"], "config file"),
     (["--resume", "{tmp}"], "no checkpoint"),
-])
+    (["--data-dir", "{tmp}/nowhere"], "does not exist"),
+    (["--epoch", "2"], "unrecognized arguments: --epoch"),
+] + ([(["--device", "cuda"], "no CUDA device")] if not torch.cuda.is_available() else []))
 def test_bad_options_exit_with_one_line(tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code = train.main([*argv, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code != 0 and message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_resume_refuses_a_config_file_and_a_different_network(tmp_path, capsys):
+    code, run = _run(tmp_path, "r", "--epochs", "2", "--halt-after-epoch", "1")
+    assert code == 0
+    capsys.readouterr()
+    f = tmp_path / "c.toml"
+    f.write_text("epochs = 3\n")
+    for argv, message in ((["--config", str(f)], "cannot be combined with --resume"),
+                          (["--net", "cnn3"], "--net cannot change when resuming")):
+        assert train.main(["--resume", str(run), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
 
 
 def test_config_file_presets_and_precedence(tmp_path):

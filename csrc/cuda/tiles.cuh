@@ -1,4 +1,4 @@
-// Tile geometry shared by the CUDA GEMM-shaped bound kernels (backsub.cu, ibp_affine.cu).
+// Tile geometry shared by the CUDA GEMM-shaped bound kernels (backsub_linear_relu.cu, ibp_affine.cu).
 //
 // A 256-thread block computes a kTileM x kTileN output tile; thread (ty, tx) = (tid / 16, tid % 16) owns
 // the 4 x 4 outputs at rows ty + 16 i and columns tx + 16 j, so a warp's shared-memory reads are

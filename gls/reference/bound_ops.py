@@ -8,15 +8,7 @@ from __future__ import annotations
 
 import torch
 
-RELAX_METHODS = {"ibp": 0, "hbox": 1, "crown-ibp": 2, "deeppoly": 3, "crown": 3}
-
-
-def relax_code(method: str) -> int:
-    """Method name -> integer code shared with csrc/include/gls/relax.h."""
-    try:
-        return RELAX_METHODS[method]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown relaxation method {method!r}; expected one of {sorted(RELAX_METHODS)}") from None
+from gls_kernels.common import relax_code
 
 
 def relu_relax(l: torch.Tensor, u: torch.Tensor, method: str):
@@ -24,7 +16,9 @@ def relu_relax(l: torch.Tensor, u: torch.Tensor, method: str):
 
     Stable neurons are exact. Unstable ones (l < 0 < u): `ibp`/`hbox` use the box 0 <= y <= u;
     `crown-ibp`/`deeppoly` use the triangle's upper line u(z - l)/(u - l) and the lower slope
-    1 if u > -l else 0.
+    1 if u > -l else 0. The line's offset is the larger of -l s and u (1 - s) (equal in exact
+    arithmetic, s the rounded slope): the line then stays above relu at both ends up to one rounding,
+    and becomes the box line y <= u when u - l overflows to inf (s = 0; -l s alone would give y <= 0).
     """
     code = relax_code(method)
     if l.shape != u.shape:
@@ -38,7 +32,8 @@ def relu_relax(l: torch.Tensor, u: torch.Tensor, method: str):
     denom = torch.where(unstable, u - l, torch.ones_like(l))  # safe: no 0/0 in the unused branch's gradient
     slope = u / denom
     a_u = torch.where(unstable, slope, act)
-    c_u = torch.where(unstable, -l * slope, zero)
+    c1, c2 = -l * slope, u * (1 - slope)
+    c_u = torch.where(unstable, torch.where(c1 >= c2, c1, c2), zero)
     a_l = torch.where(unstable, (u > -l).to(l.dtype), act)
     return a_l, zero, a_u, c_u
 

@@ -10,12 +10,15 @@ uniforms u = ((x >> 8) + 0.5) * 2^-24 in float32; normals by Box-Muller on lanes
 Op signatures are those of the torch ops (csrc/ops.cpp, "noise"): `seed` is the signed 64-bit
 reinterpretation of the unsigned seed (either form is accepted here), `members` an int64 tensor of
 member words (R,). With `antithetic`, a population has 2R rows: rows [0, R) are +eps of members and
-rows [R, 2R) are -eps of the same members. Range checks live in gls.noise, the public API.
+rows [R, 2R) are -eps of the same members. Argument checks are the ops' own (gls/meta/_noise.py); range
+checks live in gls.noise, the public API.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from gls.meta._noise import check_dim, check_philox, check_sigma, check_theta, check_weights
 
 MASK32 = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
@@ -36,10 +39,7 @@ def philox4x32_10(counter: Tensor, key: Tensor) -> Tensor:
 
     Leading dimensions broadcast. Words are taken modulo 2^32.
     """
-    if counter.shape[-1:] != (4,) or key.shape[-1:] != (2,):
-        raise ValueError(f"philox4x32_10: counter must be (..., 4) and key (..., 2), got {tuple(counter.shape)} and {tuple(key.shape)}")
-    if counter.dtype != torch.int64 or key.dtype != torch.int64:
-        raise TypeError(f"philox4x32_10: counter and key must be int64, got {counter.dtype} and {key.dtype}")
+    check_philox(counter, key)
     c0, c1, c2, c3 = (w & MASK32 for w in counter.unbind(-1))
     k0, k1 = (w & MASK32 for w in key.unbind(-1))
     for _ in range(10):
@@ -65,8 +65,7 @@ def box_muller(words: Tensor) -> Tensor:
 
 def member_normals(members: Tensor, d: int, seed: int, purpose: int) -> Tensor:
     """(R, d) float32: row r is the first d normals of member members[r]'s stream."""
-    if d < 1:
-        raise ValueError(f"noise: the number of elements d must be >= 1, got {d}")
+    check_dim(d, "noise")
     seed &= 0xFFFFFFFFFFFFFFFF
     device = members.device
     blocks = torch.arange((d + 3) // 4, dtype=torch.int64, device=device)
@@ -88,35 +87,32 @@ def noise_normal(members: Tensor, d: int, seed: int, purpose: int, antithetic: b
 
 
 def _sigma_row(sigma: Tensor, d: int, who: str) -> Tensor:
-    if sigma.numel() not in (1, d):
-        raise ValueError(f"{who}: sigma must be a scalar or have d = {d} elements, got shape {tuple(sigma.shape)}")
+    check_sigma(sigma, d, who)
     return sigma.reshape(-1)
 
 
 def noise_perturb(theta: Tensor, sigma: Tensor, members: Tensor, seed: int, purpose: int, antithetic: bool) -> Tensor:
     """(P, d) perturbed parameters theta + sigma * eps_p, theta (d,), sigma scalar or (d,)."""
-    if theta.dim() != 1:
-        raise ValueError(f"noise_perturb: theta must be a flat (d,) vector, got shape {tuple(theta.shape)}")
+    check_theta(theta)
     d = theta.shape[0]
     eps = _population(members, d, seed, purpose, antithetic).to(theta.dtype)
     return theta + _sigma_row(sigma, d, "noise_perturb") * eps
 
 
-def _row_weights(weights: Tensor, n_rows: int, who: str) -> Tensor:
-    if weights.dim() not in (1, 2) or weights.shape[0] != n_rows:
-        raise ValueError(f"{who}: weights must be (P,) or (P, d) with P = {n_rows} rows, got shape {tuple(weights.shape)}")
+def _row_weights(weights: Tensor, n_rows: int, d: int, who: str) -> Tensor:
+    check_weights(weights, n_rows, d, who)
     return weights if weights.dim() == 2 else weights[:, None]
 
 
 def noise_weighted_sum(weights: Tensor, sigma: Tensor, members: Tensor, d: int, seed: int, purpose: int, antithetic: bool) -> Tensor:
     """(d,) sum_p weights_p * sigma * eps_p; weights (P,) or (P, d) (the latter: elementwise weights)."""
     eps = _population(members, d, seed, purpose, antithetic).to(weights.dtype)
-    w = _row_weights(weights, eps.shape[0], "noise_weighted_sum")
+    w = _row_weights(weights, eps.shape[0], d, "noise_weighted_sum")
     return (w * _sigma_row(sigma, d, "noise_weighted_sum") * eps).sum(0)
 
 
 def noise_sigma_weighted_sum(weights: Tensor, sigma: Tensor, members: Tensor, d: int, seed: int, purpose: int, antithetic: bool) -> Tensor:
     """(d,) sum_p weights_p * ((sigma eps_p)^2 - sigma^2) / sigma, computed as sigma * (eps_p^2 - 1) (0 at sigma = 0)."""
     eps = _population(members, d, seed, purpose, antithetic).to(weights.dtype)
-    w = _row_weights(weights, eps.shape[0], "noise_sigma_weighted_sum")
+    w = _row_weights(weights, eps.shape[0], d, "noise_sigma_weighted_sum")
     return (w * _sigma_row(sigma, d, "noise_sigma_weighted_sum") * (eps * eps - 1)).sum(0)

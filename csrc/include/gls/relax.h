@@ -33,7 +33,10 @@ GLS_HD void relu_relax(T l, T u, int64_t method, T& a_l, T& c_l, T& a_u, T& c_u)
     a_l = T(0); c_l = T(0); a_u = T(0); c_u = u;
   } else {  // triangle upper line, adaptive lower slope
     const T s = u / (u - l);
-    a_u = s; c_u = -l * s;
+    // -l s and u (1 - s) are the same number in exact arithmetic; the larger keeps the line above
+    // relu at both ends whatever the rounding, and is u (the box line) if u - l overflows (s = 0).
+    const T c1 = -l * s, c2 = u * (T(1) - s);
+    a_u = s; c_u = c1 >= c2 ? c1 : c2;
     a_l = (u > -l) ? T(1) : T(0); c_l = T(0);
   }
 }

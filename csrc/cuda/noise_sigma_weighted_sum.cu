@@ -1,0 +1,16 @@
+// CUDA kernel of gls::noise_sigma_weighted_sum: sum_p w_p * sigma * (eps_p^2 - 1) (kernel in noise.cuh).
+#include "noise.cuh"
+
+namespace gls {
+namespace {
+
+Tensor noise_sigma_weighted_sum_cuda(const Tensor& weights, const Tensor& sigma, const Tensor& members, int64_t d, int64_t seed,
+                                     int64_t purpose, bool antithetic) {
+  return weighted_sum_cuda<true>(weights, sigma, members, d, seed, purpose, antithetic, "noise_sigma_weighted_sum");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("noise_sigma_weighted_sum", &noise_sigma_weighted_sum_cuda); }
+
+}  // namespace gls

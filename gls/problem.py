@@ -1,0 +1,129 @@
+"""What a bound pass is asked for, shared by gls.bounds and gls.sound: the methods and their names, the
+input region, the specification C, the result type, which layers a method refines, and how many
+members one pass bounds.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from gls.affine import Diag
+
+METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
+_ALIASES = {"crown": "deeppoly"}
+
+
+class Bounds(NamedTuple):
+    """lower and upper (None unless bound="both") bounds of C z, each (P, B, S)."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor | None
+
+
+def margin_spec(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """C (B, K-1, K) with rows e_y - e_j for j != y in increasing j: C z = margins z_y - z_j."""
+    if (not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point() or labels.is_complex()
+            or labels.dtype == torch.bool):
+        raise TypeError(f"labels must be a 1-D integer tensor (B,), got {labels!r:.80}")
+    if labels.device.type == "meta":
+        raise ValueError("labels is a meta tensor (no values)")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{labels.min()}, {labels.max()}]")
+    labels = labels.long()  # a uint8 index tensor would be read as a boolean mask
+    eye = torch.eye(num_classes, device=labels.device)
+    j = torch.arange(num_classes - 1, device=labels.device)
+    others = j + (j.unsqueeze(0) >= labels.unsqueeze(1)).long()  # (B, K-1): every class but y
+    return eye[labels].unsqueeze(1) - eye[others]
+
+
+def method_name(method) -> str:
+    """The canonical name of a relaxation method (`crown` is `deeppoly`); a clear error for anything else."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be one string of {METHODS + tuple(_ALIASES)}, got {method!r}")
+    name = _ALIASES.get(method, method)
+    if name not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS + tuple(_ALIASES)}")
+    return name
+
+
+def input_region(x: torch.Tensor, eps, domain) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat box (B, N) [max(x - eps, lo), min(x + eps, hi)]; eps a float or a (B,) tensor."""
+    B = x.shape[0]
+    if isinstance(eps, torch.Tensor):
+        if eps.dim() == 0:
+            eps = eps.reshape(1).expand(B)
+        if eps.shape != (B,):
+            raise ValueError(f"eps must be a float or a tensor of shape (B,) = ({B},), got {tuple(eps.shape)}")
+        eps = eps.to(device=x.device, dtype=x.dtype)
+        if torch.isnan(eps).any():
+            raise ValueError("eps contains NaN")
+        if (eps < 0).any():
+            raise ValueError(f"eps must be non-negative, got min {eps.min().item()}")
+    else:
+        try:
+            eps = float(eps)
+        except (TypeError, ValueError):
+            raise TypeError(f"eps must be a float or a (B,) tensor, got {type(eps).__name__}") from None
+        if eps != eps or eps < 0:
+            raise ValueError(f"eps must be non-negative, got {eps}")
+        eps = torch.full((B,), eps, dtype=x.dtype, device=x.device)
+    flat, eps = x.reshape(B, -1), eps.unsqueeze(1)
+    lo, hi = flat - eps, flat + eps
+    if domain is not None:
+        d_lo, d_hi = domain_bounds(domain)
+        lo, hi = lo.clamp(min=d_lo), hi.clamp(max=d_hi)
+        if (lo > hi).any():
+            raise ValueError(f"x lies outside the domain {tuple(domain)} by more than eps")
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError("the input region is unbounded (infinite eps without a finite domain)")
+    return lo, hi
+
+
+def domain_bounds(domain) -> tuple[float, float]:
+    """(lo, hi) floats with lo <= hi; lo may be -inf and hi +inf."""
+    try:
+        d_lo, d_hi = (float(v) for v in domain)
+    except (TypeError, ValueError):
+        raise TypeError(f"domain must be None or a pair (lo, hi) of numbers, got {domain!r}") from None
+    if not d_lo <= d_hi or d_lo == float("inf") or d_hi == -float("inf"):
+        raise ValueError(f"domain must be (lo, hi) with lo <= hi, got {domain}")
+    return d_lo, d_hi
+
+
+def spec_matrix(labels, spec, B: int, K: int, like: torch.Tensor) -> torch.Tensor:
+    """C (B, S, K): margin_spec(labels), `spec` itself, or the identity (the logits)."""
+    if labels is not None and spec is not None:
+        raise ValueError("give labels or spec, not both")
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be an integer tensor (B,), got {type(labels).__name__}")
+        if labels.shape != (B,):
+            raise ValueError(f"labels must have shape (B,) = ({B},), got {tuple(labels.shape)}")
+        return margin_spec(labels.to(like.device), K).to(like.dtype)
+    if spec is None:  # bounds of the logits themselves
+        return torch.eye(K, dtype=like.dtype, device=like.device).expand(B, K, K)
+    if not isinstance(spec, torch.Tensor) or not spec.is_floating_point():
+        raise TypeError(f"spec must be a floating tensor (B, S, K), got {type(spec).__name__}")
+    if spec.dim() != 3 or spec.shape[0] != B or spec.shape[2] != K:
+        raise ValueError(f"spec must have shape (B, S, K) = ({B}, S, {K}), got {tuple(spec.shape)}")
+    if not torch.isfinite(spec).all():
+        raise ValueError("spec contains NaN or inf")
+    return spec.to(like.dtype)
+
+
+def count_maps(seg) -> int:
+    """Linear/Conv maps in a segment: a first segment with one is exact under IBP and not refined."""
+    return sum(not isinstance(op, Diag) for op in seg)  # Dense/Conv; Diag ops are exact on boxes
+
+
+_CPU_ROWS_PER_CHUNK = 1024  # members x samples per pass on a CPU: past this the pass leaves the cache
+
+
+def member_chunk_size(member_chunk, P: int, B: int, device: torch.device) -> int:
+    """Members bounded per pass: `member_chunk`, else all on a GPU and ~1024 / B on a CPU."""
+    if member_chunk is None:
+        return P if device.type != "cpu" else max(1, _CPU_ROWS_PER_CHUNK // max(B, 1))
+    if isinstance(member_chunk, bool) or not isinstance(member_chunk, int) or member_chunk < 1:
+        raise ValueError(f"member_chunk must be a positive int or None, got {member_chunk!r}")
+    return member_chunk
