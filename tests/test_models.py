@@ -60,3 +60,16 @@ def test_ibp_init_scales_all_but_the_last_layer():
     assert float(last.weight.detach().abs().max()) <= 1 / last.in_features ** 0.5  # PyTorch's default bound
     with pytest.raises(ValueError, match="unknown init"):
         models.build("mlp", (1, 28, 28), (0.5,), (0.2,), init="zero")
+
+
+def test_paradox_paper_architectures():
+    conv = models.build("paradox_conv", (1, 28, 28), (0.5,), (0.2,))
+    assert [type(m).__name__ for m in conv] == ["Normalize", "Conv2d", "ReLU", "Flatten", "Linear", "ReLU", "Linear"]
+    assert (conv[1].out_channels, conv[1].kernel_size, conv[1].stride) == (16, (4, 4), (2, 2))
+    assert (conv[4].in_features, conv[4].out_features, conv[6].out_features) == (16 * 14 * 14, 100, 10)
+    narrow = models.build("paradox_conv", (1, 28, 28), (0.5,), (0.2,), width=4)
+    assert (narrow[1].out_channels, narrow[4].out_features) == (4, 25)
+    fc = models.build("paradox_fc", (1, 28, 28), (0.5,), (0.2,))
+    assert [m.out_features for m in fc if isinstance(m, nn.Linear)] == [400, 200, 100, 100, 10]
+    with pytest.raises(ValueError, match="paradox_fc needs width >= 4"):
+        models.build("paradox_fc", (1, 28, 28), (0.5,), (0.2,), width=2)
