@@ -42,7 +42,7 @@ TORCH_LIBRARY(gls, m) {
   // (P,B,N_in) -> (dg, d_a_l, d_c_l, d_a_u, d_c_u).
   m.def("backsub_linear_relu_backward(Tensor lam, Tensor W, Tensor grad_lam, Tensor grad_bias, Tensor a_l, Tensor c_l, Tensor a_u, Tensor c_u) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
-  // ---- noise (gls/reference/noise.py holds the definitions; DESIGN.md section 2) ----
+  // ---- noise (gls/reference/noise.py holds the definitions; docs/design.md §4) ----
   // Seeds are the signed 64-bit reinterpretation of the unsigned seed; members is an int64 (R,) tensor of
   // member words; with antithetic, populations have 2R rows (+eps of members, then -eps of the same members).
   // Philox4x32-10 block function on u32 words held in int64: counter (..., 4), key (..., 2) -> (..., 4).

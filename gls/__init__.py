@@ -1,5 +1,5 @@
 """gls: population-batched bound propagation (IBP, hBox, CROWN-IBP, DeepPoly) and Gaussian Loss
-Smoothing certified training. See DESIGN.md; the public names are re-exported here."""
+Smoothing certified training. See docs/design.md; the public names are re-exported here."""
 from gls import nn, noise
 from gls.bounds import METHODS, Bounds, compute_bounds, margin_spec
 from gls.loss import robust_loss

@@ -1,4 +1,4 @@
-"""Population-batched IBP, hBox, CROWN-IBP and DeepPoly bounds (DESIGN.md section 2) on top of gls.ops.
+"""Population-batched IBP, hBox, CROWN-IBP and DeepPoly bounds (docs/design.md §3) on top of gls.ops.
 
 Every member p of a population (params {name: (P, *shape)}) is bounded in the same pass; the inputs
 are shared. Definitions, per method:

@@ -1,8 +1,9 @@
 """Evaluate a network: natural accuracy, PGD accuracy and certified accuracy per relaxation and best-of.
 
-``python -m gls.certify RUN_DIR_OR_CKPT [--eps E] [--which best|last] [--subset N] ...`` prints the table
-for a training checkpoint. Certified means every margin's lower bound is > 0 over the whole eps-ball
-(clipped to the pixel domain); "best" counts a sample certified by any of the relaxations tried.
+``python -m gls.certify RUN_DIR_OR_CKPT [--eps E] [--which best|last] [--subset N] [--threads T] ...``
+prints the table for a training checkpoint, headed by the checkpoint it evaluated (file, epoch, step).
+Certified means every margin's lower bound is > 0 over the whole eps-ball (clipped to the pixel
+domain); "best" counts a sample certified by any of the relaxations tried.
 By default the bounds are sound (compute_bounds(sound=True): true bounds of the real-valued network
 despite floating-point rounding); ``--no-sound`` uses the faster float32 bounds. The table says which.
 Ordering that always holds: certified <= PGD <= natural. Under ``torchrun`` the examples are sharded
@@ -20,13 +21,12 @@ import time
 import torch
 from torch import nn
 
-from gls import checkpoint, data, models
+from gls import checkpoint, data, memory, models
 from gls.attack import pgd_robust
 from gls.bounds import METHODS, compute_bounds
 from gls.config import check_device
 from gls.net import Network
 
-_BACKSUB_MEMORY = 1 << 30  # bytes allowed for the back-substitution coefficients of one batch
 
 
 def model_from_checkpoint(payload: dict) -> tuple[nn.Sequential, dict]:
@@ -36,21 +36,13 @@ def model_from_checkpoint(payload: dict) -> tuple[nn.Sequential, dict]:
     return models.load_weights(model, payload["theta"], payload.get("buffers")).eval(), cfg
 
 
-def _cert_batch(net: Network, in_shape, method: str, batch_size: int) -> int:
-    """Batch size that keeps back-substitution memory (rows x width per sample) within budget."""
-    if method in ("ibp", "crown-ibp"):
-        return batch_size
-    segs = net.plan(net.params(), in_shape, torch.float32)
-    widths = [op.n_in for seg in segs for op in seg] + [seg[-1].n_out for seg in segs if seg]
-    rows = 2 * max([seg[-1].n_out for seg in segs[:-1] if seg] + [1])
-    per_sample = 12 * rows * max(widths)
-    return max(1, min(batch_size, _BACKSUB_MEMORY // per_sample))
-
-
 def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("ibp", "crown-ibp", "deeppoly"),
              batch_size: int = 256, pgd_steps: int = 40, pgd_restarts: int = 1, seed: int = 0, backend=None,
-             device="cpu", progress: bool = False, sound: bool = True) -> dict:
-    """Accuracies (fractions) of `model` on `split` at radius `eps`; see the module docstring."""
+             device="cpu", progress: bool = False, sound: bool = True, max_memory: int | None = None) -> dict:
+    """Accuracies (fractions) of `model` on `split` at radius `eps`; see the module docstring.
+
+    Each relaxation bounds as many samples per pass as gls.memory estimates to fit `max_memory` bytes
+    (default: gls.memory.default_budget); MemoryPlanError when not even one sample fits."""
     methods = tuple(dict.fromkeys({"crown": "deeppoly"}.get(m, m) for m in methods))
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -62,7 +54,9 @@ def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("i
     counts = {"natural": 0, "pgd": 0, "best": 0, **{m: 0 for m in methods}}
     seconds = {k: 0.0 for k in counts}
     n = len(split)
-    sub = {m: _cert_batch(net, in_shape, m, batch_size) for m in methods}
+    budget = max_memory or memory.default_budget(torch.device(device))
+    shape = memory.NetShape.of(net, in_shape)
+    sub = {m: memory.cert_batch(shape, m, batch_size, budget, torch.device(device), sound=sound) for m in methods}
     bar = _bar(n, progress, "certify")
     for x, y in data.batches(split, batch_size, shuffle=False):
         x, y = x.to(device), y.to(device)
@@ -91,6 +85,17 @@ def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("i
     bar.close()
     return {"n": n, "eps": eps, "methods": list(methods), "sound": sound, "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts,
             "accuracy": {k: v / max(n, 1) for k, v in counts.items()}, "seconds": seconds}
+
+
+def describe_checkpoint(path, payload: dict) -> str:
+    """Which checkpoint a table comes from: file, epoch (and batch when written inside an epoch), step."""
+    cfg, part = payload["config"], payload.get("partial")
+    of = f"/{cfg['epochs']}" if "epochs" in cfg else ""
+    when = (f"inside epoch {payload['epoch'] + 1}{of} after {part['batch']} batches" if part
+            else f"end of epoch {payload.get('epoch', '?')}{of}")
+    what = " ".join(str(cfg[k]) for k in ("method", "relaxation", "net") if k in cfg)
+    step = f", step {payload['step']}" if "step" in payload else ""
+    return f"checkpoint {path} ({when}{step}; {what})"
 
 
 def format_table(result: dict) -> str:
@@ -132,11 +137,21 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default=None)
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1, as in training: on a shared machine torch's busy-waiting "
+                        "threads ran many times slower than one thread; 0 = torch's default)")
+    p.add_argument("--max-memory", default=None,
+                   help="memory a certification pass may use, e.g. 8GB (default: 70%% of the available RAM)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.add_argument("--no-sound", dest="sound", action="store_false",
                    help="float32 bounds instead of sound ones (faster; may be off by rounding)")
     try:
         args = p.parse_args(argv)
+        if args.threads < 0:
+            raise ValueError(f"--threads must be >= 0, got {args.threads}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        budget = memory.parse_size(args.max_memory) if args.max_memory else None
         which = checkpoint.BEST if args.which == "best" else checkpoint.LAST
         if args.subset is not None and args.subset < 1:
             raise ValueError(f"--subset must be a positive number of samples, got {args.subset}")
@@ -151,7 +166,8 @@ def main(argv=None) -> int:
                 os.path.join(args.checkpoint, checkpoint.BEST)):  # a run whose eps never reached its target
             print(f"gls.certify: note: {args.checkpoint} has no {checkpoint.BEST}; using {checkpoint.LAST}", file=sys.stderr)
             which = checkpoint.LAST
-        payload = checkpoint.load(args.checkpoint, which)
+        path = checkpoint.resolve(args.checkpoint, which)
+        payload = checkpoint.load(path)
         model, cfg = model_from_checkpoint(payload)
         eps = cfg["eps"] if args.eps is None else args.eps
         if not (math.isfinite(eps) and eps >= 0):
@@ -164,10 +180,12 @@ def main(argv=None) -> int:
                                           batch_size=args.batch_size, pgd_steps=args.pgd_steps,
                                           pgd_restarts=args.pgd_restarts, backend=args.backend,
                                           device=distributed.device_of(world, args.device),
-                                          progress=sys.stderr.isatty() and world.is_main, sound=args.sound)
+                                          progress=sys.stderr.isatty() and world.is_main, sound=args.sound,
+                                          max_memory=budget)
         finally:
             world.close()
         if world.is_main:
+            print(describe_checkpoint(path, payload))
             print(format_table(result))
             if args.json:
                 with open(args.json, "w") as f:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from gls.bounds import METHODS as RELAXATIONS
+from gls.memory import parse_size
 from gls.models import INITS, NETS
 from gls.schedule import SCHEDULES
 from gls.smoothing import CENTER_OPTIMIZERS
@@ -35,7 +36,7 @@ DEFAULTS: dict = {
     "eps_schedule": "smooth", "eps_start_epoch": 0, "eps_end_epoch": 6, "robust_weight": 1.0,
     "lr_milestones": [14, 17], "lr_decay": 0.2, "grad_clip": 10.0, "antithetic": False,
     "adapt_sigma": True, "stdev_lr": 0.1, "stdev_max_change": 0.2, "max_speed": None,
-    "pair_chunk": 0,
+    "pair_chunk": 0, "member_chunk": 0, "sample_chunk": 0, "max_memory": None, "checkpoint_every": 300.0,
     "seed": 0, "device": "cpu", "threads": 1, "backend": None, "out": None, "init_from": None,
     "certify": ["ibp", "crown-ibp", "deeppoly"], "pgd_steps": 40, "pgd_restarts": 1,
     "eval_batch_size": 256, "train_subset": None, "val_subset": 1000, "test_subset": None,
@@ -58,6 +59,15 @@ PRESETS = {
                       "eps_start_epoch": 1, "eps_end_epoch": 81, "lr": 5e-4, "lr_milestones": [120, 140]},
     "cifar10-8/255": {"dataset": "cifar10", "eps": 8 / 255, "net": "cnn7", "epochs": 160, "batch_size": 128,
                       "eps_start_epoch": 1, "eps_end_epoch": 81, "lr": 5e-4, "lr_milestones": [120, 140]},
+}
+
+# The machine each preset is sized for (gls.memory fits every step into --max-memory by chunking, so
+# these machines run them without running out of memory; how long they take is in the README).
+PRESET_MACHINES = {
+    "mnist-0.1": "a 24 GB machine (CPU or GPU); a GPU for any relaxation beyond IBP",
+    "mnist-0.3": "a 24 GB machine (CPU or GPU); a GPU for any relaxation beyond IBP",
+    "cifar10-2/255": "a GPU with 24 GB or more",
+    "cifar10-8/255": "a GPU with 24 GB or more",
 }
 
 _HIDDEN = {"train_subset", "val_subset", "test_subset", "halt_after_epoch"}
@@ -102,7 +112,8 @@ def parser() -> argparse.ArgumentParser:
                             "on a CPU, then the evaluation table.")
     a = p.add_argument
     a("--config", metavar="FILE", help="TOML or JSON file with option values (same names as the options)")
-    a("--preset", choices=sorted(PRESETS), help="a standard CTBench setting (dataset, eps, schedule, epochs)")
+    a("--preset", choices=sorted(PRESETS), help="a standard CTBench setting (dataset, eps, schedule, epochs); "
+                                                "each states the machine it is sized for when a run starts")
     a("--dataset", help="mnist | cifar10 (default mnist)")
     a("--data-dir", help="directory with MNIST IDX files or the CIFAR-10 python batches")
     a("--net", help=f"network: {', '.join(NETS)} (default mlp)")
@@ -133,6 +144,14 @@ def parser() -> argparse.ArgumentParser:
     a("--max-speed", type=float, help="PGPE ClipUp max speed (default 2 * lr)")
     a("--pair-chunk", type=int, help="PGPE: evaluate the population this many antithetic pairs at a time "
                                      "(memory O(d) for large networks; default 0 = all in one pass)")
+    a("--member-chunk", type=int, help="RGS: samples (perturbed copies) per backward pass (default 0: planned to fit "
+                                       "--max-memory)")
+    a("--sample-chunk", type=int, help="mini-batch samples per pass, the pieces' gradients added up (default 0: "
+                                       "planned to fit --max-memory)")
+    a("--max-memory", help="memory one training step may use, e.g. 20GB (default: 70%% of the available RAM, "
+                           "85%% of the free GPU memory); chunks are chosen to fit, or the run is refused at once")
+    a("--checkpoint-every", type=float, help="seconds between checkpoints inside an epoch (default 300; "
+                                             "last.pt is also written at every epoch end)")
     a("--seed", type=int, help="random seed (init, data order, noise)")
     a("--device", help="torch device (default cpu)")
     a("--threads", type=int, help="CPU threads for torch (default 1: on a shared machine torch's busy-waiting "
@@ -274,7 +293,8 @@ def validate(cfg: dict) -> dict:
         cfg["train_eps"] = cfg["eps"]
     for key in ("epochs", "batch_size", "population", "eval_batch_size", "pgd_restarts"):
         _number(cfg, key, lo=1, integer=True)
-    for key in ("pgd_steps", "threads", "eps_start_epoch", "eps_end_epoch", "pair_chunk", "sync_check_every"):
+    for key in ("pgd_steps", "threads", "eps_start_epoch", "eps_end_epoch", "pair_chunk", "member_chunk",
+                "sample_chunk", "sync_check_every"):
         _number(cfg, key, integer=True)
     for key in ("width", *sorted(_HIDDEN)):
         _number(cfg, key, lo=1, integer=True, optional=True)
@@ -284,6 +304,12 @@ def validate(cfg: dict) -> dict:
     _number(cfg, "dist_timeout", strict=True)
     _number(cfg, "sigma")
     _number(cfg, "robust_weight", hi=1.0)
+    _number(cfg, "checkpoint_every")
+    if cfg["max_memory"] is not None:
+        try:
+            parse_size(cfg["max_memory"])
+        except ValueError as e:
+            raise ConfigError(f"--max-memory: {e}") from None
 
     def need(cond, msg):
         if not cond:

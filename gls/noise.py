@@ -2,7 +2,7 @@
 
 PGPE and RGS perturb every weight of every population member; storing that noise costs P * d floats
 (CNN7: d ~ 17M, P = 256 -> 17 GB). Here the noise of (seed, purpose, member, index) is a pure
-function computed by Philox4x32-10 (DESIGN.md section 2), so the fused ops `perturb` and
+function computed by Philox4x32-10 (docs/design.md §4), so the fused ops `perturb` and
 `noise_weighted_sum` / `noise_sigma_weighted_sum` regenerate it where needed and nothing of size
 P * d exists beyond what the caller asks for.
 

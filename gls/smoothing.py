@@ -1,6 +1,6 @@
 """Gaussian loss smoothing: PGPE (zeroth order) and RGS (first order) on a flat weight vector.
 
-Both optimise ``L_sigma(theta) = E_z L(theta + sigma*z)`` (DESIGN §2). They see the model only through
+Both optimise ``L_sigma(theta) = E_z L(theta + sigma*z)`` (docs/design.md §5). They see the model only through
 a *population loss*: a callable mapping perturbed weight vectors ``(P, d)`` to per-member losses
 ``(P,)``, evaluated in one batched pass (``gls.bounds`` bounds every member at once). Plain gradient
 training is RGS with ``sigma = 0`` and one sample.
@@ -160,7 +160,7 @@ class PGPE:
         return torch.cat(plus + minus)
 
     def gradients(self, losses: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(g_mu, g_sigma) of the fitness -losses at `step` (DESIGN §2); the noise is regenerated.
+        """(g_mu, g_sigma) of the fitness -losses at `step` (docs/design.md §5); the noise is regenerated.
 
         With rows p and p + n holding +z_i and -z_i, g_mu = sum_p f_p/(2n) sigma eps_p and
         g_sigma = sum_p (f_p - mean f)/(2n) ((sigma eps_p)^2 - sigma^2)/sigma, f the centred ranks.
@@ -225,7 +225,7 @@ class RGS:
 
     def __init__(self, theta: torch.Tensor, *, sigma: float, samples: int, seed: int,
                  optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
-                 antithetic: bool = False, grad_clip: float | None = None):
+                 antithetic: bool = False, grad_clip: float | None = None, member_chunk: int | None = None):
         if samples < 1:
             raise ValueError(f"RGS needs at least one sample, got {samples}")
         if sigma < 0:
@@ -234,6 +234,9 @@ class RGS:
             raise ValueError(f"antithetic RGS needs an even number of samples, got {samples}")
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive, got {grad_clip}")
+        if member_chunk is not None and member_chunk < 1:
+            raise ValueError(f"member_chunk must be a positive number of samples, got {member_chunk}")
+        self.member_chunk = member_chunk
         self.theta = torch.nn.Parameter(theta.detach().clone())
         self.sigma, self.samples, self.seed = float(sigma), samples, int(seed)
         self.antithetic, self.grad_clip = antithetic, grad_clip
@@ -251,18 +254,32 @@ class RGS:
         return noise.perturb(base, self.sigma, _noise_seed(self.seed, step), rows, member_offset=first,
                              antithetic=self.antithetic)
 
-    @staticmethod
-    def member_gradients(loss_fn: PopulationLoss, pop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def member_gradients(self, loss_fn: PopulationLoss, pop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(member losses (M,), their gradients (M, d)) for the population rows `pop`; a member whose
-        loss is NaN/inf gets a zero gradient row (it is left out later)."""
-        pop = pop.requires_grad_(True)
-        losses = loss_fn(pop)
-        if losses.shape != (pop.shape[0],):
-            raise ValueError(f"the population loss must have shape ({pop.shape[0]},), got {tuple(losses.shape)}")
-        ok = torch.isfinite(losses.detach())
-        (grad,) = torch.autograd.grad(torch.where(ok, losses, torch.zeros_like(losses)).sum(), pop,
-                                      allow_unused=True)
-        return losses.detach(), (torch.zeros_like(pop) if grad is None else grad).detach()
+        loss is NaN/inf gets a zero gradient row (it is left out later).
+
+        Members go ``member_chunk`` at a time, and if `loss_fn` has ``parts`` (gls.objective's sample
+        chunks) the backward pass runs piece by piece, so only one piece's graph is alive at a time;
+        members are independent, so member chunks change each member's numbers only by the rounding of
+        differently sized batched kernels."""
+        m = self.member_chunk or pop.shape[0]
+        parts = getattr(loss_fn, "parts", None)
+        all_losses, grads = [], []
+        for first in range(0, pop.shape[0], m):
+            rows = pop[first:first + m].detach().requires_grad_(True)
+            total = grad = None
+            for piece in (parts(rows) if parts is not None else [loss_fn(rows)]):
+                if piece.shape != (rows.shape[0],):
+                    raise ValueError(f"the population loss must have shape ({rows.shape[0]},), got {tuple(piece.shape)}")
+                ok = torch.isfinite(piece.detach())
+                (g,) = torch.autograd.grad(torch.where(ok, piece, torch.zeros_like(piece)).sum(), rows,
+                                           allow_unused=True)
+                g = torch.zeros_like(rows) if g is None else g
+                total = piece.detach() if total is None else total + piece.detach()
+                grad = g if grad is None else grad + g
+            all_losses.append(total)
+            grads.append(grad.detach())
+        return torch.cat(all_losses), torch.cat(grads)
 
     def finite_mean(self, losses: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean gradient over the members with finite loss and gradient, that mask)."""

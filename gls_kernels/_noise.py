@@ -1,4 +1,5 @@
-"""What the Triton noise ops share (a helper, not an op): Philox and Box-Muller building blocks, and the kernel guard.
+"""What the Triton noise ops share (a helper, not an op; docs/design.md §4): Philox and Box-Muller
+building blocks, and the kernel guard.
 
 Same math as csrc/include/gls/philox.h and gls/reference/noise.py: Philox4x32-10 on uint32 words
 (tl.umulhi for the high product), uniforms ((x >> 8) + 0.5) * 2^-24 in float32 and Box-Muller on lane

@@ -2,7 +2,7 @@
 
 Independent of gls.net/gls.bounds: every affine module is turned into an explicit dense matrix by
 probing the torch module itself with basis vectors (float64), and the bounds are computed with
-explicit loops over layers, samples and members. Definitions (DESIGN.md section 2 and the gls.bounds
+explicit loops over layers, samples and members. Definitions (docs/design.md §3 and the gls.bounds
 docstring): BatchNorm directly after a Linear/Conv2d is merged into it; IBP elides C into the last
 affine layer; hbox/deeppoly intermediate bounds back-substitute every neuron and intersect with IBP;
 every intermediate bound is pushed out by gls's rounding margin (8 eps of its magnitude).

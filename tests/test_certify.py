@@ -66,9 +66,12 @@ def test_certify_cli(tmp_path, capsys):
     _tiny_checkpoint(tmp_path)
     out = tmp_path / "res.json"
     assert certify.main([str(tmp_path), "--subset", "20", "--pgd-steps", "2", "--methods", "ibp,crown",
-                         "--json", str(out)]) == 0
+                         "--json", str(out), "--threads", "1"]) == 0
     text = capsys.readouterr().out
     assert "certified ibp" in text and "certified deeppoly" in text and "natural" in text
+    assert f"checkpoint {tmp_path / checkpoint.LAST} (end of epoch 1; mlp)" in text  # best.pt absent: last.pt
+    assert certify.main([str(tmp_path), "--threads", "-1"]) == 2
+    assert "--threads must be >= 0" in capsys.readouterr().err
     assert json.loads(out.read_text())["n"] == 20
     assert certify.main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()

@@ -178,7 +178,7 @@ def test_nonfinite_centre_stops_and_keeps_the_last_good_checkpoint(tmp_path, mon
                 smoothing._check_center(self.opt.theta, step)
             return stats
 
-    monkeypatch.setattr(train, "_make_optimizer", lambda cfg, theta, *world: Faulty(real(cfg, theta, *world)))
+    monkeypatch.setattr(train, "_make_optimizer", lambda cfg, theta, *rest: Faulty(real(cfg, theta, *rest)))
     code, out = _run(tmp_path, "div", "--epochs", "3")
     assert code == 3
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Reference definitions of the bound-propagation ops (DESIGN.md section 2).
+"""Reference definitions of the bound-propagation ops (docs/design.md §3).
 
 Shapes follow the population convention: a leading population axis P on weights and bounds, inputs
 shared by all members. Every function here is differentiable by autograd; the kernels' autograd

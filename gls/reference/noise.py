@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference of the counter-based Gaussian noise (DESIGN.md section 2, bit-exact contract).
+"""Plain-PyTorch reference of the counter-based Gaussian noise (docs/design.md §4, bit-exact contract).
 
 u32 words are held in int64 tensors and every result is masked to 32 bits (torch's uint32 lacks the
 CPU ops needed); the 32x32 -> 64-bit products of Philox are split into 16-bit halves so no

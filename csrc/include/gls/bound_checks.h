@@ -1,7 +1,7 @@
 // Input validation of the bound-propagation ops, shared by the CPU and CUDA kernels (host code).
 //
 // Every check is a TORCH_CHECK naming the op, the argument and what was expected, so bad input fails
-// clearly instead of reading out of bounds. Population axes may be 1 where DESIGN.md allows sharing
+// clearly instead of reading out of bounds. Population axes may be 1 where docs/design.md §2 allows sharing
 // (weights, biases, relaxation, IBP inputs); kernels then read them with a zero member stride.
 #pragma once
 

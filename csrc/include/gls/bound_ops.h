@@ -1,4 +1,4 @@
-// Elementwise math of the fused bound-propagation ops (DESIGN.md section 2), shared verbatim by the
+// Elementwise math of the fused bound-propagation ops (docs/design.md §3), shared verbatim by the
 // CPU and CUDA kernels so the CPU tests exercise the code the GPU runs.
 //
 // Sign split: g = pos + neg with pos = max(g, 0) and neg = g - pos = min(g, 0). A lower bound through

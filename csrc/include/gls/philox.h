@@ -1,4 +1,4 @@
-// Philox4x32-10 and the Gaussian stream built on it (DESIGN.md section 2), shared verbatim by the CPU
+// Philox4x32-10 and the Gaussian stream built on it (docs/design.md §4), shared verbatim by the CPU
 // and CUDA kernels.
 //
 // Element i of member m's stream, for seed s and purpose q:

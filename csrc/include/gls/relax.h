@@ -1,4 +1,4 @@
-// ReLU relaxations (DESIGN.md section 2), shared verbatim by the CPU and CUDA kernels.
+// ReLU relaxations (docs/design.md §3), shared verbatim by the CPU and CUDA kernels.
 //
 // For pre-activation bounds l <= z <= u the relaxation is a pair of lines
 //   a_l * z + c_l  <=  relu(z)  <=  a_u * z + c_u.
