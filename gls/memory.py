@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 
 from gls.affine import Conv, Dense, Diag
+from gls.problem import CPU_ROWS_PER_PASS, method_name
 
 FLOAT_BYTES = 4  # float32
 SAFE_FRACTION = {"cpu": 0.7, "cuda": 0.85}  # default --max-memory: this share of the free memory
 CHUNK_ELEMENTS = 1 << 25  # gls.bounds._CHUNK_ELEMENTS: rows back-substituted at a time without autograd
-CPU_ROWS_PER_PASS = 1024  # gls.bounds._CPU_ROWS_PER_CHUNK: members x samples per pass on a CPU
 
 
 class MemoryPlanError(ValueError):
@@ -76,9 +76,16 @@ OVERHEAD = 1.7
 
 
 def _op_block(kind: str, n_in: int, n_out: int) -> int:
-    """Coefficients one back-substitution step through an affine op keeps per row: the new block, and
-    for a conv also the transposed copy of its input that conv_transpose2d saves; a diag's product."""
-    return n_in + (n_out if kind == "conv" else 0) + (n_in if kind == "diag" else 0)
+    """Coefficients one back-substitution step through an affine op keeps per row: the new block (for a
+    conv, the output of the fused gls.ops.backsub_conv_relu, whose backward recomputes the rest); a
+    diag's product."""
+    return n_in + (n_in if kind == "diag" else 0)
+
+
+def _fused_relu(seg) -> bool:
+    """A segment that is one Linear or Conv: the ReLU before it is relaxed inside the fused step
+    (gls.ops.backsub_linear_relu / backsub_conv_relu)."""
+    return len(seg) == 1 and seg[0][0] in ("dense", "conv")
 
 
 def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, grad: bool) -> int:
@@ -93,7 +100,7 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
       without, the boxes of every ReLU and two vectors of the widest layer.
     * crown-ibp adds the four relaxation lines per ReLU and the back-substitution of the spec: per
       affine op a (p, b, rows, n) coefficient block (_op_block), per ReLU the block, its line selection
-      and product (3 blocks).
+      and product (3 blocks), except a ReLU relaxed inside a fused step (_fused_relu).
     * hbox / deeppoly add, for every refined ReLU layer of width N, the back-substitution of 2N rows
       (its lower and upper bounds, all neurons counted unstable) through the layers below; without
       autograd these go CHUNK_ELEMENTS coefficients at a time.
@@ -107,7 +114,8 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
 
     def kept(k: int, r: int) -> int:
         """Coefficients of r rows back-substituted from segment k to the input, every block kept."""
-        return r * (sum(_op_block(*op) for seg in segs[:k + 1] for op in seg) + 3 * sum(relus[:k]))
+        relaxed = sum(n for n, seg in zip(relus[:k], segs[1:k + 1]) if not _fused_relu(seg))
+        return r * (sum(_op_block(*op) for seg in segs[:k + 1] for op in seg) + 3 * relaxed)
 
     def widest(k: int) -> int:
         return max(max(n_in, n_out) for seg in segs[:k + 1] for _, n_in, n_out in seg)
@@ -133,11 +141,11 @@ class StepPlan:
     bytes: int
 
 
-def _members_per_bound_pass(p: int, b: int, grad: bool, device: torch.device) -> int:
+def _members_per_bound_pass(p: int, b: int, grad: bool, device: torch.device, method: str) -> int:
     """gls.bounds splits members on a CPU; without autograd only one split is alive at a time."""
     if grad or device.type != "cpu":
         return p
-    return min(p, max(1, CPU_ROWS_PER_PASS // max(b, 1)))
+    return min(p, max(1, CPU_ROWS_PER_PASS[method_name(method)] // max(b, 1)))
 
 
 def step_bytes(shape: NetShape, *, method: str, relaxation: str, population: int, member_chunk: int,
@@ -150,7 +158,7 @@ def step_bytes(shape: NetShape, *, method: str, relaxation: str, population: int
     forward = p * b * shape.outputs * (3 if grad else 1)
     bounds = 0
     if robust:
-        pb = _members_per_bound_pass(p, b, grad, device)
+        pb = _members_per_bound_pass(p, b, grad, device, relaxation)
         bounds = bound_elements(shape, relaxation, pb, b, shape.classes - 1, grad=grad)
     weights = shape.d * (population + (2 * p if grad else p) + 6)
     return int(OVERHEAD * FLOAT_BYTES * (forward + bounds + weights))

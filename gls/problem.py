@@ -121,13 +121,13 @@ def count_maps(seg) -> int:
 # DeepPoly: every (member, sample) of a pass back-substitutes as many rows as the most unstable one,
 # so smaller passes pad less; measured on the trained cnn3 (bench/trained.py), DeepPoly, P = 64, B = 32,
 # 2 threads: 4 members per pass 1.50 s, 2: 1.66 s, 8: 1.68 s; 1 thread: 4: 2.51 s, 32: 3.09 s.
-_CPU_ROWS_PER_CHUNK = {"ibp": 1024, "crown-ibp": 1024, "hbox": 128, "deeppoly": 128}
+CPU_ROWS_PER_PASS = {"ibp": 1024, "crown-ibp": 1024, "hbox": 128, "deeppoly": 128}
 
 
 def member_chunk_size(member_chunk, P: int, B: int, device: torch.device, method: str) -> int:
-    """Members bounded per pass: `member_chunk`, else all on a GPU and _CPU_ROWS_PER_CHUNK / B on a CPU."""
+    """Members bounded per pass: `member_chunk`, else all on a GPU and CPU_ROWS_PER_PASS / B on a CPU."""
     if member_chunk is None:
-        return P if device.type != "cpu" else max(1, _CPU_ROWS_PER_CHUNK[method] // max(B, 1))
+        return P if device.type != "cpu" else max(1, CPU_ROWS_PER_PASS[method] // max(B, 1))
     if isinstance(member_chunk, bool) or not isinstance(member_chunk, int) or member_chunk < 1:
         raise ValueError(f"member_chunk must be a positive int or None, got {member_chunk!r}")
     return member_chunk
