@@ -111,14 +111,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
     const Tensor& lam, const Tensor& W, const c10::optional<Tensor>& b, const Tensor& a_l, const Tensor& c_l,
     const Tensor& a_u, const Tensor& c_u, const Tensor& origin, at::IntArrayRef stride, at::IntArrayRef dilation,
     const Tensor& grad_lam, const Tensor& grad_bias) {
-  const char* op = "backsub_conv_relu_backward";
   const BacksubConvShape s =
       check_backsub_conv(c10::DeviceType::CPU, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
-  TORCH_CHECK(grad_lam.sizes() == at::IntArrayRef({s.P, s.B, s.R, s.c_in, s.h2, s.w2}), op,
-              ": grad_lam must have the shape of the op's first output, got ", grad_lam.sizes());
-  TORCH_CHECK(grad_bias.sizes() == at::IntArrayRef({s.P, s.B, s.R}), op, ": grad_bias must have shape (P,B,R), got ",
-              grad_bias.sizes());
-  check_tensors(op, c10::DeviceType::CPU, {{"lam", &lam}, {"grad_lam", &grad_lam}, {"grad_bias", &grad_bias}});
+  check_backsub_conv_grads(c10::DeviceType::CPU, s, lam, grad_lam, grad_bias);
   const Tensor lamc = lam.contiguous(), Wc = W.contiguous(), alc = a_l.contiguous(), clc = c_l.contiguous(),
                auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous(), go = grad_lam.contiguous(),
                gb = grad_bias.contiguous();

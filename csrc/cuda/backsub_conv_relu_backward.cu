@@ -157,11 +157,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
   const char* op = "backsub_conv_relu_backward";
   const BacksubConvShape s =
       check_backsub_conv(c10::DeviceType::CUDA, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
-  TORCH_CHECK(grad_lam.sizes() == at::IntArrayRef({s.P, s.B, s.R, s.c_in, s.h2, s.w2}), op,
-              ": grad_lam must have the shape of the op's first output, got ", grad_lam.sizes());
-  TORCH_CHECK(grad_bias.sizes() == at::IntArrayRef({s.P, s.B, s.R}), op, ": grad_bias must have shape (P,B,R), got ",
-              grad_bias.sizes());
-  check_tensors(op, c10::DeviceType::CUDA, {{"lam", &lam}, {"grad_lam", &grad_lam}, {"grad_bias", &grad_bias}});
+  check_backsub_conv_grads(c10::DeviceType::CUDA, s, lam, grad_lam, grad_bias);
   const c10::cuda::CUDAGuard guard(lam.device());
   const Tensor lamc = lam.contiguous(), Wc = W.contiguous(), alc = a_l.contiguous(), clc = c_l.contiguous(),
                auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous(), go = grad_lam.contiguous(),

@@ -39,6 +39,24 @@ inline void check_members(const char* op, const char* name, int64_t got, int64_t
   TORCH_CHECK(got == P || got == 1, op, ": ", name, " has ", got, " population members, expected ", P, " or 1");
 }
 
+// b (P|1, n_out)? of an op whose rows have n_out entries (`what` names that axis), then one dtype and
+// device for every tensor; returns whether b is shared by the population.
+inline bool check_bias_and_tensors(const char* op, c10::DeviceType device, const c10::optional<at::Tensor>& b,
+                                   const char* what, int64_t n_out, int64_t P, const at::Tensor& lam,
+                                   const at::Tensor& W, const at::Tensor& a_l, const at::Tensor& c_l,
+                                   const at::Tensor& a_u, const at::Tensor& c_u) {
+  if (!b.has_value()) {
+    check_tensors(op, device, {{"lam", &lam}, {"W", &W}, {"a_l", &a_l}, {"c_l", &c_l}, {"a_u", &a_u}, {"c_u", &c_u}});
+    return true;
+  }
+  check_dim(op, "b", *b, 2, what[0] == 'C' ? "(P|1,C_out)" : "(P|1,N_out)");
+  check_members(op, "b", b->size(0), P);
+  TORCH_CHECK(b->size(1) == n_out, op, ": b must have ", what, " = ", n_out, " entries, got shape ", b->sizes());
+  check_tensors(op, device, {{"lam", &lam}, {"W", &W}, {"b", &*b}, {"a_l", &a_l}, {"c_l", &c_l}, {"a_u", &a_u},
+                             {"c_u", &c_u}});
+  return b->size(0) == 1;
+}
+
 struct BacksubShape {
   int64_t P, B, S, n_out, n_in;
   bool w_shared, b_shared, relax_shared;
@@ -63,16 +81,7 @@ inline BacksubShape check_backsub(c10::DeviceType device, const at::Tensor& lam,
   for (const auto& [name, t] : {std::pair{"c_l", &c_l}, {"a_u", &a_u}, {"c_u", &c_u}})
     TORCH_CHECK(t->sizes() == a_l.sizes(), op, ": ", name, " must have the shape of a_l ", a_l.sizes(), ", got ",
                 t->sizes());
-  if (b.has_value()) {
-    check_dim(op, "b", *b, 2, "(P|1,N_out)");
-    check_members(op, "b", b->size(0), s.P);
-    TORCH_CHECK(b->size(1) == s.n_out, op, ": b must have N_out = ", s.n_out, " columns, got shape ", b->sizes());
-    s.b_shared = b->size(0) == 1;
-    check_tensors(op, device, {{"lam", &lam}, {"W", &W}, {"b", &*b}, {"a_l", &a_l}, {"c_l", &c_l}, {"a_u", &a_u},
-                               {"c_u", &c_u}});
-  } else {
-    check_tensors(op, device, {{"lam", &lam}, {"W", &W}, {"a_l", &a_l}, {"c_l", &c_l}, {"a_u", &a_u}, {"c_u", &c_u}});
-  }
+  s.b_shared = check_bias_and_tensors(op, device, b, "N_out", s.n_out, s.P, lam, W, a_l, c_l, a_u, c_u);
   return s;
 }
 
@@ -172,17 +181,20 @@ inline BacksubConvShape check_backsub_conv(c10::DeviceType device, const at::Ten
               op, ": origin must be int64 of shape (P=", s.P, ", B=", s.B, ", R=", s.R, ", 2), got ",
               origin.scalar_type(), " ", origin.sizes());
   TORCH_CHECK(origin.device() == lam.device(), op, ": origin must be on ", lam.device(), ", got ", origin.device());
-  if (b.has_value()) {
-    check_dim(op, "b", *b, 2, "(P|1,C_out)");
-    check_members(op, "b", b->size(0), s.P);
-    TORCH_CHECK(b->size(1) == s.c_out, op, ": b must have C_out = ", s.c_out, " entries, got shape ", b->sizes());
-    s.b_shared = b->size(0) == 1;
-    check_tensors(op, device, {{"lam", &lam}, {"W", &W}, {"b", &*b}, {"a_l", &a_l}, {"c_l", &c_l}, {"a_u", &a_u},
-                               {"c_u", &c_u}});
-  } else {
-    check_tensors(op, device, {{"lam", &lam}, {"W", &W}, {"a_l", &a_l}, {"c_l", &c_l}, {"a_u", &a_u}, {"c_u", &c_u}});
-  }
+  s.b_shared = check_bias_and_tensors(op, device, b, "C_out", s.c_out, s.P, lam, W, a_l, c_l, a_u, c_u);
   return s;
+}
+
+// The upstream gradients of backsub_conv_relu_backward: grad_lam shaped like the op's first output,
+// grad_bias (P,B,R), both of lam's dtype and device.
+inline void check_backsub_conv_grads(c10::DeviceType device, const BacksubConvShape& s, const at::Tensor& lam,
+                                     const at::Tensor& grad_lam, const at::Tensor& grad_bias) {
+  const char* op = "backsub_conv_relu_backward";
+  TORCH_CHECK(grad_lam.sizes() == at::IntArrayRef({s.P, s.B, s.R, s.c_in, s.h2, s.w2}), op,
+              ": grad_lam must have the shape of the op's first output, got ", grad_lam.sizes());
+  TORCH_CHECK(grad_bias.sizes() == at::IntArrayRef({s.P, s.B, s.R}), op, ": grad_bias must have shape (P,B,R), got ",
+              grad_bias.sizes());
+  check_tensors(op, device, {{"lam", &lam}, {"grad_lam", &grad_lam}, {"grad_bias", &grad_bias}});
 }
 
 }  // namespace gls
