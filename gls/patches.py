@@ -5,9 +5,10 @@ that neuron's receptive field, so it is kept as a (C, h, w) window of coefficien
 the current map, as auto_LiRPA's "patches" mode does for whole layers, but per row: every member
 and sample carries only its own unstable neurons. Going back through a convolution the window
 grows to (h - 1) * stride + dilation * (kh - 1) + 1 and its origin moves to origin * stride -
-padding; once it would be no smaller than the map, the rows continue as dense coefficients
-(`dense`), which is the plain path of gls.bounds. The numbers equal those of dense rows: the
-coefficients outside a window are exactly zero.
+padding; once it is no smaller than the map it is cut to the map (`crop`), and dense rows enter a
+convolution as whole-map windows (`whole`); rows become dense (`dense`) only before an op that is
+not a convolution or an elementwise map. The numbers equal those of dense rows: the coefficients
+outside a window are exactly zero.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from gls.affine import Conv, Diag
 class Rows(NamedTuple):
     """Rows as windows: coef (P, B, R, C, h, w) at origin (P, B, R, 2) on a map of shape (C, H, W).
 
-    uniform: every row has the same origin, `at` (rows that started as whole maps), so cropping is a slice.
+    at: the origin every row shares (rows that started as whole maps), so cropping is a slice; else None.
     """
 
     coef: torch.Tensor
@@ -161,9 +162,10 @@ def concretize(rows: Rows, bias: torch.Tensor, x_lo: torch.Tensor, x_hi: torch.T
 
 
 def row_cost(segs, k: int, shape) -> tuple[int, int]:
-    """(most coefficients, multiply-adds of its Linear/Conv steps) of one row starting at segs[k]'s output (a map of `shape`) on
-    its way to the input, following gls.bounds._backsub: windows grow through convolutions and are
-    cropped to the map once no smaller than it; dense rows become whole-map windows at a convolution."""
+    """(most coefficients, multiply-adds of its Linear/Conv steps) of one row starting at segs[k]'s
+    output (a map of `shape`) on its way to the input, following gls.bounds._backsub: windows grow
+    through convolutions and are cropped to the map once no smaller than it; dense rows become
+    whole-map windows at a convolution."""
     most, macs = math.prod(shape), 0
     size = (1, 1) if len(shape) == 3 else None  # None: dense rows
     for seg in reversed(segs[:k + 1]):
