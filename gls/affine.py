@@ -22,9 +22,13 @@ class Dense:
         self.W, self.b = W, b
         self.n_out, self.n_in = W.shape[-2], W.shape[-1]
 
+    def apply(self, x, weight, bias):
+        """x (P|1, B, N_in) through this layer's map with `weight`, `bias` in place of W, b -> (P, B, N_out)."""
+        out = torch.matmul(x, weight.transpose(-1, -2))
+        return out if bias is None else out + bias.unsqueeze(-2)
+
     def forward(self, x):
-        out = torch.matmul(x, self.W.transpose(-1, -2))
-        return out if self.b is None else out + self.b.unsqueeze(-2)
+        return self.apply(x, self.W, self.b)
 
     def ibp(self, mid, rad, backend=None):
         return ops.ibp_affine(mid, rad, self.W, self.b, backend=backend)
@@ -56,7 +60,8 @@ class Conv:
             self.in_shape[1 + i] - ((self.out_shape[1 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k[i] - 1) + 1)
             for i in range(2))
 
-    def _conv(self, x, weight, bias):
+    def apply(self, x, weight, bias):
+        """x (P|1, B, N_in) through this convolution with `weight`, `bias` in place of W, b -> (P, B, N_out)."""
         P, (c_out, c_in) = weight.shape[0], weight.shape[1:3]
         B = x.shape[1]
         w = weight.reshape(P * c_out, c_in, *weight.shape[-2:])
@@ -69,10 +74,10 @@ class Conv:
         return y.reshape(B, P, self.n_out).transpose(0, 1).contiguous()
 
     def forward(self, x):
-        return self._conv(x, self.W, self.b)
+        return self.apply(x, self.W, self.b)
 
     def ibp(self, mid, rad, backend=None):
-        return self._conv(mid, self.W, self.b), self._conv(rad, self.W.abs(), None)
+        return self.apply(mid, self.W, self.b), self.apply(rad, self.W.abs(), None)
 
     def back(self, lam):
         P, B, S = lam.shape[:3]

@@ -58,7 +58,6 @@ sound mode is for certification. The backend kernels of gls.ops are not used.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from gls.affine import Dense, Diag
 from gls.problem import Bounds, count_maps, domain_bounds, input_region, member_chunk_size, spec_matrix
@@ -79,20 +78,6 @@ def _up(t: torch.Tensor) -> torch.Tensor:
     return torch.nextafter(t, t.new_tensor(_INF))
 
 
-def _affine(op, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """weight applied to x (P|1, B, n_in) -> (P, B, n_out) as op does, with `weight` in place of op.W."""
-    if isinstance(op, Dense):
-        out = torch.matmul(x, weight.transpose(-1, -2))
-        return out if bias is None else out + bias.unsqueeze(-2)
-    P, (c_out, c_in) = weight.shape[0], weight.shape[1:3]
-    B = x.shape[1]
-    w = weight.reshape(P * c_out, c_in, *weight.shape[-2:])
-    b = None if bias is None else bias.reshape(P * c_out)
-    xs = x.expand(P, *x.shape[1:]).transpose(0, 1).reshape(B, P * c_in, *op.in_shape[1:])
-    y = F.conv2d(xs, w, b, op.stride, op.padding, op.dilation, groups=P)
-    return y.reshape(B, P, op.n_out).transpose(0, 1)
-
-
 def _interval(op, l, u, G):
     """Rigorous interval step: (l, u) of the op's output and q = |W| m + |b| (point 2)."""
     m = torch.maximum(l.abs(), u.abs())
@@ -108,34 +93,14 @@ def _interval(op, l, u, G):
     mid = (l + u) / 2
     rad = (u - l) / 2 + 4 * _U * m  # [mid - rad, mid + rad] holds [l, u] despite the rounding of both
     rows = mid.shape[1]
-    c = _affine(op, mid, op.W, op.b)
-    both = _affine(op, torch.cat([rad, m], dim=1), op.W.abs(), None)  # |W| rad and |W| m in one pass
+    c = op.apply(mid, op.W, op.b)
+    both = op.apply(torch.cat([rad, m], dim=1), op.W.abs(), None)  # |W| rad and |W| m in one pass
     r, q = both[:, :rows], both[:, rows:]
     if op.b is not None:
         b = op.b.abs() if isinstance(op, Dense) else op.b.abs().repeat_interleave(op.n_out // op.W.shape[1], dim=1)
         q = q + b.unsqueeze(-2)
     e = 6 * G * q
     return _down(c - r - e), _up(c + r + e), q
-
-
-def _back(op, lam):
-    """(lam W, lam . b) through op, (P, B, S, n_out) -> (P, B, S, n_in), (P, B, S)."""
-    P, B, S = lam.shape[:3]
-    if isinstance(op, Diag):
-        return lam * op.s[:, None, None, :], (lam * op.t[:, None, None, :]).sum(-1)
-    if isinstance(op, Dense):
-        g = torch.matmul(lam.flatten(1, 2), op.W).unflatten(1, (B, S))
-        if op.b is None:
-            return g, lam.new_zeros((P, B, S))
-        return g, torch.matmul(lam.flatten(1, 2), op.b.unsqueeze(-1)).squeeze(-1).unflatten(1, (B, S))
-    c_out, c_in = op.W.shape[1:3]
-    y = lam.reshape(P, B * S, *op.out_shape).transpose(0, 1).reshape(B * S, P * c_out, *op.out_shape[1:])
-    w = op.W.reshape(P * c_out, c_in, *op.W.shape[-2:])
-    g = F.conv_transpose2d(y, w, None, op.stride, op.padding, op.output_padding, P, op.dilation)
-    g = g.reshape(B * S, P, op.n_in).transpose(0, 1).reshape(P, B, S, op.n_in)
-    if op.b is None:
-        return g, lam.new_zeros((P, B, S))
-    return g, (lam.reshape(P, B, S, c_out, -1).sum(-1) * op.b[:, None, None, :]).sum(-1)
 
 
 def _lines(l, u, method):
@@ -219,7 +184,7 @@ class _Pass:
         err = err + 2 * self.G * (lam.abs() * q.unsqueeze(2)).sum(-1)
         if isinstance(op, Diag) and op.err is not None:
             err = err + 2 * (lam.abs() * (m * op.err[0].unsqueeze(1) + op.err[1].unsqueeze(1)).unsqueeze(2)).sum(-1)
-        lam, beta = _back(op, lam)
+        lam, beta = op.back(lam)
         bias = bias + beta
         return lam, bias, err + 2 * _U * bias.abs()
 

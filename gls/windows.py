@@ -31,6 +31,14 @@ def _index(origin: torch.Tensor, size, top: int, left: int, width: int) -> torch
     return (oy * width + ox).flatten(-2)
 
 
+def _positions(origin: torch.Tensor, size, H: int, W: int):
+    """Map rows ys (P, B, R, h) and columns xs (P, B, R, w) of every window, and (P, B, R, h, w) whether
+    each element lies inside the (H, W) map."""
+    ys = origin[..., 0, None] + torch.arange(size[0], device=origin.device)
+    xs = origin[..., 1, None] + torch.arange(size[1], device=origin.device)
+    return ys, xs, ((ys >= 0) & (ys < H))[..., :, None] & ((xs >= 0) & (xs < W))[..., None, :]
+
+
 def _member_sample(P: int, B: int, Pm: int, Bm: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     pi = torch.arange(P, device=device) if Pm == P else torch.zeros(P, dtype=torch.long, device=device)
     bi = torch.arange(B, device=device) if Bm == B else torch.zeros(B, dtype=torch.long, device=device)
@@ -44,24 +52,18 @@ def gather(maps: torch.Tensor, origin: torch.Tensor, size) -> torch.Tensor:
     the origins' values (no host sync, traceable by torch.compile and the fake-tensor checks).
     """
     Pm, Bm, C, H, W = maps.shape
-    P, B, R = origin.shape[:3]
-    h, w = size
-    ys = origin[..., 0, None] + torch.arange(h, device=origin.device)
-    xs = origin[..., 1, None] + torch.arange(w, device=origin.device)
-    ok = ((ys >= 0) & (ys < H))[..., :, None] & ((xs >= 0) & (xs < W))[..., None, :]
+    P, B = origin.shape[:2]
+    ys, xs, ok = _positions(origin, size, H, W)
     idx = (ys.clamp(0, H - 1)[..., :, None] * W + xs.clamp(0, W - 1)[..., None, :]).flatten(-2)
     flat = maps.flatten(-2).transpose(-1, -2)  # (Pm, Bm, H*W, C): one gather reads C contiguous values
     pi, bi = _member_sample(P, B, Pm, Bm, maps.device)
-    vals = flat[pi, bi, idx].transpose(-1, -2).unflatten(-1, (h, w))
+    vals = flat[pi, bi, idx].transpose(-1, -2).unflatten(-1, tuple(size))
     return torch.where(ok.unsqueeze(3), vals, vals.new_zeros(()))
 
 
 def inside(origin: torch.Tensor, size, H: int, W: int, dtype) -> torch.Tensor:
     """(P, B, R, 1, h, w) 1 where a window element lies inside the (H, W) map, else 0."""
-    ys = origin[..., 0, None] + torch.arange(size[0], device=origin.device)
-    xs = origin[..., 1, None] + torch.arange(size[1], device=origin.device)
-    ok = ((ys >= 0) & (ys < H))[..., :, None] & ((xs >= 0) & (xs < W))[..., None, :]
-    return ok.unsqueeze(3).to(dtype)
+    return _positions(origin, size, H, W)[2].unsqueeze(3).to(dtype)
 
 
 def scatter(windows: torch.Tensor, origin: torch.Tensor, H: int, W: int) -> torch.Tensor:
