@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from gls import native
-from gls.meta.backsub_linear_relu import _reduce_members
+from gls.meta._population import reduce_members
 from gls.reference import bound_ops as ref
 
 
@@ -94,9 +94,9 @@ def backward(ctx, g_lam, g_bias):
     d_lam, d_W, d_b, *d_lines = torch.ops.gls.backsub_conv_relu_backward(
         lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry, g_lam.contiguous(), g_bias.contiguous())
     need = ctx.needs_input_grad
-    grads = [d_lam if need[0] else None, _reduce_members(d_W, W) if need[1] else None,
-             _reduce_members(d_b, b) if need[2] and b is not None else None]
-    grads += [_reduce_members(d, like) if need[i] else None for i, (d, like) in
+    grads = [d_lam if need[0] else None, reduce_members(d_W, W) if need[1] else None,
+             reduce_members(d_b, b) if need[2] and b is not None else None]
+    grads += [reduce_members(d, like) if need[i] else None for i, (d, like) in
               enumerate(zip(d_lines, (a_l, c_l, a_u, c_u)), start=3)]
     return tuple(grads) + (None, None, None)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from gls import native
+from gls.meta._population import reduce_members
 
 
 def check(lam, W, b, a_l, c_l, a_u, c_u) -> tuple[int, int, int, int, int]:
@@ -49,11 +50,6 @@ def backward_fake(lam, W, grad_lam, grad_bias, a_l, c_l, a_u, c_u):
     P, B, _, _ = lam.shape
     relax = lam.new_empty((P, B, W.shape[-1]))
     return torch.empty_like(grad_lam), relax, torch.empty_like(relax), torch.empty_like(relax), torch.empty_like(relax)
-
-
-def _reduce_members(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Sum `grad` over the population axis where `like` is shared by the population (size 1)."""
-    return grad.sum(0, keepdim=True) if like.shape[0] == 1 and grad.shape[0] != 1 else grad
 
 
 def epilogue_torch(lam, W, g_lam, g_bias, a_l, c_l, a_u, c_u):
@@ -93,12 +89,12 @@ def backward(ctx, g_lam, g_bias):
         grads[0] = d_lam + g_bias.unsqueeze(-1) * b[:, None, None, :] if b is not None else d_lam
     if need[1]:
         rows = lam.reshape(P, B * S, n_out)
-        grads[1] = _reduce_members(torch.matmul(rows.transpose(-1, -2), dg.reshape(P, B * S, n_in)), W)
+        grads[1] = reduce_members(torch.matmul(rows.transpose(-1, -2), dg.reshape(P, B * S, n_in)), W)
     if need[2] and b is not None:
-        grads[2] = _reduce_members((g_bias.unsqueeze(-1) * lam).sum((1, 2)), b)
+        grads[2] = reduce_members((g_bias.unsqueeze(-1) * lam).sum((1, 2)), b)
     for i, (d, like) in enumerate(zip(d_relax, (a_l, c_l, a_u, c_u)), start=3):
         if need[i]:
-            grads[i] = _reduce_members(d, like)
+            grads[i] = reduce_members(d, like)
     return tuple(grads)
 
 
