@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gls import certify, checkpoint, data, train
+from gls.app import certify, checkpoint, data, train
 
 DATA = Path(__file__).parent / "data"
 RECIPES = {"cnn3": ["--net", "cnn3", "--epochs", "2", "--eps-end-epoch", "1", "--seed", "0"]}

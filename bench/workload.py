@@ -15,7 +15,8 @@ import math
 import torch
 
 import gls
-from gls import data, models, patches
+from gls import patches
+from gls.app import data, models
 from gls.objective import population_loss as objective
 
 NETS = {"mlp": "mnist", "cnn3": "cifar10", "cnn7": "cifar10"}  # benchmark network -> its dataset

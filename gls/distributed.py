@@ -26,6 +26,7 @@ A collective that fails (a rank died, or did not answer within ``--dist-timeout`
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -35,7 +36,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from gls import data
 from gls.smoothing import PGPE, RGS, PopulationLoss
 
 RECORD_KEYS = ("natural_acc", "certified_acc", "natural_loss", "robust_loss")
@@ -77,10 +77,11 @@ class World:
         """This rank's contiguous slice [lo, hi) of n items (sizes differ by at most one)."""
         return self.rank * n // self.size, (self.rank + 1) * n // self.size
 
-    def shard(self, split: data.Split) -> data.Split:
-        """This rank's contiguous part of `split` (the whole split in one process)."""
+    def shard(self, split):
+        """This rank's contiguous part of `split` (a dataclass of images x and labels y, such as
+        gls.app.data.Split; the whole split in one process)."""
         lo, hi = self.span(len(split))
-        return split if not self.active else data.Split(split.x[lo:hi], split.y[lo:hi])
+        return split if not self.active else dataclasses.replace(split, x=split.x[lo:hi], y=split.y[lo:hi])
 
     def _run(self, kind: str, what: str, payload: torch.Tensor | None, fn):
         self.calls[kind] = self.calls.get(kind, 0) + 1
@@ -301,8 +302,8 @@ def validate_counts(world: World, counts: list[int]) -> list[int]:
     return [int(v) for v in world.all_reduce(torch.tensor(counts, dtype=torch.int64), "eval", "the validation counts")]
 
 
-def evaluate(world: World, evaluate_local, model, split: data.Split, eps: float, **kwargs) -> dict:
-    """`evaluate_local` (gls.certify.evaluate, passed in so this module does not import its caller) on
+def evaluate(world: World, evaluate_local, model, split, eps: float, **kwargs) -> dict:
+    """`evaluate_local` (gls.app.certify.evaluate, passed in so this module does not import its caller) on
     this rank's shard of `split`, the counts summed over the ranks and the per-method seconds the slowest
     rank's. PGD's random starts differ from one process's (each rank's generator starts at the seed), so
     the PGD figure may differ by a few samples."""

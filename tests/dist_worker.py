@@ -15,7 +15,8 @@ import matplotlib
 import torch
 import tqdm  # noqa: F401  (imported by gls.train.run)
 
-from gls import certify, data, smoothing, train
+from gls import smoothing
+from gls.app import certify, data, train
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -18,7 +18,8 @@ _CHILD = r"""
 import json, os, sys
 import torch
 torch.set_num_threads(1)
-from gls import memory, models
+from gls import memory
+from gls.app import models
 from gls.net import Network
 from gls.objective import population_loss
 from gls.smoothing import PGPE, RGS

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from gls import certify, checkpoint, data, models
-from gls.attack import pgd_robust
+from gls.app import certify, checkpoint, data, models
+from gls.app.attack import pgd_robust
 from gls.bounds import compute_bounds
 from gls.net import Network
 from gls.nn import Normalize

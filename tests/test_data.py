@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gls import data
-from gls.schedule import EpsSchedule, lr_factor
+from gls.app import data
+from gls.app.schedule import EpsSchedule, lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

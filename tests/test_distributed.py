@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import gls.train as train
-from gls import certify, checkpoint
+import gls.app.train as train
+from gls.app import certify, checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,7 +220,7 @@ def test_too_few_pairs_for_the_ranks_is_a_clear_error(ctx, tmp_path):
 
 
 def test_a_distributed_run_config_is_a_valid_config_file_and_bad_options_are_one_line(pgpe_single, capsys):
-    from gls import config
+    from gls.app import config
 
     cfg = config.resolve(config.parse_args(["--config", str(pgpe_single / "config.json")]))
     assert "world_size" not in cfg and cfg["population"] == 6  # recorded by the launcher, not an option

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import gls.train as train
-from gls import certify, checkpoint
+import gls.app.train as train
+from gls.app import certify, checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,6 +7,8 @@
    (gls/meta/<op>.py), its schema (csrc/ops.cpp), csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu,
    gls_kernels/<op>.py (for the backends it lists), tests/test_<op>.py and bench/test_<op>_bench.py;
    and every kernel file is named for the one op it implements.
+4. Library and application apart: the library (gls/ outside gls/app/) imports nothing from gls.app, and the
+   command modules gls.train, gls.certify and gls.study import only their gls.app counterpart.
 """
 import ast
 import re
@@ -83,6 +85,33 @@ def test_the_layout_reader_sees_the_imports():
 def test_kernels_import_nothing_from_gls():
     bad = {name: sorted(m for m in deps if m.split(".")[0] == "gls") for name, deps in GRAPH.items() if name.startswith("gls_kernels")}
     assert not {k: v for k, v in bad.items() if v}, "gls_kernels/ must not import gls"
+
+
+# ---- the library imports nothing from the application ---------------------------------------------
+
+COMMANDS = {"gls.train": "gls.app.train", "gls.certify": "gls.app.certify", "gls.study": "gls.app.study.cli"}
+
+
+def _is_app(name: str) -> bool:
+    return name == "gls.app" or name.startswith("gls.app.")
+
+
+def test_the_library_imports_nothing_from_the_application():
+    library = [n for n in GRAPH if n.startswith("gls") and not n.startswith("gls_kernels") and not _is_app(n)
+               and n not in COMMANDS]
+    assert {"gls", "gls.bounds", "gls.smoothing", "gls.distributed", "gls.meta"} <= set(library)
+    bad = {n: sorted(m for m in GRAPH[n] if _is_app(m)) for n in library}
+    assert not {k: v for k, v in bad.items() if v}, "the library (gls/ outside gls/app/) must not import gls.app"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_commands_are_entry_modules_of_the_application(command):
+    """`python -m gls.<command>` runs a module that only imports the application's main."""
+    assert GRAPH[command] == {COMMANDS[command]}, f"{command} must import only {COMMANDS[command]}"
+    tree = ast.parse(MODULES[command].read_text())
+    assert any(isinstance(n, ast.ImportFrom) and n.module == COMMANDS[command] and [a.name for a in n.names] == ["main"]
+               for n in tree.body)
+    assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))], f"{command} defines code"
 
 
 def _cycle() -> list[str] | None:

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-import gls.train as train
-from gls import memory, models
+import gls.app.train as train
+from gls import memory
+from gls.app import models
 from gls.net import Network
 from gls.objective import population_loss
 from gls.smoothing import RGS

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from gls import models
+from gls.app import models
 from gls.net import Network
 from gls.nn import Normalize
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import gls
-from gls import certify, data
+from gls.app import certify, data
 from tests.nets import build, population
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-import gls.train as train
-from gls import checkpoint
-from gls.study import paradox, report
-from gls.study.__main__ import main
+import gls.app.train as train
+from gls.app import checkpoint
+from gls.app.study import paradox, report
+from gls.app.study.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

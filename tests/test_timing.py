@@ -1,8 +1,8 @@
 """gls.timing: the run-time prediction follows the eps ramp, and the ETA corrects it by what was measured."""
 import pytest
 
-from gls.schedule import EpsSchedule
-from gls.timing import RunClock, cost_fraction, format_duration
+from gls.app.schedule import EpsSchedule
+from gls.app.timing import RunClock, cost_fraction, format_duration
 
 
 def test_prediction_follows_the_eps_ramp():

@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 
-import gls.train as train
-from gls import checkpoint, config, smoothing
+import gls.app.train as train
+from gls import smoothing
+from gls.app import checkpoint, config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

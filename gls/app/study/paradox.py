@@ -5,7 +5,7 @@ gradients, looser relaxations give better certified networks than tighter ones; 
 arXiv 2403.07095) that with Gaussian Loss Smoothing (PGPE, RGS) the tighter ones win. Every cell of
 the grid is an ordinary ``gls.train`` run directory with the same network, data, eps schedule and
 budget; every final network (``last.pt``) is then evaluated by the same certifier on the same test
-images (:mod:`gls.study.evaluate`).
+images (:mod:`gls.app.study.evaluate`).
 
 Budget rule (stated in results.md too). A *bound evaluation* is one network (population member)
 bounded on one image. grad trains E epochs on N images: E*N evaluations; RGS the same epochs with N_s

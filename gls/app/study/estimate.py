@@ -2,7 +2,7 @@
 
 For each grid cell: one warm-up and two timed optimiser steps on a real mini-batch at the target eps
 from the initial weights; per-image certification time of every relaxation and of PGD on a batch of
-test images. :func:`gls.study.paradox.estimate_seconds` turns them into the predicted time, so a budget
+test images. :func:`gls.app.study.paradox.estimate_seconds` turns them into the predicted time, so a budget
 can be re-derived on another machine or after the bounds get faster.
 """
 from __future__ import annotations
@@ -11,13 +11,13 @@ import time
 
 import torch
 
-from gls import data, models
-from gls.attack import pgd_robust
+from gls.app import data, models
+from gls.app.attack import pgd_robust
 from gls.bounds import compute_bounds
 from gls.net import Network
 from gls.objective import population_loss
 from gls.smoothing import PGPE, RGS, make_torch_optimizer
-from gls.study import paradox
+from gls.app.study import paradox
 
 
 def _optimizer(spec, opt, theta):

@@ -1,4 +1,4 @@
-"""``python -m gls.study.evaluate RUN_DIR --out FILE ...``: one study evaluation of a run's final network.
+"""``python -m gls.app.study.evaluate RUN_DIR --out FILE ...``: one study evaluation of a run's final network.
 
 The final network is the run's ``last.pt`` (the same rule for every cell: "best" is chosen by each run's
 own training relaxation, which differs between cells). It goes through gls.certify's ``evaluate`` on
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from gls import checkpoint, data
-from gls.certify import evaluate, model_from_checkpoint
+from gls.app import checkpoint, data
+from gls.app.certify import evaluate, model_from_checkpoint
 
 
 def settings(eps: float, subset: int | None, methods: list[str], pgd_steps: int, pgd_restarts: int) -> dict:
@@ -36,7 +36,7 @@ def is_valid(path: Path, wanted: dict) -> bool:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gls.study.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m gls.app.study.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("run_dir")
     p.add_argument("--out", required=True)
     p.add_argument("--eps", type=float, required=True)
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         result = evaluate(model, split, args.eps, methods=methods, batch_size=args.batch_size,
                           pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts, device=args.device)
     except (ValueError, checkpoint.CheckpointError, data.DataError, OSError) as e:
-        print(f"gls.study.evaluate: error: {e}", file=sys.stderr)
+        print(f"gls.app.study.evaluate: error: {e}", file=sys.stderr)
         return 2
     record = {"settings": settings(args.eps, args.subset, methods, args.pgd_steps, args.pgd_restarts),
               "checkpoint_epoch": payload["epoch"], "eval_time_s": time.perf_counter() - t0, **result}

@@ -19,10 +19,10 @@ import sys
 import threading
 from pathlib import Path
 
-from gls import data
-from gls.study import paradox, report, runner
-from gls.study import evaluate as study_eval
-from gls.study.paradox import StudyError, cell_name
+from gls.app import data
+from gls.app.study import paradox, report, runner
+from gls.app.study import evaluate as study_eval
+from gls.app.study.paradox import StudyError, cell_name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,7 +93,7 @@ def _eval_job(out: Path, name: str, spec: dict) -> runner.Job:
         return study_eval.is_valid(file, wanted) and last.is_file() and file.stat().st_mtime >= last.stat().st_mtime
 
     def argv():
-        a = ["gls.study.evaluate", str(run_dir), "--out", str(file), "--eps", repr(spec["train"]["eps"]),
+        a = ["gls.app.study.evaluate", str(run_dir), "--out", str(file), "--eps", repr(spec["train"]["eps"]),
              "--methods", ",".join(paradox.RELAXATIONS), "--pgd-steps", str(ev["pgd_steps"]),
              "--pgd-restarts", str(ev["pgd_restarts"]), "--batch-size", str(ev["batch_size"]),
              "--device", spec["train"]["device"]]
@@ -210,7 +210,7 @@ def _main(argv) -> int:
         spec = paradox.resolve(args.preset, args.set, _split(args.optimizers), _split(args.relaxations))
         out = Path(args.out or f"runs/study-paradox-{args.preset}")
         if args.estimate:
-            from gls.study import estimate
+            from gls.app.study import estimate
 
             return estimate.main(spec, args.workers)
         _check_study_dir(out, spec)
@@ -221,7 +221,3 @@ def _main(argv) -> int:
     except KeyboardInterrupt:
         print("gls.study: interrupted; re-run the same command to continue (finished runs are kept)", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

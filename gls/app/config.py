@@ -17,8 +17,8 @@ import torch
 
 from gls.bounds import METHODS as RELAXATIONS
 from gls.memory import parse_size
-from gls.models import INITS, NETS
-from gls.schedule import SCHEDULES
+from gls.app.models import INITS, NETS
+from gls.app.schedule import SCHEDULES
 from gls.smoothing import CENTER_OPTIMIZERS
 
 TRAIN_METHODS = ("pgpe", "rgs", "grad")
