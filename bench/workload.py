@@ -16,6 +16,7 @@ import torch
 
 import gls
 from gls import patches
+from gls.problem import method_name
 from gls.app import data, models
 from gls.objective import population_loss as objective
 
@@ -79,7 +80,7 @@ def _segments(net: gls.Network, in_shape) -> list[list[tuple[int, int, int]]]:
 
 def _refined(segs, method: str) -> list[int]:
     """Indices of the ReLU layers whose pre-activation bounds `method` back-substitutes (gls.bounds)."""
-    if method not in ("deeppoly", "hbox", "crown"):
+    if method_name(method) not in ("deeppoly", "hbox"):
         return []
     maps = sum(n_in != n_out or macs != n_out for n_in, n_out, macs in segs[0])
     return list(range(0 if maps > 1 else 1, len(segs) - 1))

@@ -4,5 +4,6 @@ from gls import nn, noise
 from gls.bounds import METHODS, Bounds, compute_bounds, margin_spec
 from gls.loss import robust_loss
 from gls.net import Network, ParamLayout
+from gls.problem import certified
 
-__all__ = ["nn", "noise", "METHODS", "Bounds", "compute_bounds", "margin_spec", "robust_loss", "Network", "ParamLayout"]
+__all__ = ["nn", "noise", "METHODS", "Bounds", "compute_bounds", "margin_spec", "certified", "robust_loss", "Network", "ParamLayout"]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from gls.bounds import compute_bounds
 from gls.loss import robust_loss
 from gls.net import Network
+from gls.problem import certified
 
 _METRICS = ("natural_acc", "certified_acc", "natural_loss", "robust_loss")
 
@@ -42,7 +43,7 @@ def population_loss(net: Network, x: torch.Tensor, y: torch.Tensor, *, eps: floa
             lower = compute_bounds(net, xs, eps, method=relaxation, labels=ys, params=params, domain=domain,
                                    backend=backend).lower
             robust = robust_loss(lower)
-            cert = (lower > 0).all(-1).float().mean(1)
+            cert = certified(lower).float().mean(1)
         else:
             robust, cert = natural, nat_acc if eps == 0 else torch.full_like(nat_acc, float("nan"))
         share = b / B  # exactly 1 for an unchunked batch, so its numbers are unchanged

@@ -1,6 +1,6 @@
 """What a bound pass is asked for, shared by gls.bounds and gls.sound: the methods and their names, the
-input region, the specification C, the result type, which layers a method refines, and how many
-members one pass bounds.
+input region, the specification C, the result type, what "certified" means, which layers a method
+refines, and how many members one pass bounds.
 """
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ def margin_spec(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return eye[labels].unsqueeze(1) - eye[others]
 
 
+def certified(lower: torch.Tensor) -> torch.Tensor:
+    """Which samples are certified, from the lower bounds (..., S) of their margin rows (margin_spec):
+    every margin's lower bound > 0 (a NaN bound certifies nothing). Bool (...); the one definition used
+    by the training loss's metrics, validation and evaluation."""
+    return (lower > 0).all(-1)
+
+
 def method_name(method) -> str:
     """The canonical name of a relaxation method (`crown` is `deeppoly`); a clear error for anything else."""
     if not isinstance(method, str):
@@ -45,6 +52,20 @@ def method_name(method) -> str:
     if name not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS + tuple(_ALIASES)}")
     return name
+
+
+def method_names(methods) -> list[str]:
+    """The canonical names of several methods (aliases resolved by method_name, repeats dropped, order
+    kept); one ValueError naming every unknown one."""
+    names, bad = [], []
+    for m in methods:
+        try:
+            names.append(method_name(m))
+        except (TypeError, ValueError):
+            bad.append(str(m))
+    if bad:
+        raise ValueError(f"unknown relaxation(s) {', '.join(bad)}; expected some of {', '.join(METHODS + tuple(_ALIASES))}")
+    return list(dict.fromkeys(names))
 
 
 def input_region(x: torch.Tensor, eps, domain) -> tuple[torch.Tensor, torch.Tensor]:

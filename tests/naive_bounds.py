@@ -14,6 +14,8 @@ import copy
 import torch
 from torch import nn
 
+from gls.problem import method_name
+
 
 def _leaves(module):
     for m in module._modules.values():  # repeats included (children() drops a module used twice)
@@ -130,7 +132,7 @@ def bound_one(layers, C, lo, hi, method, intersect=True):
 
 def naive_bounds(model, members: list[dict], x, eps, C, method, domain=(0.0, 1.0), intersect=True):
     """Lower bounds (P, B, S) by loops over members and samples; eps a float."""
-    method = "deeppoly" if method == "crown" else method
+    method = method_name(method)
     x = x.double()
     out = torch.zeros(len(members), x.shape[0], C.shape[1], dtype=torch.float64)
     for p, member in enumerate(members):

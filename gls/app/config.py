@@ -17,6 +17,7 @@ import torch
 
 from gls.bounds import METHODS as RELAXATIONS
 from gls.memory import parse_size
+from gls.problem import method_name, method_names
 from gls.app.models import INITS, NETS
 from gls.app.schedule import SCHEDULES
 from gls.smoothing import CENTER_OPTIMIZERS
@@ -279,12 +280,14 @@ def _choice(cfg: dict, key: str, choices, what: str) -> None:
 def validate(cfg: dict) -> dict:
     """Check every value; fill derived ones (train_eps). Raises ConfigError with one line."""
     cfg["dataset"] = str(cfg["dataset"]).lower().replace("-", "")
-    cfg["relaxation"] = {"crown": "deeppoly"}.get(cfg["relaxation"], cfg["relaxation"])
+    try:
+        cfg["relaxation"] = method_name(cfg["relaxation"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"unknown relaxation {cfg['relaxation']!r}; expected one of {', '.join(RELAXATIONS)}") from None
     _choice(cfg, "dataset", ("mnist", "cifar10"), "dataset")
     _choice(cfg, "net", NETS, "net")
     _choice(cfg, "init", INITS, "init")
     _choice(cfg, "method", TRAIN_METHODS, "method")
-    _choice(cfg, "relaxation", RELAXATIONS, "relaxation")
     _choice(cfg, "eps_schedule", SCHEDULES, "eps schedule")
     check_device(cfg["device"])
     _number(cfg, "eps")
@@ -328,8 +331,10 @@ def validate(cfg: dict) -> dict:
         need(cfg["sigma"] == 0 and pop == 1,
              "--method grad is plain gradient training: it takes no --sigma/--population (use --method rgs)")
     need(cfg["eps_start_epoch"] <= cfg["eps_end_epoch"], "need --eps-start-epoch <= --eps-end-epoch")
-    bad = [m for m in cfg["certify"] if {"crown": "deeppoly"}.get(m, m) not in RELAXATIONS]
-    need(not bad, f"unknown relaxation(s) for --certify: {', '.join(bad)}")
+    try:
+        method_names(cfg["certify"])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--certify: {e}") from None
     return cfg
 
 

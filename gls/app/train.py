@@ -45,6 +45,7 @@ from gls.app.checkpoint import CheckpointError
 from gls.app.config import ConfigError
 from gls.net import Network
 from gls.objective import population_loss
+from gls.problem import certified
 from gls.app.plot import plot_curves
 from gls.app.schedule import EpsSchedule, lr_factor
 from gls.smoothing import PGPE, RGS, NonFiniteCenterError, make_torch_optimizer
@@ -124,7 +125,7 @@ def _validate(net: Network, split: data.Split, eps: float, relaxation: str, batc
                 for i in range(0, len(y), sub):
                     lower = compute_bounds(net, x[i:i + sub], eps, method=relaxation, labels=y[i:i + sub],
                                            backend=backend).lower[0]
-                    cert += int((lower > 0).all(-1).sum())
+                    cert += int(certified(lower).sum())
     nat, cert = distributed.validate_counts(world, [nat, cert])
     n = max(len(split), 1)
     return {"val_natural_acc": nat / n, "val_certified_acc": cert / n if eps > 0 else nat / n, "val_samples": len(split)}

@@ -39,6 +39,8 @@ import json
 import math
 from pathlib import Path
 
+from gls.problem import method_names
+
 RELAXATIONS = ("ibp", "hbox", "crown-ibp", "deeppoly")
 OPTIMIZERS = ("grad", "rgs", "pgpe")
 
@@ -119,7 +121,11 @@ def resolve(preset: str, overrides: list[str] = (), optimizers=None, relaxations
         spec[section][name.replace("-", "_")] = _parse_value(value)
     spec["preset"] = preset
     spec["optimizers"] = _subset(optimizers, OPTIMIZERS, "optimizer")
-    spec["relaxations"] = _subset(relaxations, RELAXATIONS, "relaxation")
+    try:
+        spec["relaxations"] = _subset(relaxations if relaxations is None else method_names(relaxations), RELAXATIONS,
+                                      "relaxation")
+    except ValueError as e:  # an unknown name (method_names) or none at all (_subset)
+        raise StudyError(str(e)) from None
     for key in ("epochs", "batch_size"):
         if not isinstance(spec["train"][key], int) or spec["train"][key] < 1:
             raise StudyError(f"train.{key} must be an integer >= 1, got {spec['train'][key]!r}")
@@ -132,7 +138,6 @@ def resolve(preset: str, overrides: list[str] = (), optimizers=None, relaxations
 def _subset(chosen, allowed, what) -> list[str]:
     if chosen is None:
         return list(allowed)
-    chosen = [{"crown": "deeppoly"}.get(c, c) for c in chosen]
     bad = [c for c in chosen if c not in allowed]
     if bad or not chosen:
         raise StudyError(f"unknown {what}(s) {', '.join(bad) or '(none given)'}; expected some of {', '.join(allowed)}")
