@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gls.app import certify, checkpoint, data, train
+from gls.app import checkpoint, data, train
 
 DATA = Path(__file__).parent / "data"
 RECIPES = {"cnn3": ["--net", "cnn3", "--epochs", "2", "--eps-end-epoch", "1", "--seed", "0"]}
@@ -39,7 +39,7 @@ def load(name: str) -> nn.Sequential:
     if name not in RECIPES:
         raise ValueError(f"no trained benchmark network {name!r}; expected one of {sorted(RECIPES)}")
     payload = torch.load(_weights(name), map_location="cpu", weights_only=False)
-    model, _ = certify.model_from_checkpoint(payload)
+    model, _ = checkpoint.model_from_checkpoint(payload)
     return model
 
 

@@ -63,9 +63,10 @@ def _margin(scale: torch.Tensor) -> torch.Tensor:
     return scale * (_ULPS * torch.finfo(scale.dtype).eps)
 
 
-def _ibp(segs, x_lo, x_hi, P, backend):
-    """IBP boxes of every ReLU's pre-activation (widened by _margin), and the box of the last affine
-    layer's input."""
+def ibp_boxes(segs, x_lo, x_hi, P, backend):
+    """IBP boxes (l, u), each (P, B, N), of every ReLU's pre-activation (widened by _margin), and the box
+    of the last affine layer's input; segs from Network.plan, x_lo/x_hi the flat input box
+    (problem.input_region). What every method starts from, and what tests check stability with."""
     mid, rad = ((x_hi + x_lo) / 2).unsqueeze(0), ((x_hi - x_lo) / 2).unsqueeze(0)
     boxes = []
     for seg in segs[:-1]:
@@ -141,7 +142,7 @@ def _backsub(lam, segs, relax, upto, x_lo, x_hi, backend, windows=True):
     return ops.concretize(lam, bias, x_lo, x_hi, backend=backend)
 
 
-_CHUNK_ELEMENTS = 1 << 25  # at most this many coefficients per back-substituted block of rows
+CHUNK_ELEMENTS = 1 << 25  # at most this many coefficients per back-substituted block of rows (public: tests lower it)
 
 
 def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, *, all_rows, windows, intersect_ibp):
@@ -151,7 +152,7 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, *, all_rows, wi
     Every (member, sample) back-substitutes only its own unstable neurons: index lists padded to the
     most unstable neurons of any (member, sample) in the pass, padding rows discarded. Rows that
     start at a convolution's neurons go as windows (gls.patches). Rows are independent, so they go
-    in chunks that keep each coefficient tensor under _CHUNK_ELEMENTS; the numbers depend on neither.
+    in chunks that keep each coefficient tensor under CHUNK_ELEMENTS; the numbers depend on neither.
     all_rows: every neuron of every (member, sample) (plain CROWN/DeepPoly, and the tests' oracle);
     windows=False: dense rows through conv_transpose2d, the previous algorithm (the oracle).
     """
@@ -172,7 +173,7 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, *, all_rows, wi
     R = idx.shape[-1]
     value = valid.to(l.dtype)
     most, _ = patches.row_cost(segs, k, shape)
-    chunk = max(1, _CHUNK_ELEMENTS // (2 * P * B * max(most, x_lo.shape[-1])))
+    chunk = max(1, CHUNK_ELEMENTS // (2 * P * B * max(most, x_lo.shape[-1])))
     lo, hi = [], []
     for i in range(0, R, chunk):
         part, v = idx[..., i:i + chunk], value[..., i:i + chunk]
@@ -187,7 +188,7 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, *, all_rows, wi
         lo.append(res[..., :n])
         hi.append(-res[..., n:])
     l_ibp, u_ibp = l.gather(-1, idx), u.gather(-1, idx)
-    d = _margin(torch.maximum(l_ibp.abs(), u_ibp.abs())).detach()  # rounding allowance, as in _ibp
+    d = _margin(torch.maximum(l_ibp.abs(), u_ibp.abs())).detach()  # rounding allowance, as in ibp_boxes
     l_bs, u_bs = torch.cat(lo, -1) - d, torch.cat(hi, -1) + d
     if intersect_ibp:
         l_bs, u_bs = torch.maximum(l_ibp, l_bs), torch.minimum(u_ibp, u_bs)
@@ -197,7 +198,7 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, *, all_rows, wi
 
 def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None, domain=(0.0, 1.0),
                    bound="lower", backend=None, member_chunk=None, intersect_ibp=True, sound=False,
-                   _all_rows=False) -> Bounds:
+                   rows="unstable") -> Bounds:
     """Bounds of C z(x) over the input region for every member of a population.
 
     model: an nn.Sequential (see gls.net) or a gls.Network. x (B, ...) shared inputs; eps a float or
@@ -224,11 +225,18 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     result may differ from the real-valued bound by rounding. True: gls.sound's float64 evaluation
     with a rigorous rounding-error allowance; every returned lower (upper) bound is <= (>=) the true
     bound of the real-valued network, whatever the rounding. No gradients in sound mode.
+
+    rows: "unstable" (default) back-substitutes only the rows of IBP-unstable neurons, convolution rows
+    as windows (gls.patches); "all" is the dense all-rows reference algorithm: every neuron's row, dense
+    maps through conv_transpose2d. Both give the same bounds (the tests' oracle); "all" is much slower.
     """
     net = Network.from_module(model)
     method = method_name(method)
     if bound not in ("lower", "both"):
         raise ValueError(f"bound must be 'lower' or 'both', got {bound!r}")
+    if rows not in ("unstable", "all"):
+        raise ValueError(f"rows must be 'unstable' or 'all', got {rows!r}")
+    all_rows = rows == "all"
     params, P = net.resolve_params(params)
     x = check_input(x, param_dtype(params, x))
     if sound:
@@ -238,7 +246,7 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     if chunk < P:
         parts = [compute_bounds(net, x, eps, method=method, labels=labels, spec=spec, domain=domain, bound=bound,
                                 params={n: t[i:i + chunk] for n, t in params.items()}, backend=backend,
-                                member_chunk=chunk, intersect_ibp=intersect_ibp, _all_rows=_all_rows)
+                                member_chunk=chunk, intersect_ibp=intersect_ibp, rows=rows)
                  for i in range(0, P, chunk)]
         return Bounds(torch.cat([b.lower for b in parts]),
                       None if bound == "lower" else torch.cat([b.upper for b in parts]))
@@ -251,7 +259,7 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
         C = torch.cat([C, -C], dim=1)
     lam = C.unsqueeze(0).expand(P, *C.shape).contiguous()
 
-    boxes, (l_last, u_last) = _ibp(segs, x_lo, x_hi, P, backend)
+    boxes, (l_last, u_last) = ibp_boxes(segs, x_lo, x_hi, P, backend)
     if method == "ibp":
         lam, bias = segs[-1][-1].back(lam)  # C folded into the last affine layer
         S2, N = lam.shape[-2:]
@@ -262,10 +270,10 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
         relax = []
         for k, (l, u) in enumerate(boxes):
             if method in ("hbox", "deeppoly") and (k > 0 or count_maps(segs[0]) > 1):
-                l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, x.shape[1:], backend, all_rows=_all_rows or not intersect_ibp,
-                               windows=not _all_rows, intersect_ibp=intersect_ibp)
+                l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, x.shape[1:], backend, all_rows=all_rows or not intersect_ibp,
+                               windows=not all_rows, intersect_ibp=intersect_ibp)
             relax.append(ops.relu_relax(l, u, method, backend=backend))
-        lb = _backsub(lam, segs, relax, len(boxes), x_lo, x_hi, backend, windows=not _all_rows)
+        lb = _backsub(lam, segs, relax, len(boxes), x_lo, x_hi, backend, windows=not all_rows)
     if bound == "lower":
         return Bounds(lb, None)
     return Bounds(lb[..., :S], -lb[..., S:])

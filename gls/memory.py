@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 
 from gls.affine import Conv, Dense, Diag
+from gls.bounds import CHUNK_ELEMENTS  # rows back-substituted at a time without autograd
 from gls.problem import CPU_ROWS_PER_PASS, method_name
 
 FLOAT_BYTES = 4  # float32
 SAFE_FRACTION = {"cpu": 0.7, "cuda": 0.85}  # default --max-memory: this share of the free memory
-CHUNK_ELEMENTS = 1 << 25  # gls.bounds._CHUNK_ELEMENTS: rows back-substituted at a time without autograd
 
 
 class MemoryPlanError(ValueError):

@@ -83,7 +83,9 @@ def _loss_summary(losses: torch.Tensor) -> tuple[float, float, float, int]:
     return float(f.mean()), float(f.min()), float(f.max()), bad
 
 
-def _check_center(theta: torch.Tensor, step: int) -> None:
+def check_center(theta: torch.Tensor, step: int) -> None:
+    """NonFiniteCenterError when the centre weights hold a NaN or an infinity after `step` (the optimisers
+    call it after every update, so a diverged run stops at the step it diverged)."""
     if not bool(torch.isfinite(theta).all()):
         raise NonFiniteCenterError(f"the centre weights became non-finite at step {step}")
 
@@ -199,7 +201,7 @@ class PGPE:
             if self.adapt_sigma:
                 limit = self.stdev_max_change * self.sigma.abs()
                 self.sigma = self.sigma + torch.clamp(self.stdev_lr * g_sigma, -limit, limit)
-        _check_center(self.theta, step)
+        check_center(self.theta, step)
         mean, lo, hi, bad = _loss_summary(losses)
         return StepStats(mean, lo, hi, bad, self.population, float(self.sigma.mean()), float(self.sigma.min()),
                          float(self.sigma.max()), float(g_mu.norm()))
@@ -305,7 +307,7 @@ class RGS:
             if self.grad_clip is not None:
                 norm = float(torch.nn.utils.clip_grad_norm_([self.theta], self.grad_clip))
             self.optimizer.step()
-        _check_center(self.theta.detach(), step)
+        check_center(self.theta.detach(), step)
         mean, lo, hi, _ = _loss_summary(torch.where(ok, losses, torch.full_like(losses, math.nan)))
         return StepStats(mean, lo, hi, bad, self.samples, self.sigma, self.sigma, self.sigma, norm, skipped)
 

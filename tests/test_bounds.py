@@ -197,7 +197,7 @@ def test_exact_when_ibp_leaves_no_relu_unstable(net):
     netw = gls.Network.from_module(model)
     params, P = netw.resolve_params(None)
     x_lo, x_hi = gls.bounds.input_region(x, eps, (0.0, 1.0))
-    boxes, _ = gls.bounds._ibp(netw.plan(params, shape, torch.float64), x_lo, x_hi, P, None)
+    boxes, _ = gls.bounds.ibp_boxes(netw.plan(params, shape, torch.float64), x_lo, x_hi, P, None)
     assert all(((l >= 0) | (u <= 0)).all() for l, u in boxes), "precondition: eps too large for this test"
     C = torch.randn(2, 3, 3 if net != "mlp_image" else 4, dtype=torch.float64)
     got = {m: gls.compute_bounds(model, x, eps, method=m, spec=C).lower for m in ["hbox", "crown-ibp", "deeppoly"]}
@@ -229,7 +229,7 @@ def test_unstable_rows_only_equals_all_rows(net, method):
     x = _inputs(shape).double()
     kw = dict(method=method, labels=torch.tensor([0, 1, 2]), params=params, bound="both")
     fast = gls.compute_bounds(model, x, EPS[net], **kw)
-    full = gls.compute_bounds(model, x, EPS[net], _all_rows=True, **kw)
+    full = gls.compute_bounds(model, x, EPS[net], rows="all", **kw)
     torch.testing.assert_close(fast.lower, full.lower, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fast.upper, full.upper, rtol=1e-12, atol=1e-12)
 
@@ -241,7 +241,7 @@ def test_row_chunks_do_not_change_the_numbers(method, monkeypatch):
     model = model.double()
     kw = dict(method=method, labels=torch.tensor([0, 1, 2]), bound="both")
     whole = gls.compute_bounds(model, x, EPS["cnn"], **kw)
-    monkeypatch.setattr(gls.bounds, "_CHUNK_ELEMENTS", 500)  # a few rows per chunk
+    monkeypatch.setattr(gls.bounds, "CHUNK_ELEMENTS", 500)  # a few rows per chunk
     chunked = gls.compute_bounds(model, x, EPS["cnn"], **kw)
     torch.testing.assert_close(chunked.lower, whole.lower, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(chunked.upper, whole.upper, rtol=1e-12, atol=1e-12)
@@ -313,7 +313,7 @@ def test_gradcheck_wrt_params(method):
 
     b = f(theta)
     _, P = net.resolve_params(net.layout.unflatten(theta))
-    boxes, _ = gls.bounds._ibp(net.plan(net.layout.unflatten(theta), (2,), torch.float64),
+    boxes, _ = gls.bounds.ibp_boxes(net.plan(net.layout.unflatten(theta), (2,), torch.float64),
                               *gls.bounds.input_region(x, 0.3, (0, 1)), P, None)
     assert any(((l < 0) & (u > 0)).any() for l, u in boxes), "precondition: some ReLU is unstable"
     assert torch.autograd.gradcheck(lambda th: tuple(f(th)), (theta,))

@@ -59,7 +59,7 @@ def test_evaluate_orders_the_accuracies(tmp_path):
         assert acc[m] <= acc["best"] <= acc["pgd"] <= acc["natural"]
     assert acc["best"] >= max(acc["ibp"], acc["crown-ibp"], acc["deeppoly"])
     assert "certified deeppoly" in certify.format_table(res)
-    reloaded, _ = certify.model_from_checkpoint(checkpoint.load(tmp_path))
+    reloaded, _ = checkpoint.model_from_checkpoint(checkpoint.load(tmp_path))
     assert all(torch.equal(a, b) for a, b in zip(reloaded.parameters(), model.parameters()))
 
 

@@ -223,7 +223,7 @@ def test_a_distributed_run_config_is_a_valid_config_file_and_bad_options_are_one
     from gls.app import config
 
     cfg = config.resolve(config.parse_args(["--config", str(pgpe_single / "config.json")]))
-    assert "world_size" not in cfg and cfg["population"] == 6  # recorded by the launcher, not an option
+    assert not hasattr(cfg, "world_size") and cfg.population == 6  # recorded by the launcher, not an option
     for argv, message in ((["--dist-timeout", "0"], "--dist-timeout must be a number > 0"),
                           (["--sync-check-every", "-1"], "--sync-check-every must be an integer >= 0")):
         assert train.main([*TINY, *argv]) == 2

@@ -1,5 +1,5 @@
 """Per-(member, sample) rows and windowed conv back-substitution (gls.patches) equal the all-rows dense
-computation (compute_bounds(_all_rows=True), the previous algorithm), in values and in gradients, on
+computation (compute_bounds(rows="all"), the previous algorithm), in values and in gradients, on
 random and trained MLPs and CNNs."""
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import gls
-from gls.app import certify, data
+from gls.app import checkpoint, data
 from tests.nets import build, population
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +31,7 @@ def _close(got, want, rel=1e-5):
 def _compare(model, x, eps, labels, params, method, rel=1e-5):
     kw = dict(method=method, labels=labels, params=params, bound="both")
     fast = gls.compute_bounds(model, x, eps, **kw)
-    full = gls.compute_bounds(model, x, eps, _all_rows=True, **kw)
+    full = gls.compute_bounds(model, x, eps, rows="all", **kw)
     _close(fast.lower, full.lower, rel)
     _close(fast.upper, full.upper, rel)
 
@@ -61,7 +61,7 @@ def test_gradients_equal_all_rows(net, method):
     def grad(all_rows):
         th = theta.clone().requires_grad_(True)
         b = gls.compute_bounds(netw, x, 0.05, method=method, labels=labels, params=netw.layout.unflatten(th),
-                               bound="both", _all_rows=all_rows)
+                               bound="both", rows="all" if all_rows else "unstable")
         (b.lower.sum() - 0.5 * b.upper.sum()).backward()
         return th.grad
 
@@ -98,7 +98,7 @@ def mnist():
 @pytest.mark.parametrize("method", ["hbox", "deeppoly"])
 def test_trained_cnn3_equals_all_rows(mnist, method, P):
     payload = torch.load(TRAINED_CNN3, weights_only=False)
-    model, _ = certify.model_from_checkpoint(payload)
+    model, _ = checkpoint.model_from_checkpoint(payload)
     x, y = mnist
     x, y = x[:3], y[:3]
     params = _stacked(population(model, P, scale=0.01), torch.float32)

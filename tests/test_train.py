@@ -119,9 +119,9 @@ def test_config_file_presets_and_precedence(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('preset = "mnist-0.3"\nnet = "cnn5"\nbatch-size = 64\n')
     cfg = config.resolve(config.parse_args(["--config", str(f), "--batch-size", "16"]))
-    assert (cfg["eps"], cfg["net"], cfg["batch_size"], cfg["epochs"], cfg["train_eps"]) == (0.3, "cnn5", 16, 70, 0.3)
+    assert (cfg.eps, cfg.net, cfg.batch_size, cfg.epochs, cfg.train_eps) == (0.3, "cnn5", 16, 70, 0.3)
     cfg = config.resolve(config.parse_args(["--preset", "cifar10-2/255", "--method", "pgpe"]))
-    assert cfg["eps"] == pytest.approx(2 / 255) and cfg["lr"] == 1e-2 and cfg["optimizer"] == "clipup"
+    assert cfg.eps == pytest.approx(2 / 255) and cfg.lr == 1e-2 and cfg.optimizer == "clipup"
     j = tmp_path / "c.json"
     j.write_text(json.dumps({"nope": 1}))
     with pytest.raises(config.ConfigError, match="unknown option 'nope'"):
@@ -163,7 +163,7 @@ def test_nonfinite_members_are_counted_and_training_goes_on(tmp_path, monkeypatc
 
 
 def test_nonfinite_centre_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    real = train._make_optimizer
+    real = train.make_optimizer
 
     class Faulty:
         def __init__(self, opt):
@@ -176,10 +176,10 @@ def test_nonfinite_centre_stops_and_keeps_the_last_good_checkpoint(tmp_path, mon
             stats = self.opt.step(loss_fn, step)
             if step == 3:  # second step of epoch 2
                 self.opt.theta.data.fill_(math.nan)
-                smoothing._check_center(self.opt.theta, step)
+                smoothing.check_center(self.opt.theta, step)
             return stats
 
-    monkeypatch.setattr(train, "_make_optimizer", lambda cfg, theta, *rest: Faulty(real(cfg, theta, *rest)))
+    monkeypatch.setattr(train, "make_optimizer", lambda cfg, theta, *rest: Faulty(real(cfg, theta, *rest)))
     code, out = _run(tmp_path, "div", "--epochs", "3")
     assert code == 3
     err = capsys.readouterr().err

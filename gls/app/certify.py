@@ -22,20 +22,12 @@ import torch
 from torch import nn
 
 from gls import memory
-from gls.app import checkpoint, data, models
+from gls.app import checkpoint, data
 from gls.app.attack import pgd_robust
 from gls.bounds import compute_bounds
 from gls.app.config import check_device
 from gls.net import Network
 from gls.problem import certified, method_names
-
-
-
-def model_from_checkpoint(payload: dict) -> tuple[nn.Sequential, dict]:
-    cfg = payload["config"]
-    mean, std = data.STATS[cfg["dataset"]]
-    model = models.build(cfg["net"], data.SHAPES[cfg["dataset"]], mean, std, width=cfg.get("width"))
-    return models.load_weights(model, payload["theta"], payload.get("buffers")).eval(), cfg
 
 
 def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("ibp", "crown-ibp", "deeppoly"),
@@ -167,7 +159,7 @@ def main(argv=None) -> int:
             which = checkpoint.LAST
         path = checkpoint.resolve(args.checkpoint, which)
         payload = checkpoint.load(path)
-        model, cfg = model_from_checkpoint(payload)
+        model, cfg = checkpoint.model_from_checkpoint(payload)
         eps = cfg["eps"] if args.eps is None else args.eps
         if not (math.isfinite(eps) and eps >= 0):
             raise ValueError(f"--eps must be a finite number >= 0, got {eps}")

@@ -5,15 +5,23 @@ centre weights, the model's buffers (BatchNorm running statistics), the optimise
 velocity/Adam moments; RGS: the torch optimiser), the epoch and step counters, the best validation
 result and the torch RNG state. The data order and the noise are functions of (seed, epoch) and
 (seed, step), so they need no state of their own. Nothing in it depends on the number of processes:
-under torchrun rank 0 alone writes it (gls.train), and any number of ranks can resume from it.
+under torchrun rank 0 alone writes it (gls.app.train), and any number of ranks can resume from it.
+
+Also here: a checkpoint's weights into a model (load_weights, model_from_checkpoint) and the atomic
+writes of a run's other files (write_text, write_json).
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from gls.app import data, models
+from gls.net import Network
 
 FORMAT = "gls-checkpoint-1"
 LAST, BEST = "last.pt", "best.pt"
@@ -57,3 +65,38 @@ def load(path: str | os.PathLike, which: str = LAST) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a gls training checkpoint")
     return payload
+
+
+def load_weights(model: nn.Sequential, theta: torch.Tensor, buffers: dict | None = None) -> nn.Sequential:
+    """Copy a flat weight vector (d,) (gls.ParamLayout order) and buffers into `model` in place."""
+    net = Network.from_module(model)
+    params = net.layout.unflatten(theta.detach().reshape(-1))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(params[name][0])
+        for name, b in model.named_buffers():
+            if buffers is not None and name in buffers:
+                b.copy_(buffers[name])
+    return model
+
+
+def model_from_checkpoint(payload: dict) -> tuple[nn.Sequential, dict]:
+    """The network of a loaded checkpoint (built from its config, its weights and buffers loaded, in eval
+    mode) and that config (a dict, as saved)."""
+    cfg = payload["config"]
+    mean, std = data.STATS[cfg["dataset"]]
+    model = models.build(cfg["net"], data.SHAPES[cfg["dataset"]], mean, std, width=cfg.get("width"))
+    return load_weights(model, payload["theta"], payload.get("buffers")).eval(), cfg
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (a temporary file beside it, then os.replace)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """`obj` as indented JSON (values JSON cannot hold as their str), written atomically."""
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")

@@ -1,16 +1,21 @@
-"""Options of ``python -m gls.train``: defaults, named presets, config files and the command line.
+"""Options of ``python -m gls.train``: the typed run config, defaults, named presets, config files and
+the command line.
 
 Precedence, lowest first: built-in defaults, the method's defaults, a preset (``--preset`` or a
 ``preset`` key in the file), the config file (``--config``, TOML or JSON, keys spelled as the options,
 with - or _), the command line. With ``--resume`` the run's saved config replaces the first four and
-only options given on the command line override it.
+only options given on the command line override it. :func:`resolve` returns a :class:`TrainConfig`;
+run directories and checkpoints keep it as the plain dict :meth:`TrainConfig.as_dict` (plus the
+launcher's ``world_size``), which config files and ``--resume`` read back.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,20 +34,80 @@ class ConfigError(ValueError):
     """A bad option value or config file; the message is one line for the user."""
 
 
-DEFAULTS: dict = {
-    # The default run: real MNIST, the small MLP, plain-gradient IBP training; see README / train.py.
-    "dataset": "mnist", "data_dir": None, "net": "mlp", "width": None, "init": "ibp",
-    "method": "grad", "relaxation": "ibp", "eps": 0.1, "train_eps": None,
-    "epochs": 20, "batch_size": 128, "population": None, "sigma": None, "lr": None, "optimizer": None,
-    "eps_schedule": "smooth", "eps_start_epoch": 0, "eps_end_epoch": 6, "robust_weight": 1.0,
-    "lr_milestones": [14, 17], "lr_decay": 0.2, "grad_clip": 10.0, "antithetic": False,
-    "adapt_sigma": True, "stdev_lr": 0.1, "stdev_max_change": 0.2, "max_speed": None,
-    "pair_chunk": 0, "member_chunk": 0, "sample_chunk": 0, "max_memory": None, "checkpoint_every": 300.0,
-    "seed": 0, "device": "cpu", "threads": 1, "backend": None, "out": None, "init_from": None,
-    "certify": ["ibp", "crown-ibp", "deeppoly"], "pgd_steps": 40, "pgd_restarts": 1,
-    "eval_batch_size": 256, "train_subset": None, "val_subset": 1000, "test_subset": None,
-    "halt_after_epoch": None, "progress": None, "dist_timeout": 600.0, "sync_check_every": 100,
-}
+@dataclass
+class TrainConfig:
+    """The resolved options of one training run (one field per option of ``python -m gls.train``).
+
+    The defaults are the default run: real MNIST, the small MLP, plain-gradient IBP training (see README
+    and gls.app.train). Fields whose default is None and that are marked "method" take the training
+    method's default (METHOD_DEFAULTS) in :func:`resolve`; after it, they are set.
+    """
+
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    net: str = "mlp"
+    width: int | None = None
+    init: str = "ibp"
+    method: str = "grad"
+    relaxation: str = "ibp"
+    eps: float = 0.1
+    train_eps: float | None = None  # None: eps
+    epochs: int = 20
+    batch_size: int = 128
+    population: int | None = None  # method
+    sigma: float | None = None  # method
+    lr: float | None = None  # method
+    optimizer: str | None = None  # method
+    eps_schedule: str = "smooth"
+    eps_start_epoch: int = 0
+    eps_end_epoch: int = 6
+    robust_weight: float = 1.0
+    lr_milestones: list[int] = field(default_factory=lambda: [14, 17])
+    lr_decay: float = 0.2
+    grad_clip: float | None = 10.0
+    antithetic: bool = False
+    adapt_sigma: bool = True
+    stdev_lr: float = 0.1
+    stdev_max_change: float = 0.2
+    max_speed: float | None = None
+    pair_chunk: int = 0
+    member_chunk: int = 0
+    sample_chunk: int = 0
+    max_memory: str | None = None
+    checkpoint_every: float = 300.0
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    backend: str | None = None
+    out: str | None = None
+    init_from: str | None = None
+    certify: list[str] = field(default_factory=lambda: ["ibp", "crown-ibp", "deeppoly"])
+    pgd_steps: int = 40
+    pgd_restarts: int = 1
+    eval_batch_size: int = 256
+    train_subset: int | None = None
+    val_subset: int | None = 1000
+    test_subset: int | None = None
+    halt_after_epoch: int | None = None
+    progress: bool | None = None
+    dist_timeout: float = 600.0
+    sync_check_every: int = 100
+    preset: str | None = None  # the preset it was resolved with (recorded, not an option of a file)
+
+    def as_dict(self) -> dict:
+        """The config as a plain dict (what config.json and checkpoints hold)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """A config from a dict of field values (a resolved dict, or a saved one: keys that are no
+        field, such as the launcher's world_size, are left out)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+# The option values of the default run, {option: default} (preset is recorded, not an option).
+DEFAULTS: dict = {k: v for k, v in TrainConfig().as_dict().items() if k != "preset"}
 
 METHOD_DEFAULTS = {
     "grad": {"population": 1, "sigma": 0.0, "lr": 1e-3, "optimizer": "adam"},
@@ -219,8 +284,8 @@ def parse_args(argv) -> dict:
     return vars(parser().parse_args(argv))
 
 
-def resolve(cli: dict, saved: dict | None = None) -> dict:
-    """The full config from the command-line options `cli` (and a resumed run's `saved` config)."""
+def resolve(cli: dict, saved: dict | None = None) -> TrainConfig:
+    """The full config from the command-line options `cli` (and a resumed run's `saved` config dict)."""
     cli = dict(cli)
     cli.pop("resume", None)
     if saved is not None:
@@ -277,8 +342,9 @@ def _choice(cfg: dict, key: str, choices, what: str) -> None:
         raise ConfigError(f"unknown {what} {cfg[key]!r}; expected one of {', '.join(choices)}")
 
 
-def validate(cfg: dict) -> dict:
-    """Check every value; fill derived ones (train_eps). Raises ConfigError with one line."""
+def validate(cfg: dict) -> TrainConfig:
+    """The TrainConfig of the merged option values `cfg` after checking every value and filling the
+    derived ones (train_eps, canonical relaxation names). Raises ConfigError with one line."""
     cfg["dataset"] = str(cfg["dataset"]).lower().replace("-", "")
     try:
         cfg["relaxation"] = method_name(cfg["relaxation"])
@@ -335,9 +401,9 @@ def validate(cfg: dict) -> dict:
         method_names(cfg["certify"])
     except (TypeError, ValueError) as e:
         raise ConfigError(f"--certify: {e}") from None
-    return cfg
+    return TrainConfig.from_dict(cfg)
 
 
-def default_out(cfg: dict) -> str:
-    name = f"{cfg['dataset']}-{cfg['net']}-{cfg['method']}-{cfg['relaxation']}-eps{cfg['eps']:g}-s{cfg['seed']}"
-    return f"runs/{name}"
+def default_out(cfg: TrainConfig) -> str:
+    """The run directory of a run without --out: runs/<dataset>-<net>-<method>-<relaxation>-eps<eps>-s<seed>."""
+    return f"runs/{cfg.dataset}-{cfg.net}-{cfg.method}-{cfg.relaxation}-eps{cfg.eps:g}-s{cfg.seed}"

@@ -14,7 +14,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from gls.net import Network
 from gls.nn import Normalize
 
 
@@ -114,16 +113,3 @@ def build(name: str, in_shape: tuple[int, int, int], mean, std, num_classes: int
     extra = {} if width is None else {"width": width}
     model = nn.Sequential(Normalize(mean, std), *_BODIES[base](c, h, num_classes, bn=bn, **extra))
     return ibp_init(model) if init == "ibp" else model
-
-
-def load_weights(model: nn.Sequential, theta: torch.Tensor, buffers: dict | None = None) -> nn.Sequential:
-    """Copy a flat weight vector (d,) (gls.ParamLayout order) and buffers into `model` in place."""
-    net = Network.from_module(model)
-    params = net.layout.unflatten(theta.detach().reshape(-1))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(params[name][0])
-        for name, b in model.named_buffers():
-            if buffers is not None and name in buffers:
-                b.copy_(buffers[name])
-    return model

@@ -25,6 +25,11 @@ every member is then bounded with them.
 Several processes: ``torchrun --nproc-per-node N -m gls.train ...`` splits each step's population (or
 batch) over the ranks and the evaluations over the examples (gls.distributed); rank 0 writes the run
 directory, and ``--resume`` takes any number of ranks.
+
+The run in named steps over a :class:`Run` and its typed config (gls.app.config.TrainConfig): setup,
+resume (from a checkpoint), start (timing, config.json), then per epoch begin_epoch, train_epoch
+(train_step per mini-batch), end_epoch (validation, metrics.jsonl) and save_epoch (checkpoints,
+curves.png), and finally finish (the test evaluation, summary.json).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,62 +46,61 @@ import torch
 from gls import distributed, memory
 from gls.app import checkpoint, config, data, models
 from gls.app.certify import describe_checkpoint, evaluate, format_table
-from gls.app.models import load_weights
-from gls.app.checkpoint import CheckpointError
-from gls.app.config import ConfigError
+from gls.app.checkpoint import CheckpointError, load_weights
+from gls.app.config import ConfigError, TrainConfig
+from gls.app.plot import plot_curves
+from gls.app.schedule import EpsSchedule, lr_factor
+from gls.app.timing import RunClock, cost_fraction, format_duration, time_call
+from gls.bounds import compute_bounds
 from gls.net import Network
 from gls.objective import population_loss
 from gls.problem import certified
-from gls.app.plot import plot_curves
-from gls.app.schedule import EpsSchedule, lr_factor
-from gls.smoothing import PGPE, RGS, NonFiniteCenterError, make_torch_optimizer
-from gls.app.timing import RunClock, cost_fraction, format_duration, time_call
+from gls.smoothing import PGPE, RGS, NonFiniteCenterError, StepStats, make_torch_optimizer
+
+SUM_KEYS = ("loss", "nat", "cert", "grad_norm", "nat_loss", "rob_loss")  # an epoch's running sums
+COUNT_KEYS = ("finite_steps", "nonfinite", "skipped", "cert_steps")  # and counts
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2 ** 63)
 
 
-def _make_optimizer(cfg: dict, theta: torch.Tensor, plan: memory.StepPlan, world: distributed.World | None = None):
+def make_optimizer(cfg: TrainConfig, theta: torch.Tensor, plan: memory.StepPlan, world: distributed.World | None = None):
     """The PGPE or RGS optimiser of `cfg` with the member chunks of `plan`; under torchrun (an active
     `world`) the one that splits the step."""
     split = world is not None and world.active
     extra = {"world": world} if split else {}
-    if cfg["method"] == "pgpe":
+    if cfg.method == "pgpe":
         pairs = plan.member_chunk // 2
         cls = distributed.DistributedPGPE if split else PGPE
-        return cls(theta, sigma=cfg["sigma"], lr=cfg["lr"], population=cfg["population"], seed=cfg["seed"],
-                   optimizer=cfg["optimizer"], max_speed=cfg["max_speed"], adapt_sigma=cfg["adapt_sigma"],
-                   stdev_lr=cfg["stdev_lr"], stdev_max_change=cfg["stdev_max_change"],
-                   pair_chunk=pairs if pairs < cfg["population"] // 2 else None, **extra)
-    clip = cfg["grad_clip"] if cfg["grad_clip"] and cfg["grad_clip"] > 0 else None
-    chunk = plan.member_chunk if plan.member_chunk < cfg["population"] else None
+        return cls(theta, sigma=cfg.sigma, lr=cfg.lr, population=cfg.population, seed=cfg.seed,
+                   optimizer=cfg.optimizer, max_speed=cfg.max_speed, adapt_sigma=cfg.adapt_sigma,
+                   stdev_lr=cfg.stdev_lr, stdev_max_change=cfg.stdev_max_change,
+                   pair_chunk=pairs if pairs < cfg.population // 2 else None, **extra)
+    clip = cfg.grad_clip if cfg.grad_clip and cfg.grad_clip > 0 else None
+    chunk = plan.member_chunk if plan.member_chunk < cfg.population else None
     cls = distributed.DistributedRGS if split else RGS
-    return cls(theta, sigma=cfg["sigma"], samples=cfg["population"], seed=cfg["seed"], antithetic=cfg["antithetic"],
-               optimizer=make_torch_optimizer(cfg["optimizer"], cfg["lr"]), grad_clip=clip, member_chunk=chunk,
+    return cls(theta, sigma=cfg.sigma, samples=cfg.population, seed=cfg.seed, antithetic=cfg.antithetic,
+               optimizer=make_torch_optimizer(cfg.optimizer, cfg.lr), grad_clip=clip, member_chunk=chunk,
                **extra)
 
 
-def _plan_memory(cfg: dict, shape: memory.NetShape, device: torch.device, say=print) -> tuple[memory.StepPlan, int]:
+def _plan_memory(cfg: TrainConfig, shape: memory.NetShape, device: torch.device, say=print) -> tuple[memory.StepPlan, int]:
     """(chunks of a training step that fit the budget, the budget in bytes); MemoryPlanError if none does."""
-    budget = memory.parse_size(cfg["max_memory"]) if cfg["max_memory"] else memory.default_budget(device)
-    given = 2 * cfg["pair_chunk"] if cfg["method"] == "pgpe" else cfg["member_chunk"]
-    plan = memory.plan_training(shape, method=cfg["method"], relaxation=cfg["relaxation"],
-                                population=cfg["population"], batch=cfg["batch_size"], budget=budget,
-                                member_chunk=given or None, sample_chunk=cfg["sample_chunk"] or None,
-                                robust=cfg["train_eps"] > 0 and cfg["robust_weight"] > 0, device=device)
-    source = "--max-memory" if cfg["max_memory"] else \
+    budget = memory.parse_size(cfg.max_memory) if cfg.max_memory else memory.default_budget(device)
+    given = 2 * cfg.pair_chunk if cfg.method == "pgpe" else cfg.member_chunk
+    plan = memory.plan_training(shape, method=cfg.method, relaxation=cfg.relaxation,
+                                population=cfg.population, batch=cfg.batch_size, budget=budget,
+                                member_chunk=given or None, sample_chunk=cfg.sample_chunk or None,
+                                robust=cfg.train_eps > 0 and cfg.robust_weight > 0, device=device)
+    source = "--max-memory" if cfg.max_memory else \
         f"{100 * memory.SAFE_FRACTION.get(device.type, 0.7):.0f}% of the available {device.type.upper()} memory"
-    if cfg.get("preset"):
-        say(f"preset {cfg['preset']}: sized for {config.PRESET_MACHINES[cfg['preset']]}", flush=True)
-    say(f"memory: one step needs about {memory.gib(plan.bytes)} with {plan.member_chunk} of {cfg['population']} "
-          f"member(s) x {plan.sample_chunk} of {cfg['batch_size']} sample(s) per pass "
-          f"(budget {memory.gib(budget)}: {source})", flush=True)
+    if cfg.preset:
+        say(f"preset {cfg.preset}: sized for {config.PRESET_MACHINES[cfg.preset]}", flush=True)
+    say(f"memory: one step needs about {memory.gib(plan.bytes)} with {plan.member_chunk} of {cfg.population} "
+        f"member(s) x {plan.sample_chunk} of {cfg.batch_size} sample(s) per pass "
+        f"(budget {memory.gib(budget)}: {source})", flush=True)
     return plan, budget
-
-
-def _center(opt) -> torch.Tensor:
-    return opt.theta.detach()
 
 
 def _has_bn(model) -> bool:
@@ -110,12 +115,10 @@ def _update_bn_stats(model, theta, x) -> None:
     model.eval()
 
 
-def _validate(net: Network, split: data.Split, eps: float, relaxation: str, batch_size: int, backend,
-              world: distributed.World, sub: int | None = None) -> dict:
+def validate(net: Network, split: data.Split, eps: float, relaxation: str, batch_size: int, backend,
+             world: distributed.World, sub: int | None = None) -> dict:
     """Centre network on the validation subset: natural and certified (training relaxation) accuracy at
     the target eps (each rank counts its shard); bounds `sub` samples at a time (gls.memory.cert_batch)."""
-    from gls.bounds import compute_bounds
-
     nat = cert = 0
     sub = sub or batch_size
     with torch.no_grad():
@@ -131,18 +134,146 @@ def _validate(net: Network, split: data.Split, eps: float, relaxation: str, batc
     return {"val_natural_acc": nat / n, "val_certified_acc": cert / n if eps > 0 else nat / n, "val_samples": len(split)}
 
 
-def _estimate_time(cfg, net, model, train, val, theta, sched, plan, spe, val_sub, device, world, say) -> RunClock:
+@dataclass
+class Run:
+    """What a training run holds from step to step: built by setup, restored by resume, advanced by
+    train_epoch and end_epoch, closed by finish. Rank 0 alone writes the run directory and prints."""
+
+    cfg: TrainConfig
+    world: distributed.World
+    out: Path
+    device: torch.device
+    train: data.Split
+    val: data.Split
+    test: data.Split
+    val_label: str  # how the validation subset is named in the epoch lines
+    model: torch.nn.Sequential
+    net: Network
+    plan: memory.StepPlan
+    budget: int  # bytes a step (and an evaluation pass) may use
+    val_sub: int  # samples bounded per validation pass
+    opt: PGPE | RGS
+    spe: int  # steps per epoch
+    sched: EpsSchedule
+    clock: RunClock | None = None
+    history: list[dict] = field(default_factory=list)  # metrics.jsonl rows
+    epoch: int = 0  # epochs done
+    step: int = 0  # steps done
+    best: dict | None = None
+    elapsed: float = 0.0  # training seconds of the finished epochs
+    partial: dict | None = None  # the checkpoint's unfinished epoch, when resumed inside one
+    last_save: float = 0.0  # time.monotonic() of the last checkpoint (start: when training starts)
+
+    @property
+    def center(self) -> torch.Tensor:
+        return self.opt.theta.detach()
+
+    @property
+    def main(self) -> bool:
+        return self.world.is_main
+
+    def say(self, *args, **kwargs) -> None:
+        if self.main:
+            print(*args, **kwargs)
+
+    def saved_config(self) -> dict:
+        """The config as config.json and checkpoints hold it (with the launcher's world_size)."""
+        return {**self.cfg.as_dict(), "world_size": self.world.size}
+
+    def payload(self, epoch: int, part: dict | None = None) -> dict:
+        """A checkpoint of the state after `epoch` epochs (plus the part `part` of the next one)."""
+        return {"config": self.saved_config(), "epoch": epoch, "step": self.step, "best": self.best,
+                "elapsed_s": self.elapsed + (part["epoch_time_s"] if part else 0.0),
+                "theta": self.center.clone(), "optimizer": self.opt.state_dict(),
+                "buffers": {n: b.detach().clone() for n, b in self.model.named_buffers()},
+                "torch_rng": torch.get_rng_state(), "partial": part}
+
+    def save(self, name: str, epoch: int, part: dict | None = None) -> None:
+        """Write checkpoint `name` (last.pt, best.pt) of the state after `epoch` epochs (rank 0)."""
+        if self.main:
+            checkpoint.save(self.payload(epoch, part), self.out / name)
+        self.last_save = time.monotonic()
+
+
+def setup(cfg: TrainConfig, world: distributed.World, resuming: bool) -> Run:
+    """A run's directory, data, network, memory plan, optimiser and schedule (the network at its
+    initialisation or --init-from; a checkpoint is loaded into it by resume)."""
+    out = Path(cfg.out or config.default_out(cfg))
+    if not resuming and (out / checkpoint.LAST).exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume {out} to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.out = str(out)
+    device = torch.device(distributed.device_of(world, cfg.device))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    ds = data.load(cfg.dataset, cfg.data_dir)
+    train, val, test = ds.train.subset(cfg.train_subset), ds.val.subset(cfg.val_subset), ds.test.subset(cfg.test_subset)
+    model = models.build(cfg.net, ds.in_shape, ds.mean, ds.std, ds.num_classes, width=cfg.width,
+                         init=cfg.init).to(device).eval()
+    net = Network.from_module(model)
+    theta0 = net.layout.flatten(net.params()).detach()[0].clone()
+    if cfg.init_from and not resuming:
+        theta0 = _init_from(cfg.init_from, model, theta0, device)
+    shape = memory.NetShape.of(net, ds.in_shape)
+    plan, budget = _plan_memory(cfg, shape, device, world.main_only(print))
+    spe = data.num_batches(len(train), cfg.batch_size)
+    val_label = f"val (first {len(val)} of {len(ds.val)} images)" if len(val) < len(ds.val) else f"val ({len(val)} images)"
+    return Run(cfg, world, out, device, train, val, test, val_label, model, net, plan, budget,
+               memory.cert_batch(shape, cfg.relaxation, cfg.eval_batch_size, budget, device),
+               make_optimizer(cfg, theta0, plan, world), spe,
+               EpsSchedule(cfg.train_eps, cfg.eps_start_epoch, cfg.eps_end_epoch, spe, cfg.eps_schedule))
+
+
+def _init_from(path: str, model, theta0: torch.Tensor, device) -> torch.Tensor:
+    """The weights (and buffers, into `model`) of checkpoint `path` (--init-from), checked against the network."""
+    init = checkpoint.load(path)
+    if init["theta"].shape != theta0.shape:
+        raise ConfigError(f"--init-from {path}: its network has {init['theta'].numel()} weights, "
+                          f"this one {theta0.numel()}")
+    theta0 = init["theta"].to(device)
+    load_weights(model, theta0, init.get("buffers"))
+    return theta0
+
+
+def resume(r: Run, payload: dict) -> None:
+    """Continue from a checkpoint: the optimiser state, the centre and buffers, the counters, the
+    unfinished epoch's part and the torch RNG, so the run goes on bit for bit."""
+    r.opt.load_state_dict(payload["optimizer"])
+    load_weights(r.model, r.center, payload.get("buffers"))
+    r.epoch, r.step, r.best = payload["epoch"], payload["step"], payload["best"]
+    r.elapsed = payload.get("elapsed_s", 0.0)
+    r.partial = payload.get("partial")
+    if r.partial is not None:  # elapsed_s of a checkpoint inside an epoch includes that epoch's part
+        r.elapsed -= r.partial["epoch_time_s"]
+    torch.set_rng_state(payload["torch_rng"])
+
+
+def start(r: Run) -> None:
+    """Time the run (estimate_time), write config.json and keep the metrics of the epochs done (a
+    killed run's later lines are dropped)."""
+    r.clock = estimate_time(r)
+    r.history = _read_metrics(r.out / "metrics.jsonl", r.epoch)
+    if r.main:
+        checkpoint.write_json(r.out / "config.json", r.saved_config())
+        with open(r.out / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in r.history)
+    r.last_save = time.monotonic()  # --checkpoint-every counts from here
+
+
+def estimate_time(r: Run) -> RunClock:
     """Time one step at eps 0 and one at the training eps (two each when short) on a scratch optimiser (the
     run's state, its RNG and the model's buffers are left as they were) and one validation batch; print
-    the predicted total (gls.timing)."""
-    rng, buffers = torch.get_rng_state(), {n: b.detach().clone() for n, b in model.named_buffers()}
-    opt = _make_optimizer(cfg, theta.clone(), plan, world)  # every rank times the same steps (collectives match)
-    x, y = next(data.batches(train, cfg["batch_size"], shuffle=False))
-    x, y = opt.local_batch(x.to(device), y.to(device)) if world.active else (x.to(device), y.to(device))
+    the predicted total (gls.app.timing)."""
+    cfg, world = r.cfg, r.world
+    rng, buffers = torch.get_rng_state(), {n: b.detach().clone() for n, b in r.model.named_buffers()}
+    opt = make_optimizer(cfg, r.center.clone(), r.plan, world)  # every rank times the same steps (collectives match)
+    x, y = next(data.batches(r.train, cfg.batch_size, shuffle=False))
+    x, y = opt.local_batch(x.to(r.device), y.to(r.device)) if world.active else (x.to(r.device), y.to(r.device))
 
     def step(eps: float, weight: float):
-        fn = population_loss(net, x, y, eps=eps, relaxation=cfg["relaxation"], robust_weight=weight,
-                             backend=cfg["backend"], sample_chunk=plan.sample_chunk)
+        fn = population_loss(r.net, x, y, eps=eps, relaxation=cfg.relaxation, robust_weight=weight,
+                             backend=cfg.backend, sample_chunk=r.plan.sample_chunk)
         return time_call(lambda: opt.step(fn, 0))
 
     def timed(eps: float, weight: float) -> float:
@@ -150,32 +281,25 @@ def _estimate_time(cfg, net, model, train, val, theta, sched, plan, spe, val_sub
         return min(t, step(eps, weight)) if t < 1.0 else t  # a short step is mostly warm-up: the faster of two
 
     t0 = timed(0.0, 0.0)
-    t1 = timed(cfg["train_eps"], cfg["robust_weight"])
-    vx = val.subset(min(len(val), cfg["eval_batch_size"]))
-    val_s = time_call(lambda: _validate(net, vx, cfg["eps"], cfg["relaxation"], cfg["eval_batch_size"],
-                                        cfg["backend"], world, val_sub)) * len(val) / max(len(vx), 1)
-    load_weights(model, theta, buffers)
+    t1 = timed(cfg.train_eps, cfg.robust_weight)
+    vx = r.val.subset(min(len(r.val), cfg.eval_batch_size))
+    val_s = time_call(lambda: validate(r.net, vx, cfg.eps, cfg.relaxation, cfg.eval_batch_size, cfg.backend, world,
+                                       r.val_sub)) * len(r.val) / max(len(vx), 1)
+    load_weights(r.model, r.center, buffers)
     torch.set_rng_state(rng)
-    clock = RunClock(cost_fraction(sched, cfg["relaxation"], cfg["robust_weight"]), t0, t1, cfg["epochs"] * spe,
-                     spe, val_s)
-    total = clock.total()
-    say(f"time: a step takes {t0:.2f} s at eps 0 and {t1:.2f} s at eps {cfg['train_eps']:g}, a validation "
-          f"{val_s:.1f} s: {cfg['epochs']} epochs x {spe} steps take about {format_duration(total)} "
+    clock = RunClock(cost_fraction(r.sched, cfg.relaxation, cfg.robust_weight), t0, t1, cfg.epochs * r.spe,
+                     r.spe, val_s)
+    r.say(f"time: a step takes {t0:.2f} s at eps 0 and {t1:.2f} s at eps {cfg.train_eps:g}, a validation "
+          f"{val_s:.1f} s: {cfg.epochs} epochs x {r.spe} steps take about {format_duration(clock.total())} "
           f"(measured now, before the final evaluation)", flush=True)
     return clock
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= upto_epoch]
+    return [row for row in rows if row["epoch"] <= upto_epoch]
 
 
 def _resume_hint(out: Path) -> str:
@@ -188,245 +312,254 @@ def _resume_hint(out: Path) -> str:
     return f"resume from the checkpoint of step {ck['step']} ({where}) with --resume {out}"
 
 
-def _progress(cfg) -> bool:
-    return sys.stderr.isatty() if cfg["progress"] is None else bool(cfg["progress"])
+@dataclass
+class Epoch:
+    """One epoch's running sums and counters; a checkpoint written inside the epoch holds them
+    (partial) so that a resumed run finishes the epoch with the same numbers."""
+
+    index: int
+    generator: torch.Generator  # the data order, a function of (seed, epoch)
+    t0: float = field(default_factory=time.perf_counter)
+    done: int = 0  # batches trained before a resume inside this epoch
+    time_before: float = 0.0  # seconds spent on them
+    data_rng: torch.Tensor | None = None  # the generator's state after them (checked on resume)
+    sums: dict = field(default_factory=lambda: dict.fromkeys(SUM_KEYS, 0.0))
+    counts: dict = field(default_factory=lambda: dict.fromkeys(COUNT_KEYS, 0))
+    weight: float = 0.0  # robust weight of the last step
+    stats: StepStats | None = None  # of the last step
+
+    def seconds(self) -> float:
+        """Seconds of this epoch so far (the part before a resume included)."""
+        return self.time_before + time.perf_counter() - self.t0
+
+    def add(self, stats: StepStats, record: dict, eps: float) -> None:
+        """Count one step's statistics and training metrics."""
+        self.stats = stats
+        self.counts["nonfinite"] += stats.nonfinite
+        self.counts["skipped"] += stats.skipped
+        if math.isfinite(stats.loss_mean):
+            self.counts["finite_steps"] += 1
+            self.sums["loss"] += stats.loss_mean
+            self.sums["grad_norm"] += stats.grad_norm
+        self.sums["nat"] += float(record["natural_acc"].mean())
+        self.sums["nat_loss"] += float(record["natural_loss"].nanmean())
+        self.sums["rob_loss"] += float(record["robust_loss"].nanmean())
+        cert = float(record["certified_acc"].nanmean()) if eps > 0 else float("nan")
+        if math.isfinite(cert):
+            self.sums["cert"] += cert
+            self.counts["cert_steps"] += 1
+
+    def partial(self, batch: int) -> dict:
+        """What a checkpoint after `batch` batches of this epoch holds of it."""
+        return {"batch": batch, "sums": dict(self.sums), "counts": dict(self.counts), "weight": self.weight,
+                "stats": self.stats, "data_rng": self.generator.get_state(), "epoch_time_s": self.seconds()}
 
 
-def run(cfg: dict, resume_payload: dict | None = None) -> int:
-    """Train with the resolved config `cfg` (on the ranks of torchrun's job, if any); returns the exit status."""
-    world = distributed.init(cfg["device"], cfg["dist_timeout"])
+def begin_epoch(r: Run, index: int) -> Epoch:
+    """Epoch `index`: its learning rate and data order, and the part already trained when resumed inside it."""
+    ep = Epoch(index, torch.Generator().manual_seed(_epoch_seed(r.cfg.seed, index)))
+    r.opt.set_lr(r.cfg.lr * lr_factor(index, r.cfg.lr_milestones, r.cfg.lr_decay))
+    if r.partial is not None:
+        p = r.partial
+        ep.done, ep.time_before, ep.data_rng = p["batch"], p["epoch_time_s"], p["data_rng"]
+        ep.sums, ep.counts, ep.weight, ep.stats = dict(p["sums"]), dict(p["counts"]), p["weight"], p["stats"]
+    return ep
+
+
+def train_step(r: Run, ep: Epoch, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One optimiser step on the mini-batch (x, y) (this rank's part under torchrun); returns its eps."""
+    cfg = r.cfg
+    x, y = x.to(r.device), y.to(r.device)
+    x_rank, y_rank = r.opt.local_batch(x, y) if r.world.active else (x, y)
+    eps = r.sched(r.step)
+    ep.weight = cfg.robust_weight * r.sched.ramp_fraction(r.step)
+    if _has_bn(r.model):
+        _update_bn_stats(r.model, r.center, x)
+    record: dict = {}
+    loss_fn = population_loss(r.net, x_rank, y_rank, eps=eps, relaxation=cfg.relaxation, robust_weight=ep.weight,
+                              backend=cfg.backend, record=record, sample_chunk=r.plan.sample_chunk)
+    stats = r.opt.step(loss_fn, r.step)
+    if r.world.active:
+        record.update(r.opt.gather_record(record, r.step))
+    r.step += 1
+    if r.world.active and cfg.sync_check_every and r.step % cfg.sync_check_every == 0:
+        r.world.check_same(r.opt.synced_state(), r.step)
+    ep.add(stats, record, eps)
+    return eps
+
+
+def train_epoch(r: Run, ep: Epoch) -> None:
+    """The steps of epoch `ep` (from where a resume left it), with the progress bar and a checkpoint
+    every --checkpoint-every seconds; NonFiniteCenterError or KeyboardInterrupt stop it."""
+    from tqdm import tqdm
+
+    cfg = r.cfg
+    show = _progress(cfg) and r.main
+    bar = tqdm(total=r.spe, initial=ep.done, desc=f"epoch {ep.index + 1}/{cfg.epochs}", disable=not show, leave=False,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+    step_t = time.perf_counter()
     try:
-        return _run(cfg, resume_payload, world)
+        for i, (x, y) in enumerate(data.batches(r.train, cfg.batch_size, shuffle=True, generator=ep.generator,
+                                                augment=cfg.dataset == "cifar10")):
+            if i < ep.done:  # resumed inside the epoch: the same order, these batches were trained
+                if i + 1 == ep.done and not torch.equal(ep.generator.get_state(), ep.data_rng):
+                    raise CheckpointError("the checkpoint's data order does not match this data set")
+                continue
+            eps = train_step(r, ep, x, y)
+            now = time.perf_counter()
+            r.clock.observe(r.step - 1, r.step, now - step_t)
+            step_t = now
+            bar.update(1)
+            bar.set_postfix_str(f"loss {ep.stats.loss_mean:.3f}, train eps {eps:.3g}, run ETA "
+                                f"{format_duration(r.clock.eta(r.step))}")
+            if i + 1 < r.spe and time.monotonic() - r.last_save >= cfg.checkpoint_every:
+                r.save(checkpoint.LAST, ep.index, ep.partial(i + 1))
+    finally:
+        bar.close()
+    r.partial = None
+
+
+def end_epoch(r: Run, ep: Epoch) -> dict:
+    """The epoch's metrics row: training means, validation of the centre; appended to metrics.jsonl."""
+    cfg, spe, sums, counts = r.cfg, r.spe, ep.sums, ep.counts
+    load_weights(r.model, r.center)
+    if _has_bn(r.model):
+        r.model.eval()
+    finite = max(counts["finite_steps"], 1)
+    row = {"epoch": ep.index + 1, "step": r.step, "eps": r.sched(r.step - 1), "robust_weight": ep.weight,
+           "lr": cfg.lr * lr_factor(ep.index, cfg.lr_milestones, cfg.lr_decay),
+           "train_loss": sums["loss"] / finite, "train_natural_loss": sums["nat_loss"] / spe,
+           "train_robust_loss": sums["rob_loss"] / spe, "train_natural_acc": sums["nat"] / spe,
+           "train_certified_acc": sums["cert"] / counts["cert_steps"] if counts["cert_steps"] else None,
+           "nonfinite_members": counts["nonfinite"], "skipped_steps": counts["skipped"],
+           "sigma_mean": ep.stats.sigma_mean, "sigma_min": ep.stats.sigma_min, "sigma_max": ep.stats.sigma_max,
+           "grad_norm": sums["grad_norm"] / finite}
+    t_val = time.perf_counter()
+    row.update(validate(r.net, r.val, cfg.eps, cfg.relaxation, cfg.eval_batch_size, cfg.backend, r.world, r.val_sub))
+    r.clock.observe_validation(time.perf_counter() - t_val)
+    row["val_eps"] = cfg.eps
+    row["time_s"] = ep.seconds()
+    r.elapsed += row["time_s"]
+    row["elapsed_s"] = r.elapsed
+    r.history.append(row)
+    if r.main:
+        with open(r.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+def save_epoch(r: Run, row: dict) -> None:
+    """Checkpoints after an epoch (best.pt when the validation improved once eps is at its target,
+    last.pt always), curves.png and the epoch's line."""
+    cfg, epoch = r.cfg, row["epoch"]
+    if r.world.active:  # what is saved must be every rank's state
+        r.world.check_same(r.opt.synced_state(), r.step)
+    ramped = r.sched(r.step - 1) >= cfg.train_eps
+    if ramped and (r.best is None or row["val_certified_acc"] > r.best["val_certified_acc"]):
+        r.best = {"epoch": epoch, "val_certified_acc": row["val_certified_acc"], "val_natural_acc": row["val_natural_acc"]}
+        r.save(checkpoint.BEST, epoch)
+    r.save(checkpoint.LAST, epoch)
+    if r.main:
+        plot_curves(r.history, r.out / "curves.png", cfg, r.best["epoch"] if r.best else None)
+    eta = f", run ETA {format_duration(r.clock.eta(r.step))}" if epoch < cfg.epochs else ""
+    r.say(f"epoch {epoch}/{cfg.epochs}: train eps {row['eps']:.4g} loss {row['train_loss']:.4f}  |  "
+          f"{r.val_label} at eps {cfg.eps:g}: natural {100 * row['val_natural_acc']:.2f}%  certified "
+          f"({cfg.relaxation}) {100 * row['val_certified_acc']:.2f}%  |  nonfinite {row['nonfinite_members']}  "
+          f"{row['time_s']:.1f} s{eta}", flush=True)
+
+
+def _progress(cfg: TrainConfig) -> bool:
+    return sys.stderr.isatty() if cfg.progress is None else bool(cfg.progress)
+
+
+def run(cfg: TrainConfig, resume_payload: dict | None = None) -> int:
+    """Train with the resolved config `cfg` (on the ranks of torchrun's job, if any); returns the exit status."""
+    world = distributed.init(cfg.device, cfg.dist_timeout)
+    try:
+        r = setup(cfg, world, resuming=resume_payload is not None)
+        if resume_payload is not None:
+            resume(r, resume_payload)
+        start(r)
+        return train_epochs(r)
     finally:
         world.close()
 
 
-def _run(cfg: dict, resume_payload: dict | None, world: distributed.World) -> int:
-    from tqdm import tqdm
-
-    main = world.is_main  # rank 0 alone writes the run directory and prints
-    save, plot, say, write_json = (world.main_only(f) for f in (checkpoint.save, plot_curves, print, _write_json))
-    cfg["world_size"] = world.size
-    out = Path(cfg["out"] or config.default_out(cfg))
-    if resume_payload is None and (out / checkpoint.LAST).exists():
-        raise ConfigError(f"{out} already holds a run; pass --resume {out} to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg["out"] = str(out)
-    device = torch.device(distributed.device_of(world, cfg["device"]))
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(cfg["seed"])
-
-    ds = data.load(cfg["dataset"], cfg["data_dir"])
-    train, val, test = ds.train.subset(cfg["train_subset"]), ds.val.subset(cfg["val_subset"]), ds.test.subset(cfg["test_subset"])
-    model = models.build(cfg["net"], ds.in_shape, ds.mean, ds.std, ds.num_classes, width=cfg["width"],
-                         init=cfg.get("init", "default")).to(device).eval()
-    net = Network.from_module(model)
-    theta0 = net.layout.flatten(net.params()).detach()[0].clone()
-    if cfg["init_from"] and resume_payload is None:
-        init = checkpoint.load(cfg["init_from"])
-        if init["theta"].shape != theta0.shape:
-            raise ConfigError(f"--init-from {cfg['init_from']}: its network has {init['theta'].numel()} weights, "
-                              f"this one {theta0.numel()}")
-        theta0 = init["theta"].to(device)
-        load_weights(model, theta0, init.get("buffers"))
-    shape = memory.NetShape.of(net, ds.in_shape)
-    plan, budget = _plan_memory(cfg, shape, device, say)
-    val_sub = memory.cert_batch(shape, cfg["relaxation"], cfg["eval_batch_size"], budget, device)
-    opt = _make_optimizer(cfg, theta0, plan, world)
-    spe = data.num_batches(len(train), cfg["batch_size"])
-    sched = EpsSchedule(cfg["train_eps"], cfg["eps_start_epoch"], cfg["eps_end_epoch"], spe, cfg["eps_schedule"])
-
-    epoch, step, best, elapsed, partial = 0, 0, None, 0.0, None
-    if resume_payload is not None:
-        opt.load_state_dict(resume_payload["optimizer"])
-        load_weights(model, _center(opt), resume_payload.get("buffers"))
-        epoch, step, best = resume_payload["epoch"], resume_payload["step"], resume_payload["best"]
-        elapsed = resume_payload.get("elapsed_s", 0.0)
-        partial = resume_payload.get("partial")
-        if partial is not None:  # elapsed_s of a checkpoint inside an epoch includes that epoch's part
-            elapsed -= partial["epoch_time_s"]
-        torch.set_rng_state(resume_payload["torch_rng"])
-    clock = _estimate_time(cfg, net, model, train, val, _center(opt), sched, plan, spe, val_sub, device, world, say)
-    history = _read_metrics(out / "metrics.jsonl", epoch)
-    write_json(out / "config.json", cfg)
-    if main:
-        with open(out / "metrics.jsonl", "w") as f:  # drop epochs after the checkpoint (a killed run's tail)
-            f.writelines(json.dumps(h) + "\n" for h in history)
-
-    def payload(ep: int, part: dict | None = None) -> dict:
-        return {"config": cfg, "epoch": ep, "step": step, "best": best, "elapsed_s": elapsed + (
-                    part["epoch_time_s"] if part else 0.0),
-                "theta": _center(opt).clone(), "optimizer": opt.state_dict(),
-                "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
-                "torch_rng": torch.get_rng_state(), "partial": part}
-
-    show = _progress(cfg) and main
-    check_every = cfg["sync_check_every"]
-    bn = _has_bn(model)
-    status, message = "finished", None
-    val_label = f"val (first {len(val)} of {len(ds.val)} images)" if len(val) < len(ds.val) else f"val ({len(val)} images)"
-    last_save = time.monotonic()
-    for epoch in range(epoch, cfg["epochs"]):
-        t0 = time.perf_counter()
-        opt.set_lr(cfg["lr"] * lr_factor(epoch, cfg["lr_milestones"], cfg["lr_decay"]))
-        gen = torch.Generator().manual_seed(_epoch_seed(cfg["seed"], epoch))
-        sums = {"loss": 0.0, "nat": 0.0, "cert": 0.0, "grad_norm": 0.0, "nat_loss": 0.0, "rob_loss": 0.0}
-        counts = {"finite_steps": 0, "nonfinite": 0, "skipped": 0, "cert_steps": 0}
-        done, epoch_time = 0, 0.0  # batches of this epoch already trained (resumed from inside the epoch)
-        if partial is not None:
-            done, epoch_time = partial["batch"], partial["epoch_time_s"]
-            sums, counts, weight, stats = dict(partial["sums"]), dict(partial["counts"]), partial["weight"], partial["stats"]
-        record: dict = {}
-        bar = tqdm(total=spe, initial=done, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not show, leave=False,
-                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
-        step_t = time.perf_counter()
+def train_epochs(r: Run) -> int:
+    """The epochs left, then the final evaluation (finish); the exit status (130: interrupted, 3: diverged)."""
+    for epoch in range(r.epoch, r.cfg.epochs):
+        ep = begin_epoch(r, epoch)
         try:
-            for i, (x, y) in enumerate(data.batches(train, cfg["batch_size"], shuffle=True, generator=gen,
-                                                    augment=cfg["dataset"] == "cifar10")):
-                if i < done:  # resumed inside the epoch: the same order, these batches were trained
-                    if i + 1 == done and not torch.equal(gen.get_state(), partial["data_rng"]):
-                        raise CheckpointError("the checkpoint's data order does not match this data set")
-                    continue
-                x, y = x.to(device), y.to(device)
-                x_rank, y_rank = opt.local_batch(x, y) if world.active else (x, y)
-                eps_t = sched(step)
-                weight = cfg["robust_weight"] * sched.ramp_fraction(step)
-                if bn:
-                    _update_bn_stats(model, _center(opt), x)
-                record.clear()
-                loss_fn = population_loss(net, x_rank, y_rank, eps=eps_t, relaxation=cfg["relaxation"],
-                                          robust_weight=weight, backend=cfg["backend"], record=record,
-                                          sample_chunk=plan.sample_chunk)
-                stats = opt.step(loss_fn, step)
-                if world.active:
-                    record.update(opt.gather_record(record, step))
-                step += 1
-                if world.active and check_every and step % check_every == 0:
-                    world.check_same(opt.synced_state(), step)
-                counts["nonfinite"] += stats.nonfinite
-                counts["skipped"] += stats.skipped
-                if math.isfinite(stats.loss_mean):
-                    counts["finite_steps"] += 1
-                    sums["loss"] += stats.loss_mean
-                    sums["grad_norm"] += stats.grad_norm
-                sums["nat"] += float(record["natural_acc"].mean())
-                sums["nat_loss"] += float(record["natural_loss"].nanmean())
-                sums["rob_loss"] += float(record["robust_loss"].nanmean())
-                cert = float(record["certified_acc"].nanmean()) if eps_t > 0 else float("nan")
-                if math.isfinite(cert):
-                    sums["cert"] += cert
-                    counts["cert_steps"] += 1
-                now = time.perf_counter()
-                clock.observe(step - 1, step, now - step_t)
-                step_t = now
-                bar.update(1)
-                bar.set_postfix_str(f"loss {stats.loss_mean:.3f}, train eps {eps_t:.3g}, run ETA "
-                                    f"{format_duration(clock.eta(step))}")
-                if i + 1 < spe and time.monotonic() - last_save >= cfg["checkpoint_every"]:
-                    part = {"batch": i + 1, "sums": dict(sums), "counts": dict(counts), "weight": weight,
-                            "stats": stats, "data_rng": gen.get_state(),
-                            "epoch_time_s": epoch_time + time.perf_counter() - t0}
-                    save(payload(epoch, part), out / checkpoint.LAST)
-                    last_save = time.monotonic()
+            train_epoch(r, ep)
         except NonFiniteCenterError as e:
-            status = "diverged"
-            message = (f"training stopped: {e} (epoch {epoch + 1}); the last good checkpoint is "
-                       f"{out / checkpoint.LAST if (out / checkpoint.LAST).exists() else 'none (no epoch finished)'}")
-            bar.close()
-            break
+            last = r.out / checkpoint.LAST
+            return finish(r, "diverged", f"training stopped: {e} (epoch {epoch + 1}); the last good checkpoint is "
+                                         f"{last if last.exists() else 'none (no epoch finished)'}")
         except KeyboardInterrupt:
-            bar.close()
-            say(f"gls.train: interrupted; {_resume_hint(out)}", file=sys.stderr)
+            r.say(f"gls.train: interrupted; {_resume_hint(r.out)}", file=sys.stderr)
             return 130
-        bar.close()
-        partial = None
-        nonfinite, finite_steps, cert_steps = counts["nonfinite"], counts["finite_steps"], counts["cert_steps"]
-        load_weights(model, _center(opt))
-        if bn:
-            model.eval()
-        eval_eps = cfg["eps"]
-        row = {"epoch": epoch + 1, "step": step, "eps": sched(step - 1), "robust_weight": weight,
-               "lr": cfg["lr"] * lr_factor(epoch, cfg["lr_milestones"], cfg["lr_decay"]),
-               "train_loss": sums["loss"] / max(finite_steps, 1), "train_natural_loss": sums["nat_loss"] / spe,
-               "train_robust_loss": sums["rob_loss"] / spe, "train_natural_acc": sums["nat"] / spe,
-               "train_certified_acc": sums["cert"] / cert_steps if cert_steps else None,
-               "nonfinite_members": nonfinite, "skipped_steps": counts["skipped"],
-               "sigma_mean": stats.sigma_mean, "sigma_min": stats.sigma_min, "sigma_max": stats.sigma_max,
-               "grad_norm": sums["grad_norm"] / max(finite_steps, 1)}
-        t_val = time.perf_counter()
-        row.update(_validate(net, val, eval_eps, cfg["relaxation"], cfg["eval_batch_size"], cfg["backend"], world,
-                             val_sub))
-        clock.observe_validation(time.perf_counter() - t_val)
-        row["val_eps"] = eval_eps
-        row["time_s"] = epoch_time + time.perf_counter() - t0
-        elapsed += row["time_s"]
-        row["elapsed_s"] = elapsed
-        history.append(row)
-        if main:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-        if world.active:  # what is saved must be every rank's state
-            world.check_same(opt.synced_state(), step)
-        ramped = sched(step - 1) >= cfg["train_eps"]
-        if ramped and (best is None or row["val_certified_acc"] > best["val_certified_acc"]):
-            best = {"epoch": epoch + 1, "val_certified_acc": row["val_certified_acc"],
-                    "val_natural_acc": row["val_natural_acc"]}
-            save(payload(epoch + 1), out / checkpoint.BEST)
-        save(payload(epoch + 1), out / checkpoint.LAST)
-        last_save = time.monotonic()
-        plot(history, out / "curves.png", cfg, best["epoch"] if best else None)
-        eta = f", run ETA {format_duration(clock.eta(step))}" if epoch + 1 < cfg["epochs"] else ""
-        say(f"epoch {epoch + 1}/{cfg['epochs']}: train eps {row['eps']:.4g} loss {row['train_loss']:.4f}  |  "
-            f"{val_label} at eps {eval_eps:g}: natural {100 * row['val_natural_acc']:.2f}%  certified "
-            f"({cfg['relaxation']}) {100 * row['val_certified_acc']:.2f}%  |  nonfinite {nonfinite}  "
-            f"{row['time_s']:.1f} s{eta}", flush=True)
-        if cfg["halt_after_epoch"] is not None and epoch + 1 >= cfg["halt_after_epoch"] and epoch + 1 < cfg["epochs"]:
-            say(f"halted after epoch {epoch + 1} (--halt-after-epoch); continue with --resume {out}")
+        save_epoch(r, end_epoch(r, ep))
+        halt = r.cfg.halt_after_epoch
+        if halt is not None and epoch + 1 >= halt and epoch + 1 < r.cfg.epochs:
+            r.say(f"halted after epoch {epoch + 1} (--halt-after-epoch); continue with --resume {r.out}")
             return 0
+    return finish(r, "finished")
 
-    summary = {"status": status, "message": message, "epochs_done": len(history), "steps": step,
-               "train_time_s": elapsed, "best": best, "run_dir": str(out), "world_size": world.size}
+
+def finish(r: Run, status: str, message: str | None = None) -> int:
+    """summary.json; for a finished run, the test evaluation of best.pt (last.pt when eps never reached
+    its target) and its table. Returns the exit status (3 for a diverged run)."""
+    summary = {"status": status, "message": message, "epochs_done": len(r.history), "steps": r.step,
+               "train_time_s": r.elapsed, "best": r.best, "run_dir": str(r.out), "world_size": r.world.size}
     if status == "diverged":
-        write_json(out / "summary.json", summary)
-        say(f"gls.train: {message}", file=sys.stderr)
+        if r.main:
+            checkpoint.write_json(r.out / "summary.json", summary)
+        r.say(f"gls.train: {message}", file=sys.stderr)
         return 3
+    final_path, full, result, seconds = final_evaluation(r)
+    summary.update({"evaluated_checkpoint": "best" if r.best is not None else "last", "test": result,
+                    "eval_time_s": seconds})
+    if r.main:
+        checkpoint.write_json(r.out / "summary.json", summary)
+        print(f"test evaluation of the {summary['evaluated_checkpoint']} {describe_checkpoint(final_path, full)}; "
+              f"training {format_duration(r.elapsed)}, evaluation {format_duration(seconds)}:")
+    r.say(format_table(result))
+    r.say(f"run directory: {r.out}")
+    return 0
+
+
+def final_evaluation(r: Run) -> tuple[Path | None, dict | None, dict, float]:
+    """The final checkpoint's test evaluation (gls.app.certify.evaluate, the ranks sharing the examples):
+    (its path and payload on rank 0, the result, the seconds it took)."""
+    cfg, world = r.cfg, r.world
     final = final_path = full = None
-    if main:
-        final_path = checkpoint.resolve(out, checkpoint.BEST if best is not None else checkpoint.LAST)
+    if r.main:
+        final_path = checkpoint.resolve(r.out, checkpoint.BEST if r.best is not None else checkpoint.LAST)
         final = full = checkpoint.load(final_path)
     if world.active:
         final = world.broadcast_object(final and {k: final[k] for k in ("theta", "buffers", "epoch")},
                                        "the final checkpoint broadcast")
-    load_weights(model, final["theta"], final["buffers"])
+    load_weights(r.model, final["theta"], final["buffers"])
     t0 = time.perf_counter()
-    result = distributed.evaluate(world, evaluate, model, test, cfg["eps"], methods=cfg["certify"],
-                                  batch_size=cfg["eval_batch_size"], pgd_steps=cfg["pgd_steps"],
-                                  pgd_restarts=cfg["pgd_restarts"], seed=cfg["seed"], backend=cfg["backend"],
-                                  device=device, progress=show, max_memory=budget)
-    summary.update({"evaluated_checkpoint": "best" if best is not None else "last", "test": result,
-                    "eval_time_s": time.perf_counter() - t0})
-    write_json(out / "summary.json", summary)
-    if main:
-        say(f"test evaluation of the {summary['evaluated_checkpoint']} {describe_checkpoint(final_path, full)}; "
-            f"training {format_duration(elapsed)}, evaluation {format_duration(summary['eval_time_s'])}:")
-    say(format_table(result))
-    say(f"run directory: {out}")
-    return 0
+    result = distributed.evaluate(world, evaluate, r.model, r.test, cfg.eps, methods=cfg.certify,
+                                  batch_size=cfg.eval_batch_size, pgd_steps=cfg.pgd_steps,
+                                  pgd_restarts=cfg.pgd_restarts, seed=cfg.seed, backend=cfg.backend,
+                                  device=r.device, progress=_progress(cfg) and r.main, max_memory=r.budget)
+    return final_path, full, result, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
     """Entry point of ``python -m gls.train``; returns the exit status (errors: one line, non-zero)."""
     try:
         cli = config.parse_args(sys.argv[1:] if argv is None else argv)
-        resume = None
+        resume_payload = None
         if "resume" in cli:
-            resume = checkpoint.load(cli["resume"])
+            resume_payload = checkpoint.load(cli["resume"])
             cli.setdefault("out", str(checkpoint.resolve(cli["resume"]).parent))
-            cfg = config.resolve(cli, saved=resume["config"])
+            cfg = config.resolve(cli, saved=resume_payload["config"])
         else:
             cfg = config.resolve(cli)
-        return run(cfg, resume)
+        return run(cfg, resume_payload)
     except (ConfigError, CheckpointError, data.DataError, memory.MemoryPlanError) as e:
         print(f"gls.train: error: {e}", file=sys.stderr)
         return 2

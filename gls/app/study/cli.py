@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from gls.app import data
+from gls.app import checkpoint, data
 from gls.app.study import paradox, report, runner
 from gls.app.study import evaluate as study_eval
 from gls.app.study.paradox import StudyError, cell_name
@@ -52,7 +52,7 @@ def _split(s):
 
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    report._write(path, json.dumps(obj, indent=2) + "\n")
+    checkpoint.write_json(path, obj)
 
 
 def _check_study_dir(out: Path, spec: dict) -> None:
@@ -183,7 +183,7 @@ def run_sweep(spec: dict, out: Path, workers: int) -> int:
                    run_dir=str(row["run_dir"]))
     spec = dict(spec, pgpe_schedule=dict(zip(("epochs", "images"), paradox.pgpe_schedule(spec, n_train))))
     _write_json(out / "sweep.json", {"spec": spec, "rows": table, "job_status": status})
-    report._write(out / "sweep.md", report.sweep_markdown(table, spec))
+    checkpoint.write_text(out / "sweep.md", report.sweep_markdown(table, spec))
     print(f"sweep: {out / 'sweep.md'}, {out / 'sweep.json'}")
     return 1 if any(s in ("failed", "blocked") for s in status.values()) else 0
 

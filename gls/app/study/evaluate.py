@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from gls.app import checkpoint, data
-from gls.app.certify import evaluate, model_from_checkpoint
+from gls.app.certify import evaluate
 
 
 def settings(eps: float, subset: int | None, methods: list[str], pgd_steps: int, pgd_restarts: int) -> dict:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         payload = checkpoint.load(args.run_dir, checkpoint.LAST)
-        model, cfg = model_from_checkpoint(payload)
+        model, cfg = checkpoint.model_from_checkpoint(payload)
         split = data.load(cfg["dataset"], cfg.get("data_dir")).test.subset(args.subset)
         methods = [m for m in args.methods.split(",") if m]
         t0 = time.perf_counter()

@@ -12,13 +12,9 @@ import json
 import os
 from pathlib import Path
 
+from gls.app.checkpoint import write_json, write_text
+
 CHANCE = 0.2  # natural accuracy at or below this (10 classes) marks a cell as not having learned
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def cell_result(run_dir: Path, eval_file: Path) -> dict | None:
@@ -139,8 +135,8 @@ def plot(results: dict, path: Path) -> None:
 
 
 def write(results: dict, out: Path) -> None:
-    _write(out / "results.json", json.dumps(results, indent=2) + "\n")
-    _write(out / "results.md", markdown(results))
+    write_json(out / "results.json", results)
+    write_text(out / "results.md", markdown(results))
     plot(results, out / "results.png")
 
 
