@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import gls
-import gls.app.models
+from gls.app import data, models
 from bench import trained, workload
 from bench.harness import bench_size, measure, peak_extra_bytes, record
 
@@ -120,7 +120,7 @@ def test_cnn7_deeppoly(benchmark, request, device, impl):
     """DeepPoly on gls.models cnn7 (MNIST, IBP initialisation, untrained: nearly every ReLU unstable, the
     costly case), P = 1: time and peak memory, with CROWN-IBP on the same inputs as the baseline."""
     B = CNN7_BATCH[bench_size(request.config)]
-    model = gls.app.models.build("cnn7", (1, 28, 28), (0.1307,), (0.3081,), init="ibp").eval().to(device)
+    model = models.build("cnn7", data.SHAPES["mnist"], *data.STATS["mnist"], init="ibp").eval().to(device)
     x, y = (t.to(device) for t in trained.mnist_test(B))
 
     def run():

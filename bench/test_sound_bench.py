@@ -5,9 +5,10 @@ impl `sound` (candidate) is the float64 evaluation with the rigorous rounding al
 sound mode is for certification, where one network is evaluated. Throughput = bounded samples / s;
 bench.report prints sound / default (below 1: sound mode is that much slower).
 
-Sizes. quick (CPU): MLP 784-100-100-10 and CNN3 with ibp, crown-ibp and deeppoly; batch 32 for the
-MLP, 8 for CNN3's IBP/CROWN-IBP and 1 for its DeepPoly (every unstable neuron of the 16x16x16 layer is
-back-substituted, ~1e10 multiply-adds per sample). full (GPU): batch 64, DeepPoly CNN3 batch 8.
+Sizes. quick (CPU): gls.models' MLP (784-256-64-10) and CNN3 (bench.workload) with ibp, crown-ibp and
+deeppoly; batch 32 for the MLP, 8 for CNN3's IBP/CROWN-IBP and 1 for its DeepPoly (every unstable
+neuron of the 16x16x16 layer is back-substituted, ~1e10 multiply-adds per sample). full (GPU): batch
+64, DeepPoly CNN3 batch 8.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 import gls
-from bench import nets
+from bench import workload
 from bench.harness import bench_size, measure, record
 
 QUICK = [("mlp", "ibp", 32), ("mlp", "crown-ibp", 32), ("mlp", "deeppoly", 32),
@@ -35,7 +36,7 @@ def pytest_generate_tests(metafunc):
 
 
 def test_sound_mode_cost(benchmark, request, device, model, method, B, impl):
-    module, x, y, eps = nets.build(model, B, device)
+    module, x, y, eps = workload.build(model, B, device)
     net = gls.Network.from_module(module)
 
     def run():

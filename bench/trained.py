@@ -47,11 +47,11 @@ def mnist_test(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `batch` real MNIST test images (B, 1, 28, 28) in [0, 1] and their labels."""
     split = data.load("mnist").test
     x, y = split.x[:batch], split.y[:batch]
-    return x.reshape(batch, 1, 28, 28).float(), y.long()
+    return x.reshape(batch, *data.SHAPES["mnist"]).float(), y.long()
 
 
 def build(name: str, batch: int, device: torch.device):
-    """(model, inputs, labels, eps) like bench.nets.build, for the trained network `name` + '-trained'."""
+    """(model, inputs, labels, eps) like bench.workload.build, for the trained network `name` + '-trained'."""
     base = name.removesuffix("-trained")
     x, y = mnist_test(batch)
     return load(base).to(device), x.to(device), y.to(device), EPS[base]

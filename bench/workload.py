@@ -16,8 +16,8 @@ import torch
 
 import gls
 from gls import patches
-from gls.problem import method_name
 from gls.app import data, models
+from gls.problem import method_name
 from gls.objective import population_loss as objective
 
 NETS = {"mlp": "mnist", "cnn3": "cifar10", "cnn7": "cifar10"}  # benchmark network -> its dataset
@@ -29,8 +29,10 @@ TEMPORARIES = 4  # the estimate's allowance for temporaries of the size of the l
 
 
 def flat_params(model: torch.nn.Module) -> torch.Tensor:
-    """The model's weights as one flat vector (d,), in named_parameters() order (gls.ParamLayout's)."""
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    """The model's weights as one flat vector (d,) in gls.ParamLayout's order (what gls.smoothing's
+    optimisers and gls.Network's layout take)."""
+    net = gls.Network.from_module(model)
+    return net.layout.flatten(net.params())[0].detach()
 
 
 def population(net: gls.Network, theta0: torch.Tensor, P: int, seed: int = 0) -> torch.Tensor:
@@ -91,7 +93,7 @@ def bound_pass_bytes(net: gls.Network, in_shape, method: str, P: int, B: int) ->
 
     The largest tensor is a back-substitution coefficient block (P, B, rows, N): rows = the K-1
     margins for the final bound, and for DeepPoly/hBox intermediate bounds 2 x the refined layer's
-    width, in chunks of gls.bounds._CHUNK_ELEMENTS coefficients where the engine has them; N is the
+    width, in chunks of gls.bounds.CHUNK_ELEMENTS coefficients; N is the
     widest layer below. Untrained networks at the benchmark radii have nearly every ReLU unstable, so
     the upper estimate is also the likely one.
     """
@@ -102,11 +104,11 @@ def bound_pass_bytes(net: gls.Network, in_shape, method: str, P: int, B: int) ->
     biggest = 4 * P * B * widest  # IBP boxes
     if method != "ibp":
         biggest = max(biggest, P * B * (K - 1) * widest)
-    chunk = getattr(gls.bounds, "_CHUNK_ELEMENTS", None)
+    chunk = gls.bounds.CHUNK_ELEMENTS
     for k in _refined(segs, method):
         below = max(max(w) for w in widths[: k + 1])
         block = P * B * 2 * widths[k][-1] * below
-        biggest = max(biggest, block if chunk is None else min(block, max(chunk, P * B * below)))
+        biggest = max(biggest, min(block, max(chunk, P * B * below)))
     return 4 * (TEMPORARIES * biggest + 3 * P * net.layout.numel)
 
 
