@@ -117,7 +117,7 @@ CNN7_BATCH = {"quick": 1, "full": 8}
 
 @pytest.mark.parametrize("impl", ["deeppoly", "crown-ibp"])
 def test_cnn7_deeppoly(benchmark, request, device, impl):
-    """DeepPoly on gls.models cnn7 (MNIST, IBP initialisation, untrained: nearly every ReLU unstable, the
+    """DeepPoly on gls.app.models cnn7 (MNIST, IBP initialisation, untrained: nearly every ReLU unstable, the
     costly case), P = 1: time and peak memory, with CROWN-IBP on the same inputs as the baseline."""
     B = CNN7_BATCH[bench_size(request.config)]
     model = models.build("cnn7", data.SHAPES["mnist"], *data.STATS["mnist"], init="ibp").eval().to(device)

@@ -5,7 +5,7 @@ impl `sound` (candidate) is the float64 evaluation with the rigorous rounding al
 sound mode is for certification, where one network is evaluated. Throughput = bounded samples / s;
 bench.report prints sound / default (below 1: sound mode is that much slower).
 
-Sizes. quick (CPU): gls.models' MLP (784-256-64-10) and CNN3 (bench.workload) with ibp, crown-ibp and
+Sizes. quick (CPU): gls.app.models' MLP (784-256-64-10) and CNN3 (bench.workload) with ibp, crown-ibp and
 deeppoly; batch 32 for the MLP, 8 for CNN3's IBP/CROWN-IBP and 1 for its DeepPoly (every unstable
 neuron of the 16x16x16 layer is back-substituted, ~1e10 multiply-adds per sample). full (GPU): batch
 64, DeepPoly CNN3 batch 8.

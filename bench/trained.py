@@ -1,7 +1,7 @@
 """Trained benchmark networks: short IBP training by gls itself, so unstable-neuron counts are those of
 training (random weights leave nearly every ReLU unstable, which no certified network does).
 
-`cnn3` is `gls.models` cnn3 on MNIST after `python -m gls.train --net cnn3 --epochs 2 --eps-end-epoch 1
+`cnn3` is `gls.app.models` cnn3 on MNIST after `python -m gls.train --net cnn3 --epochs 2 --eps-end-epoch 1
 --seed 0` (eps ramped to 0.1 within the first epoch; ~87 % IBP-certified at eps 0.1 on the test set).
 Its weights are committed (bench/data/, 100 kB) so every run measures the same network; when the file
 is missing the benchmark retrains it with that command (a few minutes on a 2-core CPU) and saves it.

@@ -2,8 +2,8 @@
 training objective as a population loss, and a memory estimate that decides which sizes fit on this
 machine (the rest are skipped, saying why).
 
-Networks (`build`): gls.models' mlp (CTBench fc_3layer, 784-256-64-10) on MNIST, cnn3 and cnn7 (no
-BatchNorm) on CIFAR-10, with gls.data's input shapes and channel statistics, PyTorch's default
+Networks (`build`): gls.app.models' mlp (CTBench fc_3layer, 784-256-64-10) on MNIST, cnn3 and cnn7 (no
+BatchNorm) on CIFAR-10, with gls.app.data's input shapes and channel statistics, PyTorch's default
 initialisation, inputs uniform in [0, 1] and CTBench's radii (MNIST 0.1, CIFAR 2/255). Throughput
 depends on the shapes and on how many ReLUs are unstable, and an untrained network at these radii has
 a realistic share of unstable neurons at the start of training.

@@ -13,7 +13,7 @@ import sys
 
 import matplotlib
 import torch
-import tqdm  # noqa: F401  (imported by gls.train.run)
+import tqdm  # noqa: F401  (imported by gls.app.train.train_epoch)
 
 from gls import smoothing
 from gls.app import certify, data, train

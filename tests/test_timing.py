@@ -1,4 +1,4 @@
-"""gls.timing: the run-time prediction follows the eps ramp, and the ETA corrects it by what was measured."""
+"""gls.app.timing: the run-time prediction follows the eps ramp, and the ETA corrects it by what was measured."""
 import pytest
 
 from gls.app.schedule import EpsSchedule

@@ -15,7 +15,7 @@ the noise are functions of (seed, epoch) and (seed, step), and the checkpoint ho
 state, counters, buffers, the epoch's running sums and the data generator's state.
 
 Before training, gls.memory plans the chunks of a step to fit ``--max-memory`` (or refuses at once),
-and gls.timing times a few steps to print the run's expected duration; the progress display's ETA
+and gls.app.timing times a few steps to print the run's expected duration; the progress display's ETA
 follows the eps ramp.
 
 BatchNorm networks: gls bounds BatchNorm in eval form with running statistics, so before each step

@@ -1,7 +1,7 @@
 """``python -m gls.app.study.evaluate RUN_DIR --out FILE ...``: one study evaluation of a run's final network.
 
 The final network is the run's ``last.pt`` (the same rule for every cell: "best" is chosen by each run's
-own training relaxation, which differs between cells). It goes through gls.certify's ``evaluate`` on
+own training relaxation, which differs between cells). It goes through gls.app.certify's ``evaluate`` on
 the first ``--subset`` test images: natural, PGD and certified accuracy per relaxation and best-of.
 The result is written atomically to ``--out`` with the settings it was made with, so a study re-run
 knows whether it is still valid.
