@@ -9,6 +9,8 @@
    and every kernel file is named for the one op it implements.
 4. Library and application apart: the library (gls/ outside gls/app/) imports nothing from gls.app, and the
    command modules gls.train, gls.certify and gls.study import only their gls.app counterpart.
+5. No private name crosses modules: no module of gls/, gls_kernels/, tests/ or bench/ imports or reads
+   another module's `_name` (the compiled library gls._C excepted).
 """
 import ast
 import re
@@ -112,6 +114,58 @@ def test_commands_are_entry_modules_of_the_application(command):
     assert any(isinstance(n, ast.ImportFrom) and n.module == COMMANDS[command] and [a.name for a in n.names] == ["main"]
                for n in tree.body)
     assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))], f"{command} defines code"
+
+
+# ---- no private names across modules -----------------------------------------------------------------
+
+SOURCES = sorted({p for pkg in (*PACKAGES, "tests", "bench") for p in (ROOT / pkg).rglob("*.py")})
+
+
+def _private_uses(path: Path) -> list[str]:
+    """`from <gls module> import _x` and `<gls module>._x` (through any import alias) in `path`."""
+    tree = ast.parse(path.read_text(), str(path))
+    alias: dict[str, str] = {}  # local name -> the gls/gls_kernels module it is bound to
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in PACKAGES:
+                    alias[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in PACKAGES:
+            for a in node.names:
+                if a.name.startswith("_") and a.name != "_C":
+                    found.append(f"from {node.module} import {a.name}")
+                if f"{node.module}.{a.name}" in MODULES:
+                    alias[a.asname or a.name] = f"{node.module}.{a.name}"
+
+    def module_of(expr) -> str | None:
+        if isinstance(expr, ast.Name):
+            return alias.get(expr.id)
+        if isinstance(expr, ast.Attribute) and (base := module_of(expr.value)):
+            return f"{base}.{expr.attr}" if f"{base}.{expr.attr}" in MODULES else None
+        return None
+
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                and node.attr != "_C" and (mod := module_of(node.value))):
+            found.append(f"{mod}.{node.attr} (line {node.lineno})")
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "setattr"
+              and len(node.args) >= 2 and (mod := module_of(node.args[0])) and isinstance(node.args[1], ast.Constant)
+              and str(node.args[1].value).startswith("_")):  # monkeypatch.setattr(module, "_name", ...)
+            found.append(f"setattr {mod}.{node.args[1].value} (line {node.lineno})")
+    return found
+
+
+def test_the_private_name_reader_finds_a_use(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import gls.bounds as b\nfrom gls import smoothing\nfrom gls.ops import _x\n"
+                 "b._y(smoothing._z)\nmonkeypatch.setattr(b, '_w', 1)\n")
+    assert len(_private_uses(f)) == 4
+
+
+def test_no_private_name_crosses_modules():
+    bad = {str(p.relative_to(ROOT)): uses for p in SOURCES if (uses := _private_uses(p))}
+    assert not bad, f"private names used from another module: {bad}"
 
 
 def _cycle() -> list[str] | None:
