@@ -62,6 +62,7 @@ COUNT_KEYS = ("finite_steps", "nonfinite", "skipped", "cert_steps")  # and count
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
+    """The data-order seed of `epoch`: a function of (seed, epoch) alone, so a resumed run replays it."""
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2 ** 63)
 
 
@@ -104,10 +105,13 @@ def _plan_memory(cfg: TrainConfig, shape: memory.NetShape, device: torch.device,
 
 
 def _has_bn(model) -> bool:
+    """Whether `model` has BatchNorm layers (their running statistics are updated before each step)."""
     return any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in model.modules())
 
 
 def _update_bn_stats(model, theta, x) -> None:
+    """Update the running statistics from the centre network `theta` on the clean batch `x`; every member
+    is then bounded with them (gls bounds BatchNorm in eval form)."""
     load_weights(model, theta)
     model.train()
     with torch.no_grad():
@@ -296,6 +300,7 @@ def estimate_time(r: Run) -> RunClock:
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
+    """The rows of metrics.jsonl up to epoch `upto_epoch` (a killed run may have written later ones)."""
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -469,6 +474,7 @@ def save_epoch(r: Run, row: dict) -> None:
 
 
 def _progress(cfg: TrainConfig) -> bool:
+    """Whether to show progress bars: --progress, else when stderr is a terminal."""
     return sys.stderr.isatty() if cfg.progress is None else bool(cfg.progress)
 
 
