@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 # 16 steps per epoch; --checkpoint-every 0 writes last.pt after every step inside an epoch.
-ARGS = ["--train-subset", "128", "--val-subset", "16", "--test-subset", "16", "--batch-size", "8", "--width", "8",
-        "--certify", "ibp", "--pgd-steps", "1", "--eps-end-epoch", "2", "--lr-milestones", "1", "--epochs", "2",
+ARGS = ["--net", "mlp", "--train-subset", "128", "--val-subset", "16", "--test-subset", "16", "--batch-size", "8",
+        "--width", "8", "--certify", "ibp", "--pgd-steps", "1", "--eps-end-epoch", "2", "--lr-milestones", "1", "--epochs", "2",
         "--method", "rgs", "--relaxation", "crown-ibp", "--seed", "5", "--checkpoint-every", "0", "--progress", "false"]
 
 

@@ -17,7 +17,9 @@ from gls.app import checkpoint, config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-TINY = ["--train-subset", "64", "--val-subset", "32", "--test-subset", "32", "--batch-size", "32",
+# explicit network, method, relaxation and epochs: without a preset the default run would supply them
+TINY = ["--net", "mlp", "--method", "grad", "--relaxation", "ibp", "--epochs", "20",
+        "--train-subset", "64", "--val-subset", "32", "--test-subset", "32", "--batch-size", "32",
         "--width", "4", "--certify", "ibp,deeppoly", "--pgd-steps", "2", "--eps-end-epoch", "1",
         "--lr-milestones", "", "--progress", "false"]
 

@@ -1,9 +1,9 @@
 """Options of ``python -m gls.train``: the typed run config, defaults, named presets, config files and
 the command line.
 
-Precedence, lowest first: built-in defaults, the method's defaults, a preset (``--preset`` or a
-``preset`` key in the file), the config file (``--config``, TOML or JSON, keys spelled as the options,
-with - or _), the command line. With ``--resume`` the run's saved config replaces the first four and
+Precedence, lowest first: built-in defaults, the default run (:data:`DEFAULT_RUN`, only when no preset
+is chosen), the method's defaults, a preset (``--preset`` or a ``preset`` key in the file), the config
+file (``--config``, TOML or JSON, keys spelled as the options, with - or _), the command line. With ``--resume`` the run's saved config replaces the first four and
 only options given on the command line override it. :func:`resolve` returns a :class:`TrainConfig`;
 run directories and checkpoints keep it as the plain dict :meth:`TrainConfig.as_dict` (plus the
 launcher's ``world_size``), which config files and ``--resume`` read back.
@@ -25,6 +25,7 @@ from gls.memory import parse_size
 from gls.problem import method_name, method_names
 from gls.app.models import INITS, NETS
 from gls.app.schedule import SCHEDULES
+from gls.app.study import paradox
 from gls.smoothing import CENTER_OPTIMIZERS
 
 TRAIN_METHODS = ("pgpe", "rgs", "grad")
@@ -38,9 +39,10 @@ class ConfigError(ValueError):
 class TrainConfig:
     """The resolved options of one training run (one field per option of ``python -m gls.train``).
 
-    The defaults are the default run: real MNIST, the small MLP, plain-gradient IBP training (see README
-    and gls.app.train). Fields whose default is None and that are marked "method" take the training
-    method's default (METHOD_DEFAULTS) in :func:`resolve`; after it, they are set.
+    The field defaults are the plain defaults under a preset: the small MLP, plain-gradient IBP training
+    on all of MNIST; without a preset the default run (DEFAULT_RUN) replaces some of them. Fields whose
+    default is None and that are marked "method" take the training method's default (METHOD_DEFAULTS)
+    in :func:`resolve`; after it, they are set.
     """
 
     dataset: str = "mnist"
@@ -108,6 +110,21 @@ class TrainConfig:
 
 # The option values of the default run, {option: default} (preset is recorded, not an option).
 DEFAULTS: dict = {k: v for k, v in TrainConfig().as_dict().items() if k != "preset"}
+
+
+def _default_run() -> dict:
+    """The options of the default run: the ``quick`` paradox study's RGS-DeepPoly cell (its budget and
+    evaluation; RGS's samples and sigma are METHOD_DEFAULTS["rgs"], the preset's values), so that its
+    final table can show that study's plain-gradient cells beside it (gls.app.baseline). Its width goes
+    with its network: another --net takes that network's own width."""
+    quick = paradox.PRESETS["quick"]
+    train = {k: v for k, v in quick["train"].items() if k in DEFAULTS and k not in paradox.CELL_ONLY}
+    ev = quick["eval"]
+    return {**train, "method": "rgs", "relaxation": "deeppoly", "test_subset": ev["subset"],
+            "pgd_steps": ev["pgd_steps"], "pgd_restarts": ev["pgd_restarts"], "certify": list(paradox.RELAXATIONS)}
+
+
+DEFAULT_RUN: dict = _default_run()
 
 METHOD_DEFAULTS = {
     "grad": {"population": 1, "sigma": 0.0, "lr": 1e-3, "optimizer": "adam"},
@@ -303,12 +320,15 @@ def resolve(cli: dict, saved: dict | None = None) -> TrainConfig:
     preset = cli.pop("preset", None) or file.pop("preset", None)
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; expected one of {', '.join(sorted(PRESETS))}")
-    method = cli.get("method", file.get("method", DEFAULTS["method"]))
+    base = dict(DEFAULTS) if preset is not None else {**DEFAULTS, **DEFAULT_RUN}
+    if cli.get("net", file.get("net", base["net"])) != base["net"]:  # the width goes with its network
+        base["width"] = DEFAULTS["width"]
+    method = cli.get("method", file.get("method", base["method"]))
     preset_values = dict(PRESETS.get(preset, {}))
     if method == "pgpe":  # the presets' learning rates are Adam's; ClipUp steps are on another scale
         preset_values.pop("lr", None)
     chosen = {**preset_values, **file, **cli}
-    cfg = {**DEFAULTS, **METHOD_DEFAULTS.get(method, {}), **chosen}
+    cfg = {**base, **METHOD_DEFAULTS.get(method, {}), **chosen}
     cfg["preset"] = preset
     return validate(cfg)
 

@@ -29,7 +29,8 @@ smoothing can do.
 
 Presets (``--preset``): ``paper`` is the published setting (paradox paper's CONV network, eps 0.3, 200
 epochs; for a GPU); ``cpu`` is sized for a 2-core CPU in about two hours (derivation: the README's
-"The paradox study").
+"The paradox study"); ``quick`` is the budget of ``python -m gls.train``'s default run (about 10
+minutes per RGS-DeepPoly cell), whose grad cells are that run's plain-gradient baseline.
 ``--set section.key=value`` overrides any entry (sections: train, rgs, pgpe, eval, sweep).
 """
 from __future__ import annotations
@@ -54,6 +55,10 @@ _COMMON_TRAIN = {"dataset": "mnist", "init": "ibp", "eps_schedule": "smooth", "r
                  # the run's own final table stays cheap (natural + IBP); the study's evaluation compares
                  "certify": ["ibp"], "pgd_steps": 0}
 
+# Train settings of a study cell that only the study wants (cheap per-run tables, one thread per worker,
+# no progress bars): the default run (gls.app.config.DEFAULT_RUN) does not take them from the quick preset.
+CELL_ONLY = ("threads", "progress", "certify", "pgd_steps")
+
 PRESETS: dict[str, dict] = {
     # the published setting; the paper's batch size, eps ramp and lr decay are not known here, so these
     # are CTBench-like choices. RGS/PGPE values are the CPU ones (population scaled up): run --sweep there.
@@ -71,6 +76,21 @@ PRESETS: dict[str, dict] = {
                   "pgpe": [{"sigma": s} for s in (3e-3, 3e-2)] + [{"population": n} for n in (64, 512)]
                   + [{"lr": lr} for lr in (1e-2, 1e-1)]},
     },
+    # python -m gls.train's default run is this preset's rgs-deeppoly cell (gls.app.config.TrainConfig);
+    # its grad cells are the baseline that run's final table shows (gls.app.baseline): ~10 minutes per
+    # RGS-DeepPoly cell on one core
+    "quick": {
+        "train": {**_COMMON_TRAIN, "net": "paradox_conv", "width": 8, "eps": 0.1, "epochs": 4,
+                  "batch_size": 64, "lr": 1e-3, "eps_start_epoch": 0, "eps_end_epoch": 2,
+                  "lr_milestones": [3], "train_subset": 10000, "val_subset": 500, "device": "cpu",
+                  "eval_batch_size": 256},
+        "rgs": {"population": 4, "sigma": 1e-2},
+        "pgpe": {"population": 32, "sigma": 1e-3, "lr": 3e-3, "optimizer": "clipup", "adapt_sigma": False},
+        "eval": {"subset": 1000, "pgd_steps": 40, "pgd_restarts": 1, "batch_size": 256},
+        "sweep": {"relaxation": "deeppoly", "epochs": 1,
+                  "rgs": [{"sigma": s} for s in (3e-3, 3e-2)] + [{"population": n} for n in (2, 8)],
+                  "pgpe": [{"sigma": s} for s in (3e-4, 3e-3)] + [{"lr": 1e-2}, {"population": 64}]},
+    },
     # a 2-core CPU in about two hours: the derivation is in the README ("The paradox study")
     "cpu": {
         "train": {**_COMMON_TRAIN, "net": "paradox_conv", "width": 8, "eps": 0.1, "epochs": 8,
@@ -81,12 +101,15 @@ PRESETS: dict[str, dict] = {
         "pgpe": {"population": 32, "sigma": 1e-3, "lr": 3e-3, "optimizer": "clipup", "adapt_sigma": False},
         "eval": {"subset": 1000, "pgd_steps": 40, "pgd_restarts": 1, "batch_size": 256},
         "sweep": {"relaxation": "deeppoly", "epochs": 2,
-                  "rgs": [{"sigma": s} for s in (3e-3, 3e-2)] + [{"population": n} for n in (2, 8)]
-                  + [{"lr": lr} for lr in (3e-4, 3e-3)],
-                  "pgpe": [{"sigma": s} for s in (3e-4, 3e-3)] + [{"population": n} for n in (16, 64)]
-                  + [{"lr": lr} for lr in (1e-3, 1e-2)]},
+                  "rgs": [{"sigma": s} for s in (3e-3, 3e-2)] + [{"population": n} for n in (2, 8)],
+                  "pgpe": [{"sigma": s} for s in (3e-4, 3e-3)] + [{"lr": 1e-2}, {"population": 64}]},
     },
 }
+
+# The training settings that make two runs' budgets equal: gls.app.baseline shows a study's grad cells
+# beside a run only when these (and the evaluation) agree.
+BUDGET_KEYS = ("dataset", "net", "width", "init", "eps", "epochs", "batch_size", "eps_schedule", "eps_start_epoch",
+               "eps_end_epoch", "lr_milestones", "lr_decay", "robust_weight", "train_subset", "seed")
 
 BUDGET_RULE = ("same network, data, eps schedule and epochs E for grad and RGS (E*N and E*N*N_s bound evaluations, "
                "N_s = RGS samples); PGPE warm-starts from the grad cell of its relaxation and adds E_p epochs at "
