@@ -76,21 +76,6 @@ PRESETS: dict[str, dict] = {
                   "pgpe": [{"sigma": s} for s in (3e-3, 3e-2)] + [{"population": n} for n in (64, 512)]
                   + [{"lr": lr} for lr in (1e-2, 1e-1)]},
     },
-    # python -m gls.train's default run is this preset's rgs-deeppoly cell (gls.app.config.TrainConfig);
-    # its grad cells are the baseline that run's final table shows (gls.app.baseline): ~10 minutes per
-    # RGS-DeepPoly cell on one core
-    "quick": {
-        "train": {**_COMMON_TRAIN, "net": "paradox_conv", "width": 8, "eps": 0.1, "epochs": 4,
-                  "batch_size": 64, "lr": 1e-3, "eps_start_epoch": 0, "eps_end_epoch": 2,
-                  "lr_milestones": [3], "train_subset": 10000, "val_subset": 500, "device": "cpu",
-                  "eval_batch_size": 256},
-        "rgs": {"population": 4, "sigma": 1e-2},
-        "pgpe": {"population": 32, "sigma": 1e-3, "lr": 3e-3, "optimizer": "clipup", "adapt_sigma": False},
-        "eval": {"subset": 1000, "pgd_steps": 40, "pgd_restarts": 1, "batch_size": 256},
-        "sweep": {"relaxation": "deeppoly", "epochs": 1,
-                  "rgs": [{"sigma": s} for s in (3e-3, 3e-2)] + [{"population": n} for n in (2, 8)],
-                  "pgpe": [{"sigma": s} for s in (3e-4, 3e-3)] + [{"lr": 1e-2}, {"population": 64}]},
-    },
     # a 2-core CPU in about two hours: the derivation is in the README ("The paradox study")
     "cpu": {
         "train": {**_COMMON_TRAIN, "net": "paradox_conv", "width": 8, "eps": 0.1, "epochs": 8,
@@ -105,6 +90,12 @@ PRESETS: dict[str, dict] = {
                   "pgpe": [{"sigma": s} for s in (3e-4, 3e-3)] + [{"lr": 1e-2}, {"population": 64}]},
     },
 }
+# the cpu preset at half the epochs: python -m gls.train's default run is its rgs-deeppoly cell
+# (gls.app.config.DEFAULT_RUN, about 10 minutes on one core) and its grad cells are the baseline that
+# run's final table shows (gls.app.baseline)
+PRESETS["quick"] = {**PRESETS["cpu"],
+                    "train": {**PRESETS["cpu"]["train"], "epochs": 4, "eps_end_epoch": 2, "lr_milestones": [3]},
+                    "sweep": {**PRESETS["cpu"]["sweep"], "epochs": 1}}
 
 # The training settings that make two runs' budgets equal: gls.app.baseline shows a study's grad cells
 # beside a run only when these (and the evaluation) agree.
