@@ -41,7 +41,7 @@ def find(cfg, studies: Path = STUDIES) -> tuple[Path, dict] | None:
 
 def _row(label: str, natural, certified, deeppoly, pgd, width: int) -> str:
     def pct(v):
-        return "    —  " if v is None else f"{100 * v:6.2f} %"
+        return f"{'—':>9}" if v is None else f"{100 * v:7.2f} %"
     return f"  {label:<{width}}  {pct(natural)}  {pct(certified)}  {pct(deeppoly)}  {pct(pgd)}"
 
 
@@ -58,7 +58,7 @@ def table(cfg, result: dict, studies: Path = STUDIES) -> str:
     width = max(len(own), *(len(label) for label, _ in cells))
     lines = [f"beside plain gradients at the same budget ({path.parent.name} study, final networks, same test "
              f"images and certifiers; {path.parent / 'results.md'}):",
-             f"  {'':<{width}}  {'natural':>8}  {'certified':>8}  {'deeppoly':>8}  {'PGD':>8}",
+             f"  {'':<{width}}  {'natural':>9}  {'certified':>9}  {'deeppoly':>9}  {'PGD':>9}",
              _row(own, acc["natural"], acc["best"], acc.get("deeppoly"), acc["pgd"], width)]
     lines += [_row(label, c["natural"], c["certified"], c["certified_deeppoly"], c["pgd"], width) for label, c in cells]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """``python -m gls.study paradox``: the paradox-of-certified-training grid, resumable and parallel.
 
-    python -m gls.study paradox --preset cpu --workers 2          # the CPU budget (~2 hours, 2 cores)
+    python -m gls.study paradox --preset cpu --workers 2          # the CPU budget (40 min measured on 2 cores)
     python -m gls.study paradox --preset paper --workers 4        # eps 0.3, 200 epochs, for a GPU
     python -m gls.study paradox --preset cpu --sweep              # the RGS/PGPE hyper-parameter sweep
     python -m gls.study paradox --preset cpu --estimate           # measured step times -> predicted time

@@ -28,9 +28,9 @@ read against the grad column it starts from: at this budget it measures PGPE's d
 smoothing can do.
 
 Presets (``--preset``): ``paper`` is the published setting (paradox paper's CONV network, eps 0.3, 200
-epochs; for a GPU); ``cpu`` is sized for a 2-core CPU in about two hours (derivation: the README's
-"The paradox study"); ``quick`` is the budget of ``python -m gls.train``'s default run (about 10
-minutes per RGS-DeepPoly cell), whose grad cells are that run's plain-gradient baseline.
+epochs; for a GPU); ``cpu`` is sized for a 2-core CPU within two hours (40 minutes measured; derivation:
+the README's "The paradox study"); ``quick`` is the budget of ``python -m gls.train``'s default run
+(about 10 minutes per RGS-DeepPoly cell), whose grad cells are that run's plain-gradient baseline.
 ``--set section.key=value`` overrides any entry (sections: train, rgs, pgpe, eval, sweep).
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ PRESETS: dict[str, dict] = {
                   "pgpe": [{"sigma": s} for s in (3e-3, 3e-2)] + [{"population": n} for n in (64, 512)]
                   + [{"lr": lr} for lr in (1e-2, 1e-1)]},
     },
-    # a 2-core CPU in about two hours: the derivation is in the README ("The paradox study")
+    # a 2-core CPU within two hours (40 minutes measured): the derivation is in the README ("The paradox study")
     "cpu": {
         "train": {**_COMMON_TRAIN, "net": "paradox_conv", "width": 8, "eps": 0.1, "epochs": 8,
                   "batch_size": 64, "lr": 1e-3, "eps_start_epoch": 0, "eps_end_epoch": 4,
