@@ -200,12 +200,15 @@ def parser() -> argparse.ArgumentParser:
                                                 "each states the machine it is sized for when a run starts")
     a("--dataset", help="mnist | cifar10 (default mnist)")
     a("--data-dir", help="directory with MNIST IDX files or the CIFAR-10 python batches")
-    a("--net", help=f"network: {', '.join(NETS)} (default mlp)")
-    a("--width", type=int, help="base width of the network (default: CTBench's for that network)")
+    a("--net", help=f"network: {', '.join(NETS)} (default: the default run's paradox_conv at width 8; "
+                                f"mlp under a preset)")
+    a("--width", type=int, help="base width of the network (default: CTBench's for that network; 8 for the "
+                              "default run's paradox_conv)")
     a("--init", help="weight initialisation: ibp (default; Shi et al. 2021, keeps IBP boxes tight at the "
                      "start) | default (PyTorch's)")
-    a("--method", help="pgpe | rgs | grad (default grad: plain gradients = RGS with sigma 0, one sample)")
-    a("--relaxation", help=f"bound used in the loss: {', '.join(RELAXATIONS)} (default ibp)")
+    a("--method", help="pgpe | rgs | grad (default rgs; grad under a preset: plain gradients = RGS with "
+                       "sigma 0, one sample)")
+    a("--relaxation", help=f"bound used in the loss: {', '.join(RELAXATIONS)} (default deeppoly; ibp under a preset)")
     a("--eps", type=number, help="test radius in pixel space, e.g. 0.1 or 2/255 (default 0.1)")
     a("--train-eps", type=number, help="training radius (default: --eps)")
     a("--epochs", type=int, help="number of epochs")
@@ -244,7 +247,8 @@ def parser() -> argparse.ArgumentParser:
     a("--out", help="run directory (default runs/<dataset>-<net>-<method>-<relaxation>-eps<eps>-s<seed>)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where its last checkpoint left off")
     a("--init-from", metavar="CKPT", help="start from the weights of a checkpoint (e.g. a grad warm-up run)")
-    a("--certify", type=_str_list, help="relaxations for the final certification (default ibp,crown-ibp,deeppoly)")
+    a("--certify", type=_str_list, help="relaxations for the final certification (default all four; "
+                                         "ibp,crown-ibp,deeppoly under a preset)")
     a("--pgd-steps", type=int, help="PGD steps in the final evaluation (default 40)")
     a("--pgd-restarts", type=int, help="PGD restarts in the final evaluation (default 1)")
     a("--eval-batch-size", type=int, help="batch size of the evaluations")
