@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from gls.app.timing import best_of
+
 HAS_CUDA = torch.cuda.is_available()
 SIZES = ("quick", "full")
 
@@ -67,14 +69,7 @@ def measure(benchmark, fn: Callable, device: torch.device, *, rounds: int, warmu
 
 def best_time(fn: Callable, device: torch.device, *, rounds: int) -> float:
     """Best wall time of `rounds` calls of `fn` after one warm-up call (for in-test reference timings)."""
-    run = synced(fn, device)
-    run()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_of(synced(fn, device), rounds)
 
 
 def record(benchmark, request, *, suite: str, role: str, items: float | None = None, unit: str = "",

@@ -9,23 +9,14 @@ the large case) so the file stays under about two minutes on a 2-core CPU; the C
 Memory is the peak resident set growth during the call (Linux: VmHWM after resetting it through
 /proc/self/clear_refs), because torch's CPU allocations are invisible to tracemalloc.
 """
-import time
 
 import pytest
 import torch
 
+from bench.harness import best_time
 from gls import noise
 
 SEED = 12345
-
-
-def _best_of(fn, rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _rss_bytes(field: str) -> int:
@@ -56,7 +47,7 @@ def test_normal_throughput_vs_randn(benchmark):
     gls_fn(), randn_fn()  # warm-up
     result = benchmark.pedantic(gls_fn, rounds=5, iterations=1)
     gls_s = min(benchmark.stats.stats.data)
-    randn_s = _best_of(randn_fn, 5)
+    randn_s = best_time(randn_fn, torch.device("cpu"), rounds=5)
     benchmark.extra_info.update(normals=P * d, gls_normals_per_s=P * d / gls_s, randn_normals_per_s=P * d / randn_s,
                                 gls_time_over_randn=gls_s / randn_s, threads=torch.get_num_threads())
     print(f"\nnoise throughput: gls {P * d / gls_s / 1e6:.1f} M/s, torch.randn {P * d / randn_s / 1e6:.1f} M/s, "
@@ -79,7 +70,7 @@ def test_weighted_sum_vs_materialised(benchmark):
     mat_peak, _ = _peak_rss_growth(materialised)
     benchmark.pedantic(fused, rounds=3, iterations=1)
     fused_s = min(benchmark.stats.stats.data)
-    mat_s = _best_of(materialised, 3)
+    mat_s = best_time(materialised, torch.device("cpu"), rounds=3)
     benchmark.extra_info.update(fused_time_over_materialised=fused_s / mat_s, fused_peak_bytes=fused_peak, materialised_peak_bytes=mat_peak)
     print(f"\nweighted sum d=2^20 P=32: fused {fused_s:.3f} s (peak +{fused_peak / 2**20:.1f} MiB), "
           f"materialised {mat_s:.3f} s (peak +{mat_peak / 2**20:.1f} MiB), time ratio {fused_s / mat_s:.2f}")

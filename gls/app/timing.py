@@ -48,6 +48,12 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
+def best_of(fn: Callable[[], object], reps: int) -> float:
+    """Best wall time of `reps` calls of `fn` after one warm-up call."""
+    fn()
+    return min(time_call(fn) for _ in range(max(reps, 1)))
+
+
 class RunClock:
     """Predicted seconds of every step from (t0, t1) and the eps ramp, and the ETA of a run in progress.
 

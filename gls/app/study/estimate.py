@@ -7,7 +7,6 @@ can be re-derived on another machine or after the bounds get faster.
 """
 from __future__ import annotations
 
-import time
 
 import torch
 
@@ -18,6 +17,7 @@ from gls.net import Network
 from gls.objective import population_loss
 from gls.smoothing import PGPE, RGS, make_torch_optimizer
 from gls.app.study import paradox
+from gls.app.timing import best_of
 
 
 def _optimizer(spec, opt, theta):
@@ -27,16 +27,6 @@ def _optimizer(spec, opt, theta):
                     adapt_sigma=p["adapt_sigma"])
     samples, sigma = (1, 0.0) if opt == "grad" else (spec["rgs"]["population"], spec["rgs"]["sigma"])
     return RGS(theta, sigma=sigma, samples=samples, seed=0, optimizer=make_torch_optimizer("adam", spec["train"]["lr"]))
-
-
-def _timed(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def measure(spec: dict, reps: int = 2, n_images: int = 64) -> tuple[dict, dict, float, int]:
@@ -56,16 +46,16 @@ def measure(spec: dict, reps: int = 2, n_images: int = 64) -> tuple[dict, dict, 
             o = _optimizer(spec, opt, theta0.clone())
             counter = iter(range(reps + 1))
             loss = population_loss(net, x, y, eps=t["eps"], relaxation=relax, robust_weight=1.0)
-            step_s[(opt, relax)] = _timed(lambda: o.step(loss, next(counter)), reps)
+            step_s[(opt, relax)] = best_of(lambda: o.step(loss, next(counter)), reps)
     xt, yt = ds.test.x[:n_images].to(device), ds.test.y[:n_images].to(device)
     cert_s = {}
     for relax in paradox.RELAXATIONS:
         def bound():
             with torch.no_grad():
                 compute_bounds(net, xt, t["eps"], method=relax, labels=yt)
-        cert_s[relax] = _timed(bound, reps) / n_images
+        cert_s[relax] = best_of(bound, reps) / n_images
     ev = spec["eval"]
-    pgd_s = _timed(lambda: pgd_robust(model, xt, yt, t["eps"], steps=ev["pgd_steps"], restarts=ev["pgd_restarts"]),
+    pgd_s = best_of(lambda: pgd_robust(model, xt, yt, t["eps"], steps=ev["pgd_steps"], restarts=ev["pgd_restarts"]),
                    1) / n_images
     return step_s, cert_s, pgd_s, n_train
 
