@@ -39,33 +39,27 @@ __global__ void conv_forward_kernel(ConvArgs a, const T* __restrict__ lam, const
                                     const T* __restrict__ b, const T* __restrict__ a_l, const T* __restrict__ c_l,
                                     const T* __restrict__ a_u, const T* __restrict__ c_u,
                                     const int64_t* __restrict__ origin, T* __restrict__ out, T* __restrict__ bias) {
-  const int64_t row = blockIdx.x, p = row / (a.B * a.R), bi = row / a.R % a.B;
-  const int hw = a.h * a.w, lam_n = a.c_out * hw, win2 = a.h2 * a.w2, win = a.c_in * win2;
-  const T* lam_row = lam + row * lam_n;
-  const T* Wp = W + p * a.w_stride;
-  const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
-  const int64_t roff = p * a.r_stride + bi * int64_t(a.c_in) * a.H * a.W;
-  T* o = out + row * win;
+  const RowWindow<T> rw(a, blockIdx.x, lam, W, origin);
+  T* o = out + rw.row * rw.win;
   T part = T(0);
-  for (int e = threadIdx.x; e < win; e += blockDim.x) {
-    const int ci = e / win2, y = e % win2 / a.w2, x = e % a.w2;
-    const int64_t gy = oy + y, gx = ox + x;
-    if (gy < 0 || gy >= a.H || gx < 0 || gx >= a.W) {
+  for (int e = threadIdx.x; e < rw.win; e += blockDim.x) {
+    int ci, y, x;
+    const int64_t i = rw.pixel(a, e, ci, y, x);
+    if (i < 0) {
       o[e] = T(0);
       continue;
     }
-    const T g = transposed_conv_at<T>(a, lam_row, Wp, ci, y, x);
-    const int64_t i = roff + (int64_t(ci) * a.H + gy) * a.W + gx;
+    const T g = transposed_conv_at<T>(a, rw.lam_row, rw.Wp, ci, y, x);
     const bool pos = g >= T(0);
     o[e] = g * (pos ? a_l[i] : a_u[i]);
     part += g * (pos ? c_l[i] : c_u[i]);
   }
   if (b != nullptr) {
-    const T* bp = b + p * a.b_stride;
-    for (int k = threadIdx.x; k < lam_n; k += blockDim.x) part += lam_row[k] * bp[k / hw];
+    const T* bp = b + rw.p * a.b_stride;
+    for (int k = threadIdx.x; k < rw.lam_n; k += blockDim.x) part += rw.lam_row[k] * bp[k / rw.hw];
   }
   const T total = block_sum<T>(part);
-  if (threadIdx.x == 0) bias[row] = total;
+  if (threadIdx.x == 0) bias[rw.row] = total;
 }
 
 std::tuple<Tensor, Tensor> backsub_conv_relu_cuda(const Tensor& lam, const Tensor& W, const c10::optional<Tensor>& b,

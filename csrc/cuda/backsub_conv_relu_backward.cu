@@ -42,26 +42,23 @@ __global__ void conv_row_backward_kernel(ConvArgs a, const T* __restrict__ lam, 
                                          const T* __restrict__ c_u, const int64_t* __restrict__ origin,
                                          const T* __restrict__ grad_out, const T* __restrict__ grad_bias, T* gwin,
                                          T* dgwin, T* __restrict__ d_lam) {
-  const int64_t row = blockIdx.x, p = row / (a.B * a.R), bi = row / a.R % a.B;
-  const int hw = a.h * a.w, lam_n = a.c_out * hw, win2 = a.h2 * a.w2, win = a.c_in * win2;
-  const T* lam_row = lam + row * lam_n;
-  const T* Wp = W + p * a.w_stride;
-  const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
-  const int64_t roff = p * a.r_stride + bi * int64_t(a.c_in) * a.H * a.W;
+  const RowWindow<T> rw(a, blockIdx.x, lam, W, origin);
+  const int64_t row = rw.row, p = rw.p;
+  const int hw = rw.hw, lam_n = rw.lam_n;
+  const T* Wp = rw.Wp;
   const T hv = grad_bias[row];
-  const T* go = grad_out + row * win;
-  T* gr = gwin + row * win;
-  T* dg = dgwin + row * win;
-  for (int e = threadIdx.x; e < win; e += blockDim.x) {
-    const int ci = e / win2, y = e % win2 / a.w2, x = e % a.w2;
-    const int64_t gy = oy + y, gx = ox + x;
-    if (gy < 0 || gy >= a.H || gx < 0 || gx >= a.W) {
+  const T* go = grad_out + row * rw.win;
+  T* gr = gwin + row * rw.win;
+  T* dg = dgwin + row * rw.win;
+  for (int e = threadIdx.x; e < rw.win; e += blockDim.x) {
+    int ci, y, x;
+    const int64_t i = rw.pixel(a, e, ci, y, x);
+    if (i < 0) {
       gr[e] = T(0);
       dg[e] = T(0);
       continue;
     }
-    const T g = transposed_conv_at<T>(a, lam_row, Wp, ci, y, x), up = go[e];
-    const int64_t i = roff + (int64_t(ci) * a.H + gy) * a.W + gx;
+    const T g = transposed_conv_at<T>(a, rw.lam_row, Wp, ci, y, x), up = go[e];
     gr[e] = g;
     dg[e] = g >= T(0) ? up * a_l[i] + hv * c_l[i] : up * a_u[i] + hv * c_u[i];
   }

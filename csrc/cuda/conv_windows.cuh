@@ -1,6 +1,6 @@
 // Shared by the CUDA kernels of backsub_conv_relu and its backward (csrc/cuda/backsub_conv_relu.cu,
-// backsub_conv_relu_backward.cu): launch geometry, a fixed-order block reduction, and one element of a
-// window's transposed convolution in gather form.
+// backsub_conv_relu_backward.cu): launch geometry, a row's place and window pixels, a fixed-order block
+// reduction, and one element of a window's transposed convolution in gather form.
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -60,6 +60,31 @@ __device__ T block_sum(T v) {
     for (int k = 0; k < int(blockDim.x / 32); ++k) total += warp_sums[k];
   return total;
 }
+
+// One row of a launch (blockIdx.x): its member p and sample bi, its coefficients, its member's filters,
+// its window's origin and the offset of its (member, sample) relaxation lines.
+template <typename T>
+struct RowWindow {
+  int64_t row, p, bi, oy, ox, roff;
+  int hw, lam_n, win2, win;
+  const T* lam_row;
+  const T* Wp;
+
+  __device__ RowWindow(const ConvArgs& a, int64_t r, const T* lam, const T* W, const int64_t* origin)
+      : row(r), p(r / (a.B * a.R)), bi(r / a.R % a.B), oy(origin[2 * r]), ox(origin[2 * r + 1]),
+        roff(p * a.r_stride + bi * int64_t(a.c_in) * a.H * a.W), hw(a.h * a.w), lam_n(a.c_out * a.h * a.w),
+        win2(a.h2 * a.w2), win(a.c_in * a.h2 * a.w2), lam_row(lam + r * lam_n), Wp(W + p * a.w_stride) {}
+
+  // Window element e as (ci, y, x); returns the index of its pixel in the lines, or -1 outside the map.
+  __device__ int64_t pixel(const ConvArgs& a, int e, int& ci, int& y, int& x) const {
+    ci = e / win2;
+    y = e % win2 / a.w2;
+    x = e % a.w2;
+    const int64_t gy = oy + y, gx = ox + x;
+    if (gy < 0 || gy >= a.H || gx < 0 || gx >= a.W) return -1;
+    return roff + (int64_t(ci) * a.H + gy) * a.W + gx;
+  }
+};
 
 // Element (ci, y, x) of the transposed convolution of one row's window lam_row (C_out, h, w) with the
 // member's filters Wp (C_out, C_in, kh, kw): gather form, no padding.
