@@ -4,7 +4,9 @@ fixture) against the reference, forward and gradients, and the helper op gls::ba
 
 Cases (tests/conv_windows.py): stride 1 and 2, dilation 2, non-square kernels, windows partly outside
 the map, C_in = 1, P = 1 and populations with shared (P = 1) filters, biases or lines, b None, one-hot
-rows (transposed-convolution entries exactly 0, where the g >= 0 selection matters), no rows.
+rows (transposed-convolution entries exactly 0, where the g >= 0 selection matters), no rows, and
+all-zero rows among the others (the padding rows of ragged per-sample row sets, which the CPU kernels
+leave out of their GEMMs).
 """
 import pytest
 import torch
@@ -37,6 +39,13 @@ def _leaves(args):
         if args[i] is not None:
             args[i] = args[i].detach().requires_grad_(True)
     return args
+
+
+def _zero_rows(args, every=2):
+    """args with every `every`-th row of each (member, sample) zero, like the padding rows of gls.bounds."""
+    lam = args[0].clone()
+    lam[:, :, ::every] = 0
+    return (lam, *args[1:])
 
 
 def _grads(fn, args, weights):
@@ -105,6 +114,15 @@ def test_matches_reference(backend, case, dtype):
         torch.testing.assert_close(got, want, **_tol(dtype))
 
 
+@pytest.mark.parametrize("case", [CASES[2], CASES[5], LARGE], ids=case_id)
+def test_zero_rows_match_reference(backend, case):
+    _interpreted_large(backend, case)
+    args = _zero_rows(conv_args(case, torch.float64 if backend.name != "triton" else torch.float32, backend.device))
+    for got, want in zip(backend(*args), ref.backsub_conv_relu(*args)):
+        torch.testing.assert_close(got, want, **_tol(got.dtype))
+    assert (backend(*args)[0][:, :, ::2] == 0).all()
+
+
 def test_non_contiguous_inputs(backend):
     lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation = conv_args(CASES[3], torch.float32, backend.device)
     lam = lam.transpose(-1, -2).contiguous().transpose(-1, -2)
@@ -171,18 +189,37 @@ def test_backward_op_matches_reference_autograd(case, device):
     """Every output of the backward op (per member, before the sum over shared inputs)."""
     args = _leaves(conv_args(case, torch.float64, device))
     out = ref.backsub_conv_relu(*args)
-    g_lam, g_bias = torch.randn_like(out[0]), torch.randn_like(out[1])
+    _backward_op_vs_reference(args, torch.randn_like(out[0]), torch.randn_like(out[1]))
+
+
+def _backward_op_vs_reference(args, g_lam, g_bias):
+    """The backward op's outputs against the reference's autograd; returns them."""
     got = torch.ops.gls.backsub_conv_relu_backward(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args],
                                                    g_lam, g_bias)
     P = args[0].shape[0]
     full = [a.expand(P, *a.shape[1:]) if i in (1, 2, 3, 4, 5, 6) and a is not None else a for i, a in enumerate(args)]
     leaves = [t for t in full[:7] if t is not None]
-    want = torch.autograd.grad(ref.backsub_conv_relu(*full), leaves, (g_lam, g_bias), retain_graph=True)
-    want = list(want)
+    want = list(torch.autograd.grad(ref.backsub_conv_relu(*full), leaves, (g_lam, g_bias)))
     if full[2] is None:
-        want.insert(2, torch.zeros(0, dtype=torch.float64, device=device))
+        want.insert(2, g_lam.new_zeros(0))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, **_tol(torch.float64))
+    return got
+
+
+@needs_backward_op
+@pytest.mark.parametrize("case", [CASES[2], CASES[5], LARGE], ids=case_id)
+def test_backward_op_zero_rows(case):
+    """Zero rows with zero upstream gradients contribute nothing; zero rows with gradients still do
+    (d_lam = conv(dg, W) + h b, line gradients through g = 0)."""
+    args = _leaves(_zero_rows(conv_args(case, torch.float64)))
+    out = ref.backsub_conv_relu(*args)
+    g_lam, g_bias = torch.randn_like(out[0]), torch.randn_like(out[1])
+    g_lam[:, :, 0::6], g_bias[:, :, 0::6] = 0, 0  # zero rows 0, 6, ...: padding
+    g_bias[:, :, 2::6] = 0  # zero rows 2, 8, ...: gradient of the window only
+    g_lam[:, :, 4::6] = 0  # zero rows 4, 10, ...: gradient of the constant only
+    got = _backward_op_vs_reference(args, g_lam, g_bias)
+    assert got[0][:, :, ::6].eq(0).all()
 
 
 @needs_backward_op

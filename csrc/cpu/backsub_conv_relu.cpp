@@ -1,8 +1,9 @@
 // CPU kernel of gls::backsub_conv_relu: back-substitution of windowed rows through a convolution and
 // the ReLU feeding it (definition: gls/reference/bound_ops.py; geometry: conv_windows.h).
 //
-// Design: a task takes a block of rows of one member, writes their transposed coefficients next to
-// each other and gets all their columns from one BLAS GEMM (MKL/OpenBLAS through at::mm on raw blocks,
+// Design: a task takes a block of rows of one member, writes the transposed coefficients of those
+// that are not all zero next to each other (zero rows get a zero window and constant) and gets all
+// their columns from one BLAS GEMM (MKL/OpenBLAS through at::mm on raw blocks,
 // single-threaded inside our parallel region); the fold and the ReLU epilogue then run per row while
 // its block is in cache. The epilogue reads the lines straight from the maps at the window's origin
 // (zero outside the map), one contiguous span per window row, so no window of the lines is ever
@@ -32,13 +33,24 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
   const int64_t blocks = (per_member + block - 1) / block;
   at::parallel_for(0, s.P * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> lamT(block * g.hw * s.c_out), cols(block * g.hw * g.K), acc(g.win);
+    std::vector<int64_t> kept(block);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t p = task / blocks, r0 = p * per_member + task % blocks * block;
       const int64_t n = std::min(block, (p + 1) * per_member - r0);
-      columns<T>(s, g, n, lam + r0 * g.lam_row, W + (s.w_shared ? 0 : p) * g.filters, lamT.data(), cols.data());
-      for (int64_t row = r0; row < r0 + n; ++row) {
-        const int64_t bi = row / s.R % s.B;
-        fold<T>(s, g, cols.data() + (row - r0) * g.hw * g.K, acc.data());
+      int64_t m = 0;
+      for (int64_t r = 0; r < n; ++r) {
+        if (!all_zero(lam + (r0 + r) * g.lam_row, g.lam_row)) {
+          kept[m++] = r;
+          continue;
+        }
+        std::fill(out + (r0 + r) * g.win, out + (r0 + r + 1) * g.win, T(0));
+        bias[r0 + r] = T(0);
+      }
+      columns<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, W + (s.w_shared ? 0 : p) * g.filters, lamT.data(),
+                 cols.data());
+      for (int64_t k = 0; k < m; ++k) {
+        const int64_t row = r0 + kept[k], bi = row / s.R % s.B;
+        fold<T>(s, g, cols.data() + k * g.hw * g.K, acc.data());
         T total = b != nullptr ? bias_term<T>(s, g, lam + row * g.lam_row, b + (s.b_shared ? 0 : p) * s.c_out) : T(0);
         const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
         const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map;

@@ -3,13 +3,15 @@
 //
 // Design: the columns are recomputed per block of rows (never stored by the forward); dg is formed per
 // row over the spans inside the map and unfolded (im2col), and d_lam = dcols W^T and the filter
-// gradient lam dcols come from two more GEMMs per block. A task walks the rows of its (member, block of
+// gradient lam dcols come from two more GEMMs per block. Rows whose coefficients and upstream
+// gradients are all zero (padding rows) are left out of the block: their d_lam is zero. A task walks the rows of its (member, block of
 // samples) in order, so the line gradients need no atomics, and sums its filter gradient in a fixed
 // order: results do not depend on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -55,6 +57,7 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
   at::parallel_for(0, s.P * b_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> lamT(block * g.hw * s.c_out), cols(block * g.hw * g.K), dcols(block * g.hw * g.K),
         dlamT(block * g.hw * s.c_out), acc(g.win), dg(g.win);
+    std::vector<int64_t> kept(block);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t p = task / b_blocks, b0 = std::min(s.B, task % b_blocks * per_block);
       const int64_t first = (p * s.B + b0) * s.R, last = (p * s.B + std::min(s.B, b0 + per_block)) * s.R;
@@ -64,12 +67,22 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
       T* db = d_b != nullptr ? d_b + task * s.c_out : nullptr;
       for (int64_t r0 = first; r0 < last; r0 += block) {
         const int64_t n = std::min(block, last - r0);
-        columns<T>(s, g, n, lam + r0 * g.lam_row, W_p, lamT.data(), cols.data());
-        for (int64_t row = r0; row < r0 + n; ++row) {
-          const int64_t bi = row / s.R % s.B;
+        int64_t m = 0;  // rows with zero coefficients and zero upstream gradients contribute nothing
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t row = r0 + r;
+          if (!all_zero(lam + row * g.lam_row, g.lam_row) || !all_zero(grad_out + row * g.win, g.win) ||
+              grad_bias[row] != T(0)) {
+            kept[m++] = r;
+            continue;
+          }
+          std::fill(d_lam + row * g.lam_row, d_lam + (row + 1) * g.lam_row, T(0));
+        }
+        columns<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, W_p, lamT.data(), cols.data());
+        for (int64_t k = 0; k < m; ++k) {
+          const int64_t row = r0 + kept[k], bi = row / s.R % s.B;
           const T* go = grad_out + row * g.win;
           const T hv = grad_bias[row];
-          fold<T>(s, g, cols.data() + (row - r0) * g.hw * g.K, acc.data());
+          fold<T>(s, g, cols.data() + k * g.hw * g.K, acc.data());
           const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
           const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map, goff = (p * s.B + bi) * g.map;
           const Span sp = span_of(s, ox);
@@ -77,12 +90,12 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           for (int64_t ci = 0; ci < s.c_in; ++ci)
             for (int64_t y = 0; y < s.h2; ++y) {
               if (!sp.inside(oy + y, s.H)) continue;
-              const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, m = (ci * s.H + oy + y) * s.W + ox + sp.x0;
-              const int64_t i = roff + m, j = goff + m;
+              const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, px = (ci * s.H + oy + y) * s.W + ox + sp.x0;
+              const int64_t i = roff + px, j = goff + px;
               relax_span_backward<T>(sp.x1 - sp.x0, acc.data() + e, go + e, hv, a_l + i, c_l + i, a_u + i, c_u + i,
                                      dg.data() + e, d_al + j, d_cl + j, d_au + j, d_cu + j);
             }
-          unfold<T>(s, g, dg.data(), dcols.data() + (row - r0) * g.hw * g.K);
+          unfold<T>(s, g, dg.data(), dcols.data() + k * g.hw * g.K);
           if (db != nullptr) {
             const T* lr = lam + row * g.lam_row;
             for (int64_t co = 0; co < s.c_out; ++co) {
@@ -92,15 +105,16 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
             }
           }
         }
-        // d_lam^T (n*hw, C_out) = dcols W^T; dW (C_out, K) += lamT^T dcols
-        gemm_block<T>(n * g.hw, s.c_out, g.K, dcols.data(), g.K, W_p, g.K, true, dlamT.data(), s.c_out);
-        dW.addmm_(matrix_view(lamT.data(), n * g.hw, s.c_out, s.c_out).t(), matrix_view(dcols.data(), n * g.hw, g.K, g.K));
-        for (int64_t r = 0; r < n; ++r) {
-          const T hb = grad_bias[r0 + r];
-          T* dl = d_lam + (r0 + r) * g.lam_row;
+        if (m == 0) continue;
+        // d_lam^T (m*hw, C_out) = dcols W^T; dW (C_out, K) += lamT^T dcols
+        gemm_block<T>(m * g.hw, s.c_out, g.K, dcols.data(), g.K, W_p, g.K, true, dlamT.data(), s.c_out);
+        dW.addmm_(matrix_view(lamT.data(), m * g.hw, s.c_out, s.c_out).t(), matrix_view(dcols.data(), m * g.hw, g.K, g.K));
+        for (int64_t k = 0; k < m; ++k) {
+          const T hb = grad_bias[r0 + kept[k]];
+          T* dl = d_lam + (r0 + kept[k]) * g.lam_row;
           for (int64_t co = 0; co < s.c_out; ++co)
             for (int64_t q = 0; q < g.hw; ++q)
-              dl[co * g.hw + q] = dlamT[(r * g.hw + q) * s.c_out + co] + (b_p != nullptr ? hb * b_p[co] : T(0));
+              dl[co * g.hw + q] = dlamT[(k * g.hw + q) * s.c_out + co] + (b_p != nullptr ? hb * b_p[co] : T(0));
         }
       }
     }
@@ -121,13 +135,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
   // tasks = (member, block of samples): at least 16 in all when the batch allows, fixed (not per thread)
   const int64_t b_blocks = std::clamp<int64_t>(16 / std::max<int64_t>(s.P, 1), 1, std::max<int64_t>(s.B, 1));
   const auto opts = lamc.options();
-  Tensor d_lam = at::zeros(lamc.sizes(), opts);
+  const bool rows = lamc.numel() > 0 && s.c_in * s.h2 * s.w2 > 0;
+  Tensor d_lam = rows ? at::empty(lamc.sizes(), opts) : at::zeros(lamc.sizes(), opts);  // the kernel writes every row
   Tensor d_W = at::zeros({s.P, b_blocks, s.c_out, s.c_in, s.kh, s.kw}, opts);
   Tensor d_b = at::zeros({s.P, b_blocks, s.c_out}, opts);
   const std::vector<int64_t> maps{s.P, s.B, s.c_in, s.H, s.W};
   Tensor d_al = at::zeros(maps, opts), d_cl = at::zeros(maps, opts), d_au = at::zeros(maps, opts),
          d_cu = at::zeros(maps, opts);
-  if (lamc.numel() > 0 && s.c_in * s.h2 * s.w2 > 0) {
+  if (rows) {
     AT_DISPATCH_FLOATING_TYPES(lamc.scalar_type(), "backsub_conv_relu_backward_cpu", [&] {
       backward_impl<scalar_t>(
           s, b_blocks, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),

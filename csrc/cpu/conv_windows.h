@@ -30,13 +30,26 @@ inline int64_t block_rows(const Geometry& g, int64_t c_out, int64_t elem) {
   return std::clamp<int64_t>((int64_t(256) << 10) / per_row, 1, 512);
 }
 
-// cols (n*hw, K) of n consecutive rows (C_out, hw) each: lamT (n*hw, C_out) = their transposes, then one GEMM.
+// Whether n values are all exactly zero (NaN is not): such a row's window is zero, so the kernels
+// skip it (the padding rows of ragged per-sample row sets, gls/bounds.py, are such rows).
 template <typename T>
-void columns(const BacksubConvShape& s, const Geometry& g, int64_t n, const T* lam_rows, const T* W, T* lamT, T* cols) {
-  for (int64_t r = 0; r < n; ++r)
+inline bool all_zero(const T* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (x[i] != T(0)) return false;
+  return true;
+}
+
+// cols (m*hw, K) of the rows kept[0..m) of a block (each (C_out, hw) at lam_rows + kept[i] * lam_row):
+// lamT (m*hw, C_out) = their transposes, then one GEMM.
+template <typename T>
+void columns(const BacksubConvShape& s, const Geometry& g, int64_t m, const int64_t* kept, const T* lam_rows,
+             const T* W, T* lamT, T* cols) {
+  for (int64_t r = 0; r < m; ++r) {
+    const T* row = lam_rows + kept[r] * g.lam_row;
     for (int64_t co = 0; co < s.c_out; ++co)
-      for (int64_t q = 0; q < g.hw; ++q) lamT[(r * g.hw + q) * s.c_out + co] = lam_rows[r * g.lam_row + co * g.hw + q];
-  gemm_block<T>(n * g.hw, g.K, s.c_out, lamT, s.c_out, W, g.K, false, cols, g.K);
+      for (int64_t q = 0; q < g.hw; ++q) lamT[(r * g.hw + q) * s.c_out + co] = row[co * g.hw + q];
+  }
+  if (m > 0) gemm_block<T>(m * g.hw, g.K, s.c_out, lamT, s.c_out, W, g.K, false, cols, g.K);
 }
 
 // acc (C_in, h2, w2) = the fold (col2im) of one row's columns (hw, K).
