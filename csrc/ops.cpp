@@ -27,10 +27,13 @@ TORCH_LIBRARY(gls, m) {
   m.def("backsub_linear_relu(Tensor lam, Tensor W, Tensor? b, Tensor a_l, Tensor c_l, Tensor a_u, Tensor c_u) -> (Tensor, Tensor)");
   // The same step through a convolution, for rows kept as windows (gls/windows.py): lam (P,B,R,C_out,h,w),
   // W (P|1,C_out,C_in,kh,kw), b (P|1,C_out)?, relaxation maps (P|1,B,C_in,H,W), origin (P,B,R,2) int64 of each
-  // row's window on the input map -> (lam (P,B,R,C_in,h',w'), bias (P,B,R)); zero outside the map.
-  m.def("backsub_conv_relu(Tensor lam, Tensor W, Tensor? b, Tensor a_l, Tensor c_l, Tensor a_u, Tensor c_u, Tensor origin, int[2] stride, int[2] dilation) -> (Tensor, Tensor)");
-  // Its closed-form backward: (d_lam, d_W (P,...), d_b (P,C_out) or empty without b, d_a_l, d_c_l, d_a_u, d_c_u (P,B,C_in,H,W)).
-  m.def("backsub_conv_relu_backward(Tensor lam, Tensor W, Tensor? b, Tensor a_l, Tensor c_l, Tensor a_u, Tensor c_u, Tensor origin, int[2] stride, int[2] dilation, Tensor grad_lam, Tensor grad_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // row's window on the input map -> (lam (P,B,R,C_in,h',w'), bias (P,B,R), window); zero outside the map.
+  // window: with keep_window, each row's transposed convolution g (P,B,R,C_in,h',w'), which the backward
+  // reads instead of recomputing it; else an empty tensor.
+  m.def("backsub_conv_relu(Tensor lam, Tensor W, Tensor? b, Tensor a_l, Tensor c_l, Tensor a_u, Tensor c_u, Tensor origin, int[2] stride, int[2] dilation, bool keep_window=False) -> (Tensor, Tensor, Tensor)");
+  // Its closed-form backward, given the forward's kept window: (d_lam, d_W (P,...), d_b (P,C_out) or empty
+  // without b, d_a_l, d_c_l, d_a_u, d_c_u (P,B,C_in,H,W)).
+  m.def("backsub_conv_relu_backward(Tensor lam, Tensor W, Tensor? b, Tensor a_l, Tensor c_l, Tensor a_u, Tensor c_u, Tensor origin, int[2] stride, int[2] dilation, Tensor window, Tensor grad_lam, Tensor grad_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Lower bound of lam . x + bias over the box [x_lo, x_hi]: lam (P,B,S,N), bias (P,B,S), x (B,N) -> (P,B,S).
   m.def("concretize(Tensor lam, Tensor bias, Tensor x_lo, Tensor x_hi) -> Tensor");
   // Interval step through an affine layer: mid (P|1,B,N_in), rad likewise, W (P|1,N_out,N_in), b (P|1,N_out)? -> (mid, rad) (P,B,N_out).

@@ -76,10 +76,10 @@ OVERHEAD = 1.7
 
 
 def _op_block(kind: str, n_in: int, n_out: int) -> int:
-    """Coefficients one back-substitution step through an affine op keeps per row: the new block (for a
-    conv, the output of the fused gls.ops.backsub_conv_relu, whose backward recomputes the rest); a
-    diag's product."""
-    return n_in + (n_in if kind == "diag" else 0)
+    """Coefficients one back-substitution step through an affine op keeps per row under autograd: the
+    new block; for a conv also the window the fused gls.ops.backsub_conv_relu keeps for its backward;
+    for a diag its product."""
+    return n_in + (n_in if kind in ("diag", "conv") else 0)
 
 
 def _fused_relu(seg) -> bool:

@@ -141,8 +141,14 @@ def backsub_linear_relu(lam, W, b, a_l, c_l, a_u, c_u, *, backend: str | None = 
 
 
 def backsub_conv_relu(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, *, backend: str | None = None):
-    """Back-substitution of windowed rows through a convolution and the ReLU before it -> (lam, bias)."""
-    return _call("backsub_conv_relu", backend, lam.device, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation)
+    """Back-substitution of windowed rows through a convolution and the ReLU before it -> (lam, bias).
+
+    When autograd records the call, the op keeps each row's transposed convolution for its backward
+    (keep_window; gls/meta/backsub_conv_relu.py): one more window per row alive until the backward."""
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (lam, W, b, a_l, c_l, a_u, c_u))
+    lam, bias, _ = _call("backsub_conv_relu", backend, lam.device, lam, W, b, a_l, c_l, a_u, c_u, origin, stride,
+                         dilation, keep)
+    return lam, bias
 
 
 def concretize(lam, bias, x_lo, x_hi, *, backend: str | None = None):

@@ -22,10 +22,10 @@ from gls_kernels import common
 
 @triton.jit
 def _backsub_conv_kernel(
-    lam_ptr, w_ptr, b_ptr, al_ptr, cl_ptr, au_ptr, cu_ptr, origin_ptr, out_ptr, part_ptr,
+    lam_ptr, w_ptr, b_ptr, al_ptr, cl_ptr, au_ptr, cu_ptr, origin_ptr, out_ptr, part_ptr, win_ptr,
     B, R, C_OUT, H_LAM, W_LAM, C_IN, KH, KW, H, W, H2, W2, S0, S1, D0, D1,
     N_TILES, stride_wp, stride_bp, stride_line_p,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, KEEP_WINDOW: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -82,8 +82,10 @@ def _backsub_conv_kernel(
     c_u = tl.load(cu_ptr + line, mask=mask, other=0.0)
     pos = acc >= 0.0
     new = tl.where(mask, acc * tl.where(pos, a_l, a_u), 0.0)
-    tl.store(out_ptr + row * C_IN * win2 + ci.to(tl.int64)[None, :] * win2 + pix[:, None], new,
-             mask=pix_ok[:, None] & ci_ok[None, :])
+    at = row * C_IN * win2 + ci.to(tl.int64)[None, :] * win2 + pix[:, None]
+    tl.store(out_ptr + at, new, mask=pix_ok[:, None] & ci_ok[None, :])
+    if KEEP_WINDOW:  # g itself, zero outside the map, for the closed-form backward
+        tl.store(win_ptr + at, tl.where(mask, acc, 0.0), mask=pix_ok[:, None] & ci_ok[None, :])
     partial = tl.sum(tl.sum(tl.where(mask, acc * tl.where(pos, c_l, c_u), 0.0), axis=1), axis=0)
     if HAS_BIAS:
         if (pid_m == 0) & (pid_n == 0):  # lam . b, once per row
@@ -144,10 +146,11 @@ def _block(n: int, cap: int) -> int:
 def backsub_conv_relu(
     lam: torch.Tensor, W: torch.Tensor, b: Optional[torch.Tensor],
     a_l: torch.Tensor, c_l: torch.Tensor, a_u: torch.Tensor, c_u: torch.Tensor,
-    origin: torch.Tensor, stride: list[int], dilation: list[int],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(lam_next (P,B,R,C_in,h',w'), bias (P,B,R)) from windows lam (P,B,R,C_out,h,w), W (P|1,C_out,C_in,kh,kw),
-    b (P|1,C_out) or None, lines (P|1,B,C_in,H,W) and origin (P,B,R,2) int64 (see gls.windows)."""
+    origin: torch.Tensor, stride: list[int], dilation: list[int], keep_window: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lam_next (P,B,R,C_in,h',w'), bias (P,B,R), window) from windows lam (P,B,R,C_out,h,w), W
+    (P|1,C_out,C_in,kh,kw), b (P|1,C_out) or None, lines (P|1,B,C_in,H,W) and origin (P,B,R,2) int64 (see
+    gls.windows); window: with keep_window each row's transposed convolution (zero outside the map), else empty."""
     P, B, R, c_in, h2, w2 = _check(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation)
     lam, W, origin = lam.contiguous(), W.contiguous(), origin.contiguous()
     b = None if b is None else b.contiguous()
@@ -156,6 +159,7 @@ def backsub_conv_relu(
     kh, kw = W.shape[3:]
     H, Wm = a_l.shape[3:]
     out = lam.new_empty((P, B, R, c_in, h2, w2))
+    window = torch.empty_like(out) if keep_window else lam.new_empty((0,))
     tiles = common.MATMUL_TILES
     blocks = dict(BLOCK_M=tiles["BLOCK_M"], BLOCK_N=_block(c_in, tiles["BLOCK_N"]), BLOCK_K=_block(c_out, tiles["BLOCK_K"]))
     n_m = triton.cdiv(h2 * w2, blocks["BLOCK_M"])
@@ -163,12 +167,12 @@ def backsub_conv_relu(
     partial = lam.new_empty((P, B, R, n_m * n_n))
     rows = P * B * R
     if rows == 0:
-        return out, partial.sum(-1)
+        return out, partial.sum(-1), window
     _backsub_conv_kernel[(rows, n_m, n_n)](
-        lam, W, W if b is None else b, a_l, c_l, a_u, c_u, origin, out, partial,
+        lam, W, W if b is None else b, a_l, c_l, a_u, c_u, origin, out, partial, window if keep_window else out,
         B, R, c_out, h, w, c_in, kh, kw, H, Wm, h2, w2, *_pair("stride", stride), *_pair("dilation", dilation),
         n_m * n_n, common.population_stride(W), 0 if b is None else common.population_stride(b),
         common.population_stride(a_l),
-        HAS_BIAS=b is not None, PRECISION=common.dot_precision(), **blocks, **common.LAUNCH,
+        HAS_BIAS=b is not None, KEEP_WINDOW=keep_window, PRECISION=common.dot_precision(), **blocks, **common.LAUNCH,
     )
-    return out, partial.sum(-1)
+    return out, partial.sum(-1), window

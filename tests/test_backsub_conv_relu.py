@@ -50,7 +50,7 @@ def _zero_rows(args, every=2):
 
 def _grads(fn, args, weights):
     leaves = [t for t in args[:7] if t is not None]
-    lam_next, bias = fn(*args)
+    lam_next, bias = fn(*args)[:2]
     return torch.autograd.grad((lam_next * weights[0]).sum() + (bias * weights[1]).sum(), leaves)
 
 
@@ -59,7 +59,7 @@ def _grads(fn, args, weights):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_reference_is_the_windowed_transposed_convolution(case):
     lam, Wt, b, a_l, c_l, a_u, c_u, origin, stride, dilation = conv_args(case, torch.float64)
-    got, bias = ref.backsub_conv_relu(lam, Wt, b, a_l, c_l, a_u, c_u, origin, stride, dilation)
+    got, bias, window = ref.backsub_conv_relu(lam, Wt, b, a_l, c_l, a_u, c_u, origin, stride, dilation, True)
     P, B, R, c_out = lam.shape[:4]
     g = torch.stack([F.conv_transpose2d(lam[p].reshape(B * R, c_out, *lam.shape[-2:]), Wt[min(p, Wt.shape[0] - 1)],
                                         stride=stride, dilation=dilation) for p in range(P)])
@@ -69,6 +69,7 @@ def test_reference_is_the_windowed_transposed_convolution(case):
     al, au, cl, cu = (windows.gather(t, origin, size) for t in (a_l, a_u, c_l, c_u))
     inside = windows.inside(origin, size, H, W, g.dtype)
     torch.testing.assert_close(got, g * torch.where(pos, al, au) * inside)
+    torch.testing.assert_close(window, g * inside)
     want = (g * torch.where(pos, cl, cu)).sum((-3, -2, -1))
     if b is not None:
         want = want + (lam.sum((-2, -1)) * b[:, None, None, :]).sum(-1)
@@ -160,6 +161,26 @@ def test_opcheck(backend, bias):
     op = backend.torch_op().default
     torch.library.opcheck(op, conv_args(case, torch.float32, backend.device))
     torch.library.opcheck(op, tuple(_leaves(conv_args(case, torch.float32, backend.device))))
+    torch.library.opcheck(op, (*_leaves(conv_args(case, torch.float32, backend.device)), True))
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[5]], ids=case_id)
+def test_kept_window_matches_reference(backend, case):
+    """keep_window: the op's third output is each row's transposed convolution, zero outside the map."""
+    args = conv_args(case, torch.float32, backend.device)
+    got = backend.torch_op()(*args, True)[2]
+    want = ref.backsub_conv_relu(*args, True)[2]
+    torch.testing.assert_close(got, want, **_tol(torch.float32))
+    assert backend.torch_op()(*args)[2].numel() == 0
+
+
+def test_gradients_without_kept_window(backend):
+    """Called without keep_window under autograd, the op's backward falls back to the reference's."""
+    args = _leaves(conv_args(CASES[3], torch.float32, backend.device))
+    out = ref.backsub_conv_relu(*args)
+    weights = (torch.randn_like(out[0]), torch.randn_like(out[1]))
+    for got, want in zip(_grads(backend.torch_op(), args, weights), _grads(ref.backsub_conv_relu, args, weights)):
+        torch.testing.assert_close(got, want, **_tol(torch.float32))
 
 
 def test_errors(backend):
@@ -193,13 +214,15 @@ def test_backward_op_matches_reference_autograd(case, device):
 
 
 def _backward_op_vs_reference(args, g_lam, g_bias):
-    """The backward op's outputs against the reference's autograd; returns them."""
-    got = torch.ops.gls.backsub_conv_relu_backward(*[a.detach() if isinstance(a, torch.Tensor) else a for a in args],
-                                                   g_lam, g_bias)
+    """The backward op's outputs (given the reference's kept window) against the reference's autograd;
+    returns them."""
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    window = ref.backsub_conv_relu(*plain, True)[2]
+    got = torch.ops.gls.backsub_conv_relu_backward(*plain, window, g_lam, g_bias)
     P = args[0].shape[0]
     full = [a.expand(P, *a.shape[1:]) if i in (1, 2, 3, 4, 5, 6) and a is not None else a for i, a in enumerate(args)]
     leaves = [t for t in full[:7] if t is not None]
-    want = list(torch.autograd.grad(ref.backsub_conv_relu(*full), leaves, (g_lam, g_bias)))
+    want = list(torch.autograd.grad(ref.backsub_conv_relu(*full)[:2], leaves, (g_lam, g_bias)))
     if full[2] is None:
         want.insert(2, g_lam.new_zeros(0))
     for g, w in zip(got, want):
@@ -225,9 +248,9 @@ def test_backward_op_zero_rows(case):
 @needs_backward_op
 def test_backward_op_opcheck():
     args = conv_args(CASES[3], torch.float32)
-    out = ref.backsub_conv_relu(*args)
+    out = ref.backsub_conv_relu(*args, True)
     torch.library.opcheck(torch.ops.gls.backsub_conv_relu_backward.default,
-                          (*args, torch.randn_like(out[0]), torch.randn_like(out[1])))
+                          (*args, out[2], torch.randn_like(out[0]), torch.randn_like(out[1])))
 
 
 @pytest.mark.cuda
@@ -235,11 +258,11 @@ def test_backward_op_opcheck():
 def test_cuda_is_deterministic_and_the_default():
     args = conv_args(LARGE, torch.float32, "cuda")
     assert ops.resolve(OP, args[0].device)[0] == "cuda"
-    first = torch.ops.gls.backsub_conv_relu(*args)
+    first = torch.ops.gls.backsub_conv_relu(*args, True)
     g_lam, g_bias = torch.randn_like(first[0]), torch.randn_like(first[1])
-    back = torch.ops.gls.backsub_conv_relu_backward(*args, g_lam, g_bias)
+    back = torch.ops.gls.backsub_conv_relu_backward(*args, first[2], g_lam, g_bias)
     for _ in range(3):
-        for a, b in zip(torch.ops.gls.backsub_conv_relu(*args), first):
+        for a, b in zip(torch.ops.gls.backsub_conv_relu(*args, True), first):
             assert torch.equal(a, b)
-        for a, b in zip(torch.ops.gls.backsub_conv_relu_backward(*args, g_lam, g_bias), back):
+        for a, b in zip(torch.ops.gls.backsub_conv_relu_backward(*args, first[2], g_lam, g_bias), back):
             assert torch.equal(a, b)

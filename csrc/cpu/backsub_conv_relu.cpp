@@ -7,7 +7,7 @@
 // single-threaded inside our parallel region); the fold and the ReLU epilogue then run per row while
 // its block is in cache. The epilogue reads the lines straight from the maps at the window's origin
 // (zero outside the map), one contiguous span per window row, so no window of the lines is ever
-// materialised.
+// materialised. With keep_window it also writes the folded window g (zero outside the map) for the backward.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -27,7 +27,7 @@ using at::Tensor;
 
 template <typename T>
 void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* b, const T* a_l, const T* c_l,
-                  const T* a_u, const T* c_u, const int64_t* origin, T* out, T* bias) {
+                  const T* a_u, const T* c_u, const int64_t* origin, T* out, T* bias, T* window) {
   const Geometry g(s);
   const int64_t per_member = s.B * s.R, block = block_rows(g, s.c_out, sizeof(T));
   const int64_t blocks = (per_member + block - 1) / block;
@@ -44,10 +44,13 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
           continue;
         }
         std::fill(out + (r0 + r) * g.win, out + (r0 + r + 1) * g.win, T(0));
+        if (window != nullptr) std::fill(window + (r0 + r) * g.win, window + (r0 + r + 1) * g.win, T(0));
         bias[r0 + r] = T(0);
       }
-      columns<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, W + (s.w_shared ? 0 : p) * g.filters, lamT.data(),
-                 cols.data());
+      transpose_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamT.data());
+      if (m > 0)
+        gemm_block<T>(m * g.hw, g.K, s.c_out, lamT.data(), s.c_out, W + (s.w_shared ? 0 : p) * g.filters, g.K, false,
+                      cols.data(), g.K);
       for (int64_t k = 0; k < m; ++k) {
         const int64_t row = r0 + kept[k], bi = row / s.R % s.B;
         fold<T>(s, g, cols.data() + k * g.hw * g.K, acc.data());
@@ -56,9 +59,12 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
         const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map;
         const Span sp = span_of(s, ox);
         T* o = out + row * g.win;
+        T* wr = window != nullptr ? window + row * g.win : nullptr;  // g, zero outside the map
+        if (wr != nullptr) std::fill(wr, wr + g.win, T(0));
         for (int64_t ci = 0; ci < s.c_in; ++ci)
           for (int64_t y = 0; y < s.h2; ++y) {
-            T* o_row = o + (ci * s.h2 + y) * s.w2;
+            const int64_t e = (ci * s.h2 + y) * s.w2;
+            T* o_row = o + e;
             if (!sp.inside(oy + y, s.H)) {
               std::fill(o_row, o_row + s.w2, T(0));
               continue;
@@ -66,8 +72,9 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
             std::fill(o_row, o_row + sp.x0, T(0));
             std::fill(o_row + sp.x1, o_row + s.w2, T(0));
             const int64_t i = roff + (ci * s.H + oy + y) * s.W + ox + sp.x0;
-            total += relax_span<T>(sp.x1 - sp.x0, acc.data() + (ci * s.h2 + y) * s.w2 + sp.x0, a_l + i, c_l + i,
-                                   a_u + i, c_u + i, o_row + sp.x0);
+            const T* g_span = acc.data() + e + sp.x0;
+            total += relax_span<T>(sp.x1 - sp.x0, g_span, a_l + i, c_l + i, a_u + i, c_u + i, o_row + sp.x0);
+            if (wr != nullptr) std::copy(g_span, g_span + (sp.x1 - sp.x0), wr + e + sp.x0);
           }
         bias[row] = total;
       }
@@ -75,10 +82,11 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
   });
 }
 
-std::tuple<Tensor, Tensor> backsub_conv_relu_cpu(const Tensor& lam, const Tensor& W, const c10::optional<Tensor>& b,
-                                                 const Tensor& a_l, const Tensor& c_l, const Tensor& a_u,
-                                                 const Tensor& c_u, const Tensor& origin, at::IntArrayRef stride,
-                                                 at::IntArrayRef dilation) {
+std::tuple<Tensor, Tensor, Tensor> backsub_conv_relu_cpu(const Tensor& lam, const Tensor& W,
+                                                         const c10::optional<Tensor>& b, const Tensor& a_l,
+                                                         const Tensor& c_l, const Tensor& a_u, const Tensor& c_u,
+                                                         const Tensor& origin, at::IntArrayRef stride,
+                                                         at::IntArrayRef dilation, bool keep_window) {
   const BacksubConvShape s =
       check_backsub_conv(c10::DeviceType::CPU, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
   const Tensor lamc = lam.contiguous(), Wc = W.contiguous(), alc = a_l.contiguous(), clc = c_l.contiguous(),
@@ -86,15 +94,17 @@ std::tuple<Tensor, Tensor> backsub_conv_relu_cpu(const Tensor& lam, const Tensor
   const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
   Tensor out = at::empty({s.P, s.B, s.R, s.c_in, s.h2, s.w2}, lamc.options());
   Tensor bias = at::empty({s.P, s.B, s.R}, lamc.options());
-  if (bias.numel() == 0) return {out, bias};
+  Tensor window = keep_window ? at::empty(out.sizes(), lamc.options()) : at::empty({0}, lamc.options());
+  if (bias.numel() == 0) return {out, bias, window};
   AT_DISPATCH_FLOATING_TYPES(lamc.scalar_type(), "backsub_conv_relu_cpu", [&] {
     forward_impl<scalar_t>(s, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
                            bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, alc.const_data_ptr<scalar_t>(),
                            clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(),
                            cuc.const_data_ptr<scalar_t>(), oc.const_data_ptr<int64_t>(),
-                           out.mutable_data_ptr<scalar_t>(), bias.mutable_data_ptr<scalar_t>());
+                           out.mutable_data_ptr<scalar_t>(), bias.mutable_data_ptr<scalar_t>(),
+                           keep_window ? window.mutable_data_ptr<scalar_t>() : nullptr);
   });
-  return {out, bias};
+  return {out, bias, window};
 }
 
 }  // namespace

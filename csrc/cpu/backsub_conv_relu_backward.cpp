@@ -1,12 +1,12 @@
 // CPU kernel of gls::backsub_conv_relu_backward, the closed-form backward of backsub_conv_relu (maths in
 // gls/meta/backsub_conv_relu.py; geometry: conv_windows.h).
 //
-// Design: the columns are recomputed per block of rows (never stored by the forward); dg is formed per
-// row over the spans inside the map and unfolded (im2col), and d_lam = dcols W^T and the filter
-// gradient lam dcols come from two more GEMMs per block. Rows whose coefficients and upstream
-// gradients are all zero (padding rows) are left out of the block: their d_lam is zero. A task walks the rows of its (member, block of
-// samples) in order, so the line gradients need no atomics, and sums its filter gradient in a fixed
-// order: results do not depend on the thread count.
+// Design: the forward kept each row's window g (keep_window), so nothing is recomputed: dg = G A + h C
+// is formed per row over the spans inside the map and unfolded (im2col), and d_lam = dcols W^T and the
+// filter gradient lam dcols come from two GEMMs per block of rows. Rows whose coefficients and upstream
+// gradients are all zero (padding rows) are left out of the block: their d_lam is zero. A task walks
+// the rows of its (member, block of samples) in order, so the line gradients need no atomics, and sums
+// its filter gradient in a fixed order: results do not depend on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -27,22 +27,22 @@ namespace {
 using at::Tensor;
 
 // dg = up * A + h * C over one span (A, C the lines g's sign selects); the line gradients up*g and h*g
-// are added to the selected line's gradient map.
+// are added to the selected line's gradient map (and 0 to the other's). Branch-free: the sign of g
+// is unpredictable, and selects let the compiler vectorise the loop.
 template <typename T>
 inline void relax_span_backward(int64_t n, const T* __restrict__ g, const T* __restrict__ up, T h,
                                 const T* __restrict__ al, const T* __restrict__ cl, const T* __restrict__ au,
                                 const T* __restrict__ cu, T* __restrict__ dg, T* __restrict__ d_al, T* __restrict__ d_cl,
                                 T* __restrict__ d_au, T* __restrict__ d_cu) {
   for (int64_t x = 0; x < n; ++x) {
-    if (g[x] >= T(0)) {
-      dg[x] = up[x] * al[x] + h * cl[x];
-      d_al[x] += up[x] * g[x];
-      d_cl[x] += h * g[x];
-    } else {
-      dg[x] = up[x] * au[x] + h * cu[x];
-      d_au[x] += up[x] * g[x];
-      d_cu[x] += h * g[x];
-    }
+    const T gx = g[x], ux = up[x], a_l = al[x], c_l = cl[x], a_u = au[x], c_u = cu[x];  // every load unconditional
+    const bool pos = gx >= T(0);
+    const T ug = ux * gx, hg = h * gx;
+    dg[x] = ux * (pos ? a_l : a_u) + h * (pos ? c_l : c_u);
+    d_al[x] += pos ? ug : T(0);
+    d_cl[x] += pos ? hg : T(0);
+    d_au[x] += pos ? T(0) : ug;
+    d_cu[x] += pos ? T(0) : hg;
   }
 }
 
@@ -50,13 +50,12 @@ inline void relax_span_backward(int64_t n, const T* __restrict__ g, const T* __r
 // d_b (tasks, C_out) likewise; line gradients (P,B,C_in,H,W), zero-initialised.
 template <typename T>
 void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, const T* W, const T* b, const T* a_l,
-                   const T* c_l, const T* a_u, const T* c_u, const int64_t* origin, const T* grad_out,
+                   const T* c_l, const T* a_u, const T* c_u, const int64_t* origin, const T* window, const T* grad_out,
                    const T* grad_bias, T* d_lam, T* d_W, T* d_b, T* d_al, T* d_cl, T* d_au, T* d_cu) {
   const Geometry g(s);
   const int64_t per_block = (s.B + b_blocks - 1) / b_blocks, block = block_rows(g, s.c_out, sizeof(T));
   at::parallel_for(0, s.P * b_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> lamT(block * g.hw * s.c_out), cols(block * g.hw * g.K), dcols(block * g.hw * g.K),
-        dlamT(block * g.hw * s.c_out), acc(g.win), dg(g.win);
+    std::vector<T> lamT(block * g.hw * s.c_out), dcols(block * g.hw * g.K), dlamT(block * g.hw * s.c_out), dg(g.win);
     std::vector<int64_t> kept(block);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t p = task / b_blocks, b0 = std::min(s.B, task % b_blocks * per_block);
@@ -77,12 +76,12 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           }
           std::fill(d_lam + row * g.lam_row, d_lam + (row + 1) * g.lam_row, T(0));
         }
-        columns<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, W_p, lamT.data(), cols.data());
+        transpose_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamT.data());
         for (int64_t k = 0; k < m; ++k) {
           const int64_t row = r0 + kept[k], bi = row / s.R % s.B;
           const T* go = grad_out + row * g.win;
           const T hv = grad_bias[row];
-          fold<T>(s, g, cols.data() + k * g.hw * g.K, acc.data());
+          const T* gw = window + row * g.win;
           const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
           const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map, goff = (p * s.B + bi) * g.map;
           const Span sp = span_of(s, ox);
@@ -92,7 +91,7 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
               if (!sp.inside(oy + y, s.H)) continue;
               const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, px = (ci * s.H + oy + y) * s.W + ox + sp.x0;
               const int64_t i = roff + px, j = goff + px;
-              relax_span_backward<T>(sp.x1 - sp.x0, acc.data() + e, go + e, hv, a_l + i, c_l + i, a_u + i, c_u + i,
+              relax_span_backward<T>(sp.x1 - sp.x0, gw + e, go + e, hv, a_l + i, c_l + i, a_u + i, c_u + i,
                                      dg.data() + e, d_al + j, d_cl + j, d_au + j, d_cu + j);
             }
           unfold<T>(s, g, dg.data(), dcols.data() + k * g.hw * g.K);
@@ -124,13 +123,13 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_relu_backward_cpu(
     const Tensor& lam, const Tensor& W, const c10::optional<Tensor>& b, const Tensor& a_l, const Tensor& c_l,
     const Tensor& a_u, const Tensor& c_u, const Tensor& origin, at::IntArrayRef stride, at::IntArrayRef dilation,
-    const Tensor& grad_lam, const Tensor& grad_bias) {
+    const Tensor& window, const Tensor& grad_lam, const Tensor& grad_bias) {
   const BacksubConvShape s =
       check_backsub_conv(c10::DeviceType::CPU, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
-  check_backsub_conv_grads(c10::DeviceType::CPU, s, lam, grad_lam, grad_bias);
+  check_backsub_conv_grads(c10::DeviceType::CPU, s, lam, window, grad_lam, grad_bias);
   const Tensor lamc = lam.contiguous(), Wc = W.contiguous(), alc = a_l.contiguous(), clc = c_l.contiguous(),
-               auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous(), go = grad_lam.contiguous(),
-               gb = grad_bias.contiguous();
+               auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous(), wc = window.contiguous(),
+               go = grad_lam.contiguous(), gb = grad_bias.contiguous();
   const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
   // tasks = (member, block of samples): at least 16 in all when the batch allows, fixed (not per thread)
   const int64_t b_blocks = std::clamp<int64_t>(16 / std::max<int64_t>(s.P, 1), 1, std::max<int64_t>(s.B, 1));
@@ -148,8 +147,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
           s, b_blocks, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
           bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, alc.const_data_ptr<scalar_t>(),
           clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(), cuc.const_data_ptr<scalar_t>(),
-          oc.const_data_ptr<int64_t>(), go.const_data_ptr<scalar_t>(), gb.const_data_ptr<scalar_t>(),
-          d_lam.mutable_data_ptr<scalar_t>(), d_W.mutable_data_ptr<scalar_t>(),
+          oc.const_data_ptr<int64_t>(), wc.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
+          gb.const_data_ptr<scalar_t>(), d_lam.mutable_data_ptr<scalar_t>(), d_W.mutable_data_ptr<scalar_t>(),
           bc.defined() ? d_b.mutable_data_ptr<scalar_t>() : nullptr, d_al.mutable_data_ptr<scalar_t>(),
           d_cl.mutable_data_ptr<scalar_t>(), d_au.mutable_data_ptr<scalar_t>(), d_cu.mutable_data_ptr<scalar_t>());
     });

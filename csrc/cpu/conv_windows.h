@@ -2,7 +2,7 @@
 // backsub_conv_relu_backward.cpp): a row's transposed convolution is its columns cols (h*w, K =
 // C_in*kh*kw) = lam_row^T W, folded back onto the (C_in, h', w') window (col2im); a block of rows gets
 // its columns from one BLAS GEMM; the ReLU epilogue runs over the contiguous span of each window row
-// that lies inside the map.
+// that lies inside the map. The backward unfolds (im2col) the window's gradient the same way.
 #pragma once
 
 #include <algorithm>
@@ -39,17 +39,16 @@ inline bool all_zero(const T* x, int64_t n) {
   return true;
 }
 
-// cols (m*hw, K) of the rows kept[0..m) of a block (each (C_out, hw) at lam_rows + kept[i] * lam_row):
-// lamT (m*hw, C_out) = their transposes, then one GEMM.
+// lamT (m*hw, C_out): the transposes of the rows kept[0..m) of a block (each (C_out, hw) at
+// lam_rows + kept[i] * lam_row), the left operand of the columns' GEMM and of the filter gradient's.
 template <typename T>
-void columns(const BacksubConvShape& s, const Geometry& g, int64_t m, const int64_t* kept, const T* lam_rows,
-             const T* W, T* lamT, T* cols) {
+void transpose_rows(const BacksubConvShape& s, const Geometry& g, int64_t m, const int64_t* kept, const T* lam_rows,
+                    T* lamT) {
   for (int64_t r = 0; r < m; ++r) {
     const T* row = lam_rows + kept[r] * g.lam_row;
     for (int64_t co = 0; co < s.c_out; ++co)
       for (int64_t q = 0; q < g.hw; ++q) lamT[(r * g.hw + q) * s.c_out + co] = row[co * g.hw + q];
   }
-  if (m > 0) gemm_block<T>(m * g.hw, g.K, s.c_out, lamT, s.c_out, W, g.K, false, cols, g.K);
 }
 
 // acc (C_in, h2, w2) = the fold (col2im) of one row's columns (hw, K).

@@ -1,8 +1,8 @@
 // CUDA kernels of gls::backsub_conv_relu_backward (the closed-form backward of backsub_conv_relu;
 // maths in gls/meta/backsub_conv_relu.py, shared geometry in conv_windows.cuh).
 //
-// Backward, deterministic (no atomics): (1) per row block, recompute g, write dg = G A + h C and g to
-// scratch windows, then d_lam = conv(dg, W) + h b from the row's dg; (2) one thread per map pixel of a
+// Backward, deterministic (no atomics), from the window g the forward kept: (1) per row block, write
+// dg = G A + h C to a scratch window, then d_lam = conv(dg, W) + h b from the row's dg; (2) one thread per map pixel of a
 // (member, sample) walks its rows in order and sums the line gradients G g, h g by the sign of g;
 // (3) one block per (member, filter tap or bias entry) reduces dW = sum lam (x) dg and db = sum h lam
 // over the member's rows in a fixed order.
@@ -32,34 +32,32 @@ using namespace conv_windows;
 using cuda_tiles::ceil_div;
 using cuda_tiles::grid_dim;
 
-// Backward, per row: g and dg = G A + h C on the window (0 outside the map), then
+// Backward, per row: dg = G A + h C on the window (0 outside the map; g from the forward), then
 // d_lam[co,qy,qx] = sum_{ci,ky,kx} dg[ci, qy*s0 + ky*d0, qx*s1 + kx*d1] W[co,ci,ky,kx] + h b[co].
-// gwin and dgwin are written and read back by the same block, so they are plain (not read-only) pointers.
+// dgwin is written and read back by the same block, so it is a plain (not read-only) pointer.
 template <typename T>
 __global__ void conv_row_backward_kernel(ConvArgs a, const T* __restrict__ lam, const T* __restrict__ W,
                                          const T* __restrict__ b, const T* __restrict__ a_l,
                                          const T* __restrict__ c_l, const T* __restrict__ a_u,
                                          const T* __restrict__ c_u, const int64_t* __restrict__ origin,
-                                         const T* __restrict__ grad_out, const T* __restrict__ grad_bias, T* gwin,
-                                         T* dgwin, T* __restrict__ d_lam) {
+                                         const T* __restrict__ gwin, const T* __restrict__ grad_out,
+                                         const T* __restrict__ grad_bias, T* dgwin, T* __restrict__ d_lam) {
   const RowWindow<T> rw(a, blockIdx.x, lam, W, origin);
   const int64_t row = rw.row, p = rw.p;
   const int hw = rw.hw, lam_n = rw.lam_n;
   const T* Wp = rw.Wp;
   const T hv = grad_bias[row];
   const T* go = grad_out + row * rw.win;
-  T* gr = gwin + row * rw.win;
+  const T* gr = gwin + row * rw.win;
   T* dg = dgwin + row * rw.win;
   for (int e = threadIdx.x; e < rw.win; e += blockDim.x) {
     int ci, y, x;
     const int64_t i = rw.pixel(a, e, ci, y, x);
     if (i < 0) {
-      gr[e] = T(0);
       dg[e] = T(0);
       continue;
     }
-    const T g = transposed_conv_at<T>(a, rw.lam_row, Wp, ci, y, x), up = go[e];
-    gr[e] = g;
+    const T g = gr[e], up = go[e];
     dg[e] = g >= T(0) ? up * a_l[i] + hv * c_l[i] : up * a_u[i] + hv * c_u[i];
   }
   __syncthreads();  // the row's dg is complete and visible to the whole block
@@ -150,15 +148,15 @@ __global__ void conv_param_grad_kernel(ConvArgs a, const T* __restrict__ lam, co
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_relu_backward_cuda(
     const Tensor& lam, const Tensor& W, const c10::optional<Tensor>& b, const Tensor& a_l, const Tensor& c_l,
     const Tensor& a_u, const Tensor& c_u, const Tensor& origin, at::IntArrayRef stride, at::IntArrayRef dilation,
-    const Tensor& grad_lam, const Tensor& grad_bias) {
+    const Tensor& window, const Tensor& grad_lam, const Tensor& grad_bias) {
   const char* op = "backsub_conv_relu_backward";
   const BacksubConvShape s =
       check_backsub_conv(c10::DeviceType::CUDA, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
-  check_backsub_conv_grads(c10::DeviceType::CUDA, s, lam, grad_lam, grad_bias);
+  check_backsub_conv_grads(c10::DeviceType::CUDA, s, lam, window, grad_lam, grad_bias);
   const c10::cuda::CUDAGuard guard(lam.device());
   const Tensor lamc = lam.contiguous(), Wc = W.contiguous(), alc = a_l.contiguous(), clc = c_l.contiguous(),
-               auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous(), go = grad_lam.contiguous(),
-               gb = grad_bias.contiguous();
+               auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous(), gwin = window.contiguous(),
+               go = grad_lam.contiguous(), gb = grad_bias.contiguous();
   const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
   const auto opts = lamc.options();
   const std::vector<int64_t> maps{s.P, s.B, s.c_in, s.H, s.W};
@@ -173,7 +171,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
     return {d_lam, d_W, d_b, d_al, d_cl, d_au, d_cu};
   }
   const ConvArgs args = make_args(s);
-  Tensor gwin = at::empty(go.sizes(), opts), dgwin = at::empty(go.sizes(), opts);
+  Tensor dgwin = at::empty(go.sizes(), opts);
   const int threads = row_threads(std::max(s.c_in * s.h2 * s.w2, s.c_out * s.h * s.w));
   const int64_t pixels = d_al.numel(), params = s.c_out * s.c_in * s.kh * s.kw + (bc.defined() ? s.c_out : 0);
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -182,8 +180,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
         args, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
         bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, alc.const_data_ptr<scalar_t>(),
         clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(), cuc.const_data_ptr<scalar_t>(),
-        oc.const_data_ptr<int64_t>(), go.const_data_ptr<scalar_t>(), gb.const_data_ptr<scalar_t>(),
-        gwin.mutable_data_ptr<scalar_t>(), dgwin.mutable_data_ptr<scalar_t>(), d_lam.mutable_data_ptr<scalar_t>());
+        oc.const_data_ptr<int64_t>(), gwin.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
+        gb.const_data_ptr<scalar_t>(), dgwin.mutable_data_ptr<scalar_t>(), d_lam.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (pixels > 0) {
       const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(pixels, kMaxThreads), 65535));

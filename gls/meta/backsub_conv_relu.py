@@ -9,9 +9,12 @@ bias = sum g C + lam . b. With upstream gradients G (of lam') and h (of bias): d
 dlam = conv(dg, W) + h b; dW = sum over rows of lam (x) dg; db = h sum_window lam; the line
 gradients G g and h g go to a_l, c_l where g >= 0 and to a_u, c_u elsewhere, summed over the rows of
 each (member, sample), and over the population where an input is shared (P = 1). This is exactly the
-reference's autograd (torch.where routes the whole gradient to the selected branch). The kernel
-recomputes g per row instead of storing it; under create_graph (double backward), or where no fused
-kernel exists for the device, the reference's autograd runs instead.
+reference's autograd (torch.where routes the whole gradient to the selected branch). The fused
+backward reads g from the forward's third output, the window it keeps when called with keep_window
+(gls.ops.backsub_conv_relu asks for it whenever autograd records the call): keeping g costs one more
+window per row in memory and saves recomputing the transposed convolution, a third of the backward's
+work. Without a kept window, under create_graph (double backward), or where no fused kernel exists
+for the device, the reference's autograd runs instead. The window output carries no gradient.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from gls.meta._population import reduce_members
 from gls.reference import bound_ops as ref
 
 
-def check(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation) -> tuple[int, ...]:
+def check(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, keep_window=False) -> tuple[int, ...]:
     """The op's contract (shapes); returns (P, B, R, C_in, h', w') of the output windows."""
     op = "backsub_conv_relu"
     if lam.dim() != 6 or W.dim() != 5:
@@ -45,12 +48,13 @@ def check(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation) -> tuple[int,
     return P, B, R, c_in, (h - 1) * stride[0] + dilation[0] * (kh - 1) + 1, (w - 1) * stride[1] + dilation[1] * (kw - 1) + 1
 
 
-def fake(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation):
+def fake(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, keep_window=False):
     P, B, R, c_in, h2, w2 = check(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation)
-    return lam.new_empty((P, B, R, c_in, h2, w2)), lam.new_empty((P, B, R))
+    out = lam.new_empty((P, B, R, c_in, h2, w2))
+    return out, lam.new_empty((P, B, R)), torch.empty_like(out) if keep_window else lam.new_empty((0,))
 
 
-def backward_fake(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, grad_lam, grad_bias):
+def backward_fake(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, window, grad_lam, grad_bias):
     P, B = lam.shape[:2]
     maps = lam.new_empty((P, B, *a_l.shape[2:]))
     d_b = lam.new_empty((P, W.shape[1])) if b is not None else lam.new_empty((0,))
@@ -59,8 +63,9 @@ def backward_fake(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, grad_
 
 
 def setup_context(ctx, inputs, output):
-    lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation = inputs
-    ctx.save_for_backward(lam, W, b, a_l, c_l, a_u, c_u, origin)
+    lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, *_ = inputs
+    ctx.save_for_backward(lam, W, b, a_l, c_l, a_u, c_u, origin, output[2])
+    ctx.mark_non_differentiable(output[2])
     ctx.geometry = (stride, dilation)
 
 
@@ -70,10 +75,10 @@ def _reference_grads(ctx, inputs, g_lam, g_bias):
             for i, t in enumerate(inputs)]
     leaves = [i for i, t in enumerate(args) if isinstance(t, torch.Tensor) and t.requires_grad]
     with torch.enable_grad():
-        out = ref.backsub_conv_relu(*args, *ctx.geometry)
+        out = ref.backsub_conv_relu(*args, *ctx.geometry)[:2]
     got = torch.autograd.grad(out, [args[i] for i in leaves], (g_lam, g_bias),
                               create_graph=torch.is_grad_enabled(), allow_unused=True)
-    grads = [None] * 10
+    grads = [None] * 11
     for i, g in zip(leaves, got):
         grads[i] = torch.zeros_like(args[i]) if g is None else g
     return tuple(grads)
@@ -83,22 +88,22 @@ def _fused_available(device: torch.device) -> bool:
     return native.has_kernel("backsub_conv_relu_backward", "CUDA" if device.type == "cuda" else "CPU")
 
 
-def backward(ctx, g_lam, g_bias):
-    inputs = ctx.saved_tensors
+def backward(ctx, g_lam, g_bias, _g_window):
+    *inputs, window = ctx.saved_tensors
     lam, W, b, a_l, c_l, a_u, c_u, origin = inputs
     if g_lam is None:  # lam' unused (a concretisation): zeros of the shape the geometry gives
         g_lam = lam.new_zeros(fake(lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry)[0].shape)
     g_bias = lam.new_zeros(lam.shape[:3]) if g_bias is None else g_bias
-    if torch.is_grad_enabled() or not _fused_available(lam.device):
+    if torch.is_grad_enabled() or window.shape != g_lam.shape or not _fused_available(lam.device):
         return _reference_grads(ctx, inputs, g_lam, g_bias)
     d_lam, d_W, d_b, *d_lines = torch.ops.gls.backsub_conv_relu_backward(
-        lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry, g_lam.contiguous(), g_bias.contiguous())
+        lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry, window, g_lam.contiguous(), g_bias.contiguous())
     need = ctx.needs_input_grad
     grads = [d_lam if need[0] else None, reduce_members(d_W, W) if need[1] else None,
              reduce_members(d_b, b) if need[2] and b is not None else None]
     grads += [reduce_members(d, like) if need[i] else None for i, (d, like) in
               enumerate(zip(d_lines, (a_l, c_l, a_u, c_u)), start=3)]
-    return tuple(grads) + (None, None, None)
+    return tuple(grads) + (None, None, None, None)
 
 
 def register(namespace: str) -> None:

@@ -56,7 +56,7 @@ def backsub_linear_relu(lam, W, b, a_l, c_l, a_u, c_u):
     return lam_next, bias
 
 
-def backsub_conv_relu(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation):
+def backsub_conv_relu(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, keep_window=False):
     """backsub_linear_relu for a convolution, on windows: through z_out = conv(x, W) + b, then x = relu(z_in).
 
     lam (P,B,R,C_out,h,w): each row's coefficients on a window of z_out, zero outside z_out's map (see
@@ -64,7 +64,9 @@ def backsub_conv_relu(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation):
     maps (P,B,C_in,H,W); origin (P,B,R,2) int64: each row's window on z_in starts at its z_out origin
     times the stride minus the padding. Returns the coefficients on z_in's windows, (P,B,R,C_in,h',w')
     with h' = (h-1)*stride + dilation*(kh-1) + 1 (zero outside the map: the lines are taken as 0
-    there), and the constant (P,B,R): lam.b + g^+ c_l + g^- c_u, g the transposed convolution of lam.
+    there), the constant (P,B,R): lam.b + g^+ c_l + g^- c_u, g the transposed convolution of lam, and
+    with keep_window g itself, zero outside the map (what the kernels' closed-form backward reads
+    instead of recomputing it), else an empty tensor.
     """
     g = windows.conv_transpose(lam, W, stride, dilation)
     size = g.shape[-2:]
@@ -74,7 +76,8 @@ def backsub_conv_relu(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation):
     bias = (g * c).sum((-3, -2, -1))
     if b is not None:
         bias = bias + (lam.sum((-2, -1)) * b[:, None, None, :]).sum(-1)
-    return g * a, bias
+    window = (g * windows.inside(origin, size, *a_l.shape[-2:], g.dtype)).detach() if keep_window else g.new_empty(0)
+    return g * a, bias, window
 
 
 def concretize(lam, bias, x_lo, x_hi):
