@@ -56,26 +56,9 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
         fold<T>(s, g, cols.data() + k * g.hw * g.K, acc.data());
         T total = b != nullptr ? bias_term<T>(s, g, lam + row * g.lam_row, b + (s.b_shared ? 0 : p) * s.c_out) : T(0);
         const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
-        const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map;
-        const Span sp = span_of(s, ox);
-        T* o = out + row * g.win;
-        T* wr = window != nullptr ? window + row * g.win : nullptr;  // g, zero outside the map
-        if (wr != nullptr) std::fill(wr, wr + g.win, T(0));
-        for (int64_t ci = 0; ci < s.c_in; ++ci)
-          for (int64_t y = 0; y < s.h2; ++y) {
-            const int64_t e = (ci * s.h2 + y) * s.w2;
-            T* o_row = o + e;
-            if (!sp.inside(oy + y, s.H)) {
-              std::fill(o_row, o_row + s.w2, T(0));
-              continue;
-            }
-            std::fill(o_row, o_row + sp.x0, T(0));
-            std::fill(o_row + sp.x1, o_row + s.w2, T(0));
-            const int64_t i = roff + (ci * s.H + oy + y) * s.W + ox + sp.x0;
-            const T* g_span = acc.data() + e + sp.x0;
-            total += relax_span<T>(sp.x1 - sp.x0, g_span, a_l + i, c_l + i, a_u + i, c_u + i, o_row + sp.x0);
-            if (wr != nullptr) std::copy(g_span, g_span + (sp.x1 - sp.x0), wr + e + sp.x0);
-          }
+        const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map;  // the row's line maps
+        total += relax_window<T>(s, oy, ox, acc.data(), a_l + roff, c_l + roff, a_u + roff, c_u + roff,
+                                 out + row * g.win, window != nullptr ? window + row * g.win : nullptr);
         bias[row] = total;
       }
     }

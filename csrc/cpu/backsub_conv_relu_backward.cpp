@@ -26,24 +26,32 @@ namespace {
 
 using at::Tensor;
 
-// dg = up * A + h * C over one span (A, C the lines g's sign selects); the line gradients up*g and h*g
-// are added to the selected line's gradient map (and 0 to the other's). Branch-free: the sign of g
-// is unpredictable, and selects let the compiler vectorise the loop.
+// One row's ReLU epilogue backward over its window g (C_in, h2, w2) at (oy, ox) of the map: dg = up * A
+// + h * C inside the map (A, C the lines g's sign selects: the lower where g >= 0) and 0 outside; the
+// line gradients up*g and h*g go to the selected line's gradient map, as the sign split of g
+// (gls/bound_ops.h). Lines and gradient maps: those (C_in, H, W) of the row's (member, sample).
+// Branch-free, one call per row, compiled for every vector width.
 template <typename T>
-inline void relax_span_backward(int64_t n, const T* __restrict__ g, const T* __restrict__ up, T h,
-                                const T* __restrict__ al, const T* __restrict__ cl, const T* __restrict__ au,
-                                const T* __restrict__ cu, T* __restrict__ dg, T* __restrict__ d_al, T* __restrict__ d_cl,
-                                T* __restrict__ d_au, T* __restrict__ d_cu) {
-  for (int64_t x = 0; x < n; ++x) {
-    const T gx = g[x], ux = up[x], a_l = al[x], c_l = cl[x], a_u = au[x], c_u = cu[x];  // every load unconditional
-    const bool pos = gx >= T(0);
-    const T ug = ux * gx, hg = h * gx;
-    dg[x] = ux * (pos ? a_l : a_u) + h * (pos ? c_l : c_u);
-    d_al[x] += pos ? ug : T(0);
-    d_cl[x] += pos ? hg : T(0);
-    d_au[x] += pos ? T(0) : ug;
-    d_cu[x] += pos ? T(0) : hg;
-  }
+GLS_SIMD_CLONES __attribute__((noinline)) void relax_window_backward(
+    const BacksubConvShape& s, int64_t oy, int64_t ox, const T* __restrict__ g, const T* __restrict__ up, T h,
+    const T* __restrict__ al, const T* __restrict__ cl, const T* __restrict__ au, const T* __restrict__ cu,
+    T* __restrict__ dg, T* __restrict__ d_al, T* __restrict__ d_cl, T* __restrict__ d_au, T* __restrict__ d_cu) {
+  const Span sp = span_of(s, ox);
+  std::fill(dg, dg + s.c_in * s.h2 * s.w2, T(0));
+  for (int64_t ci = 0; ci < s.c_in; ++ci)
+    for (int64_t y = 0; y < s.h2; ++y) {
+      if (!sp.inside(oy + y, s.H)) continue;
+      const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, m = (ci * s.H + oy + y) * s.W + ox + sp.x0;
+      for (int64_t x = 0; x < sp.x1 - sp.x0; ++x) {
+        const T v = g[e + x], u = up[e + x], pos = positive_part(v), neg = v - pos;
+        d_al[m + x] += u * pos;
+        d_cl[m + x] += h * pos;
+        d_au[m + x] += u * neg;
+        d_cu[m + x] += h * neg;
+        const T on_pos = u * al[m + x] + h * cl[m + x], on_neg = u * au[m + x] + h * cu[m + x];
+        dg[e + x] = v >= T(0) ? on_pos : on_neg;
+      }
+    }
 }
 
 // Backward. Outputs: d_lam (P,B,R,C_out,h,w); d_W (tasks, C_out, C_in*kh*kw) partial sums per task;
@@ -84,16 +92,8 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           const T* gw = window + row * g.win;
           const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
           const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map, goff = (p * s.B + bi) * g.map;
-          const Span sp = span_of(s, ox);
-          std::fill(dg.begin(), dg.end(), T(0));
-          for (int64_t ci = 0; ci < s.c_in; ++ci)
-            for (int64_t y = 0; y < s.h2; ++y) {
-              if (!sp.inside(oy + y, s.H)) continue;
-              const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, px = (ci * s.H + oy + y) * s.W + ox + sp.x0;
-              const int64_t i = roff + px, j = goff + px;
-              relax_span_backward<T>(sp.x1 - sp.x0, gw + e, go + e, hv, a_l + i, c_l + i, a_u + i, c_u + i,
-                                     dg.data() + e, d_al + j, d_cl + j, d_au + j, d_cu + j);
-            }
+          relax_window_backward<T>(s, oy, ox, gw, go, hv, a_l + roff, c_l + roff, a_u + roff, c_u + roff, dg.data(),
+                                   d_al + goff, d_cl + goff, d_au + goff, d_cu + goff);
           unfold<T>(s, g, dg.data(), dcols.data() + k * g.hw * g.K);
           if (db != nullptr) {
             const T* lr = lam + row * g.lam_row;

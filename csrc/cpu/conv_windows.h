@@ -9,6 +9,8 @@
 #include <cstdint>
 
 #include "gls/bound_checks.h"
+#include "vectorize.h"  // before the math headers: lets their branch-free selects vectorise
+#include "gls/bound_ops.h"
 #include "blocking.h"
 
 namespace gls {
@@ -105,17 +107,49 @@ inline Span span_of(const BacksubConvShape& s, int64_t ox) {
   return {x0, std::clamp<int64_t>(s.W - ox, x0, s.w2)};
 }
 
-// o = g * (g >= 0 ? a_l : a_u) over one span; returns sum g * (g >= 0 ? c_l : c_u).
+// o = g * (a_l where g >= 0, else a_u) over one span, as the sign split pos a_l + neg a_u
+// (gls/bound_ops.h); adds pos c_l + neg c_u of element x to lane[x % kLanes] (fixed partial sums: the
+// same on every vector width).
 template <typename T>
-inline T relax_span(int64_t n, const T* __restrict__ g, const T* __restrict__ al, const T* __restrict__ cl,
-                    const T* __restrict__ au, const T* __restrict__ cu, T* __restrict__ o) {
-  T total = T(0);
-  for (int64_t x = 0; x < n; ++x) {
-    const bool pos = g[x] >= T(0);
-    o[x] = g[x] * (pos ? al[x] : au[x]);
-    total += g[x] * (pos ? cl[x] : cu[x]);
+inline void relax_span(int64_t n, const T* __restrict__ g, const T* __restrict__ al, const T* __restrict__ cl,
+                       const T* __restrict__ au, const T* __restrict__ cu, T* __restrict__ o, T (&lane)[kLanes<T>]) {
+  int64_t x = 0;
+  for (; x + kLanes<T> <= n; x += kLanes<T>)
+    for (int64_t l = 0; l < kLanes<T>; ++l) {
+      const T v = g[x + l], pos = positive_part(v), neg = v - pos;
+      o[x + l] = sign_split(pos, neg, al[x + l], au[x + l]);
+      lane[l] += sign_split(pos, neg, cl[x + l], cu[x + l]);
+    }
+  for (int64_t l = 0; x < n; ++x, ++l) {
+    const T v = g[x], pos = positive_part(v), neg = v - pos;
+    o[x] = sign_split(pos, neg, al[x], au[x]);
+    lane[l] += sign_split(pos, neg, cl[x], cu[x]);
   }
-  return total;
+}
+
+// The ReLU epilogue of one row whose window g (C_in, h2, w2) starts at (oy, ox) of the map: o = relaxed
+// g inside the map and 0 outside, `kept` (unless null) = g inside and 0 outside; returns the constant,
+// relax_span's partial sums over the window's rows, summed once. Lines: the maps (C_in, H, W) of the row's (member, sample).
+// One call per row (the spans are short), compiled for every vector width (GLS_SIMD_CLONES).
+template <typename T>
+GLS_SIMD_CLONES __attribute__((noinline)) T relax_window(const BacksubConvShape& s, int64_t oy, int64_t ox,
+                                                         const T* __restrict__ g, const T* __restrict__ al,
+                                                         const T* __restrict__ cl, const T* __restrict__ au,
+                                                         const T* __restrict__ cu, T* __restrict__ o,
+                                                         T* __restrict__ kept) {
+  const Span sp = span_of(s, ox);
+  const int64_t win = s.c_in * s.h2 * s.w2;
+  std::fill(o, o + win, T(0));
+  if (kept != nullptr) std::fill(kept, kept + win, T(0));
+  T lane[kLanes<T>] = {};
+  for (int64_t ci = 0; ci < s.c_in; ++ci)
+    for (int64_t y = 0; y < s.h2; ++y) {
+      if (!sp.inside(oy + y, s.H)) continue;
+      const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, m = (ci * s.H + oy + y) * s.W + ox + sp.x0;
+      relax_span<T>(sp.x1 - sp.x0, g + e, al + m, cl + m, au + m, cu + m, o + e, lane);
+      if (kept != nullptr) std::copy(g + e, g + e + (sp.x1 - sp.x0), kept + e);
+    }
+  return lane_sum(lane);
 }
 
 }  // namespace gls
