@@ -66,6 +66,7 @@ def setup_context(ctx, inputs, output):
     lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, *_ = inputs
     ctx.save_for_backward(lam, W, b, a_l, c_l, a_u, c_u, origin, output[2])
     ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the window, nor for an unused lam'
     ctx.geometry = (stride, dilation)
 
 
