@@ -52,8 +52,10 @@ def test_non_contiguous_inputs(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("method", ["hbox", "deeppoly"])
+@pytest.mark.parametrize("method", METHODS)
 def test_gradients_match_reference(backend, dtype, method):
+    """The closed-form backward (gls/meta/relu_relax.py) against the reference's autograd, boundary
+    cases (l = 0, u = 0, u = -l) included."""
     backend.require(dtype)
     l, u = (t.to(backend.device, dtype) for t in _bounds((2, 3, 17)))
     l.requires_grad_(True)
