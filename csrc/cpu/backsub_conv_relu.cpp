@@ -31,10 +31,10 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
   const Geometry g(s);
   const int64_t per_member = s.B * s.R, block = block_rows(g, s.c_out, sizeof(T));
   const int64_t blocks = (per_member + block - 1) / block;
-  at::parallel_for(0, s.P * blocks, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(s.P * blocks, [&](const auto& next) {
     std::vector<T> lamT(block * g.hw * s.c_out), cols(block * g.hw * g.K), acc(g.win);
     std::vector<int64_t> kept(block);
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t task = next(); task < s.P * blocks; task = next()) {
       const int64_t p = task / blocks, r0 = p * per_member + task % blocks * block;
       const int64_t n = std::min(block, (p + 1) * per_member - r0);
       int64_t m = 0;

@@ -62,10 +62,10 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
                    const T* grad_bias, T* d_lam, T* d_W, T* d_b, T* d_al, T* d_cl, T* d_au, T* d_cu) {
   const Geometry g(s);
   const int64_t per_block = (s.B + b_blocks - 1) / b_blocks, block = block_rows(g, s.c_out, sizeof(T));
-  at::parallel_for(0, s.P * b_blocks, 1, [&](int64_t begin, int64_t end) {
+  parallel_tasks(s.P * b_blocks, [&](const auto& next) {
     std::vector<T> lamT(block * g.hw * s.c_out), dcols(block * g.hw * g.K), dlamT(block * g.hw * s.c_out), dg(g.win);
     std::vector<int64_t> kept(block);
-    for (int64_t task = begin; task < end; ++task) {
+    for (int64_t task = next(); task < s.P * b_blocks; task = next()) {
       const int64_t p = task / b_blocks, b0 = std::min(s.B, task % b_blocks * per_block);
       const int64_t first = (p * s.B + b0) * s.R, last = (p * s.B + std::min(s.B, b0 + per_block)) * s.R;
       const T* W_p = W + (s.w_shared ? 0 : p) * g.filters;

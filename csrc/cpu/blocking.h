@@ -8,6 +8,7 @@
 #include <ATen/ops/mm.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 namespace gls {
@@ -20,6 +21,17 @@ inline int64_t row_block(int64_t rows, int64_t members, int64_t row_bytes, int64
   const int64_t rows_per_task = (members * rows + tasks_wanted - 1) / tasks_wanted;
   block = std::min(block, std::max<int64_t>(8, rows_per_task));
   return std::clamp<int64_t>(block, 1, std::max<int64_t>(rows, 1));
+}
+
+// Runs worker(next) once per thread; the worker takes task indices from next() until it returns one >=
+// `tasks`. Threads take tasks as they free up, where at::parallel_for gives each thread one fixed range:
+// with tasks of uneven cost (rows skipped as zero, ragged per-sample row sets) a fixed split leaves a
+// thread idle. A task's result must not depend on the thread that runs it.
+template <typename Worker>
+void parallel_tasks(int64_t tasks, const Worker& worker) {
+  std::atomic<int64_t> counter{0};
+  const auto next = [&counter]() { return counter.fetch_add(1, std::memory_order_relaxed); };
+  at::parallel_for(0, std::min<int64_t>(tasks, at::get_num_threads()), 1, [&](int64_t, int64_t) { worker(next); });
 }
 
 // A (rows x cols) row-major matrix view of raw memory with leading dimension `ld` (no copy, no ownership).
