@@ -246,6 +246,26 @@ def test_backward_op_zero_rows(case):
 
 
 @needs_backward_op
+def test_cpu_results_do_not_depend_on_the_thread_count():
+    """Threads take tasks as they free up (csrc/cpu/blocking.h parallel_tasks); every sum still runs in a
+    fixed order, so 1 and 2 threads give the same bits."""
+    args = _zero_rows(conv_args(LARGE, torch.float32))
+    out = ref.backsub_conv_relu(*args)
+    g_lam, g_bias = torch.randn_like(out[0]), torch.randn_like(out[1])
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            fwd = torch.ops.gls.backsub_conv_relu(*args, True)
+            results.append((*fwd, *torch.ops.gls.backsub_conv_relu_backward(*args, fwd[2], g_lam, g_bias)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@needs_backward_op
 def test_backward_op_opcheck():
     args = conv_args(CASES[3], torch.float32)
     out = ref.backsub_conv_relu(*args, True)
