@@ -32,8 +32,9 @@ TORCH_LIBRARY(gls, m) {
   // reads instead of recomputing it; else an empty tensor.
   m.def("backsub_conv_relu(Tensor lam, Tensor W, Tensor? b, Tensor a_l, Tensor c_l, Tensor a_u, Tensor c_u, Tensor origin, int[2] stride, int[2] dilation, bool keep_window=False) -> (Tensor, Tensor, Tensor)");
   // Its closed-form backward, given the forward's kept window: (d_lam, d_W (P,...), d_b (P,C_out) or empty
-  // without b, d_a_l, d_c_l, d_a_u, d_c_u (P,B,C_in,H,W)).
-  m.def("backsub_conv_relu_backward(Tensor lam, Tensor W, Tensor? b, Tensor a_l, Tensor c_l, Tensor a_u, Tensor c_u, Tensor origin, int[2] stride, int[2] dilation, Tensor window, Tensor grad_lam, Tensor grad_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // without b, d_a_l, d_c_l, d_a_u, d_c_u (P,B,C_in,H,W)). grad_lam empty: lam' has no gradient (a
+  // concretisation). d_lam is empty unless lam_grad, the four line gradients unless line_grads.
+  m.def("backsub_conv_relu_backward(Tensor lam, Tensor W, Tensor? b, Tensor a_l, Tensor c_l, Tensor a_u, Tensor c_u, Tensor origin, int[2] stride, int[2] dilation, Tensor window, Tensor grad_lam, Tensor grad_bias, bool lam_grad, bool line_grads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Lower bound of lam . x + bias over the box [x_lo, x_hi]: lam (P,B,S,N), bias (P,B,S), x (B,N) -> (P,B,S).
   m.def("concretize(Tensor lam, Tensor bias, Tensor x_lo, Tensor x_hi) -> Tensor");
   // Interval step through an affine layer: mid (P|1,B,N_in), rad likewise, W (P|1,N_out,N_in), b (P|1,N_out)? -> (mid, rad) (P,B,N_out).

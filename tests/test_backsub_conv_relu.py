@@ -218,7 +218,7 @@ def _backward_op_vs_reference(args, g_lam, g_bias):
     returns them."""
     plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
     window = ref.backsub_conv_relu(*plain, True)[2]
-    got = torch.ops.gls.backsub_conv_relu_backward(*plain, window, g_lam, g_bias)
+    got = torch.ops.gls.backsub_conv_relu_backward(*plain, window, g_lam, g_bias, True, True)
     P = args[0].shape[0]
     full = [a.expand(P, *a.shape[1:]) if i in (1, 2, 3, 4, 5, 6) and a is not None else a for i, a in enumerate(args)]
     leaves = [t for t in full[:7] if t is not None]
@@ -246,6 +246,26 @@ def test_backward_op_zero_rows(case):
 
 
 @needs_backward_op
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("case", [CASES[2], CASES[5], LARGE], ids=case_id)
+def test_backward_op_computes_only_what_is_asked(case, device):
+    """An empty grad_lam is a zero upstream gradient that is never read (a concretisation); without
+    lam_grad / line_grads those outputs are empty and the others unchanged."""
+    args = conv_args(case, torch.float64, device)
+    window = ref.backsub_conv_relu(*args, True)[2]
+    g_bias = torch.randn(window.shape[:3], dtype=torch.float64, device=device)
+    op = torch.ops.gls.backsub_conv_relu_backward
+    full = op(*args, window, torch.zeros_like(window), g_bias, True, True)
+    got = op(*args, window, window.new_empty(0), g_bias, False, False)
+    assert got[0].numel() == 0 and all(t.numel() == 0 for t in got[3:])
+    for g, w in zip(got[1:3], full[1:3]):
+        torch.testing.assert_close(g, w, **_tol(torch.float64))
+    got = op(*args, window, window.new_empty(0), g_bias, True, True)
+    for g, w in zip(got, full):
+        torch.testing.assert_close(g, w, **_tol(torch.float64))
+
+
+@needs_backward_op
 def test_cpu_results_do_not_depend_on_the_thread_count():
     """Threads take tasks as they free up (csrc/cpu/blocking.h parallel_tasks); every sum still runs in a
     fixed order, so 1 and 2 threads give the same bits."""
@@ -258,7 +278,7 @@ def test_cpu_results_do_not_depend_on_the_thread_count():
         for n in (1, 2):
             torch.set_num_threads(n)
             fwd = torch.ops.gls.backsub_conv_relu(*args, True)
-            results.append((*fwd, *torch.ops.gls.backsub_conv_relu_backward(*args, fwd[2], g_lam, g_bias)))
+            results.append((*fwd, *torch.ops.gls.backsub_conv_relu_backward(*args, fwd[2], g_lam, g_bias, True, True)))
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(*results):
@@ -269,8 +289,11 @@ def test_cpu_results_do_not_depend_on_the_thread_count():
 def test_backward_op_opcheck():
     args = conv_args(CASES[3], torch.float32)
     out = ref.backsub_conv_relu(*args, True)
+    for flags in ((True, True), (False, False)):
+        torch.library.opcheck(torch.ops.gls.backsub_conv_relu_backward.default,
+                              (*args, out[2], torch.randn_like(out[0]), torch.randn_like(out[1]), *flags))
     torch.library.opcheck(torch.ops.gls.backsub_conv_relu_backward.default,
-                          (*args, out[2], torch.randn_like(out[0]), torch.randn_like(out[1])))
+                          (*args, out[2], out[0].new_empty(0), torch.randn_like(out[1]), True, False))
 
 
 @pytest.mark.cuda
@@ -280,9 +303,9 @@ def test_cuda_is_deterministic_and_the_default():
     assert ops.resolve(OP, args[0].device)[0] == "cuda"
     first = torch.ops.gls.backsub_conv_relu(*args, True)
     g_lam, g_bias = torch.randn_like(first[0]), torch.randn_like(first[1])
-    back = torch.ops.gls.backsub_conv_relu_backward(*args, first[2], g_lam, g_bias)
+    back = torch.ops.gls.backsub_conv_relu_backward(*args, first[2], g_lam, g_bias, True, True)
     for _ in range(3):
         for a, b in zip(torch.ops.gls.backsub_conv_relu(*args, True), first):
             assert torch.equal(a, b)
-        for a, b in zip(torch.ops.gls.backsub_conv_relu_backward(*args, first[2], g_lam, g_bias), back):
+        for a, b in zip(torch.ops.gls.backsub_conv_relu_backward(*args, first[2], g_lam, g_bias, True, True), back):
             assert torch.equal(a, b)

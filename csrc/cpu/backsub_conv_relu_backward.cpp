@@ -27,11 +27,12 @@ namespace {
 using at::Tensor;
 
 // One row's ReLU epilogue backward over its window g (C_in, h2, w2) at (oy, ox) of the map: dg = up * A
-// + h * C inside the map (A, C the lines g's sign selects: the lower where g >= 0) and 0 outside; the
-// line gradients up*g and h*g go to the selected line's gradient map, as the sign split of g
-// (gls/bound_ops.h). Lines and gradient maps: those (C_in, H, W) of the row's (member, sample).
-// Branch-free, one call per row, compiled for every vector width.
-template <typename T>
+// + h * C inside the map (A, C the lines g's sign selects: the lower where g >= 0) and 0 outside; with
+// kLines the line gradients up*g and h*g go to the selected line's gradient map, as the sign split of g
+// (gls/bound_ops.h). kUp: whether lam' has an upstream gradient `up` (else it is 0: a concretisation).
+// Lines and gradient maps: those (C_in, H, W) of the row's (member, sample). Branch-free, one call per
+// row, compiled for every vector width.
+template <typename T, bool kUp, bool kLines>
 GLS_SIMD_CLONES __attribute__((noinline)) void relax_window_backward(
     const BacksubConvShape& s, int64_t oy, int64_t ox, const T* __restrict__ g, const T* __restrict__ up, T h,
     const T* __restrict__ al, const T* __restrict__ cl, const T* __restrict__ au, const T* __restrict__ cu,
@@ -43,15 +44,33 @@ GLS_SIMD_CLONES __attribute__((noinline)) void relax_window_backward(
       if (!sp.inside(oy + y, s.H)) continue;
       const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, m = (ci * s.H + oy + y) * s.W + ox + sp.x0;
       for (int64_t x = 0; x < sp.x1 - sp.x0; ++x) {
-        const T v = g[e + x], u = up[e + x], pos = positive_part(v), neg = v - pos;
-        d_al[m + x] += u * pos;
-        d_cl[m + x] += h * pos;
-        d_au[m + x] += u * neg;
-        d_cu[m + x] += h * neg;
-        const T on_pos = u * al[m + x] + h * cl[m + x], on_neg = u * au[m + x] + h * cu[m + x];
+        const T v = g[e + x];
+        if constexpr (kLines) {
+          const T u = kUp ? up[e + x] : T(0), pos = positive_part(v), neg = v - pos;
+          if constexpr (kUp) {
+            d_al[m + x] += u * pos;
+            d_au[m + x] += u * neg;
+          }
+          d_cl[m + x] += h * pos;
+          d_cu[m + x] += h * neg;
+        }
+        T on_pos = h * cl[m + x], on_neg = h * cu[m + x];
+        if constexpr (kUp) {
+          on_pos += up[e + x] * al[m + x];
+          on_neg += up[e + x] * au[m + x];
+        }
         dg[e + x] = v >= T(0) ? on_pos : on_neg;
       }
     }
+}
+
+// relax_window_backward for a run-time choice of kUp (up != nullptr) and kLines (d_al != nullptr).
+template <typename T, typename... Args>
+void relax_window_backward_for(const T* up, const T* d_al, Args&&... args) {
+  if (up != nullptr)
+    (d_al != nullptr ? relax_window_backward<T, true, true> : relax_window_backward<T, true, false>)(args...);
+  else
+    (d_al != nullptr ? relax_window_backward<T, false, true> : relax_window_backward<T, false, false>)(args...);
 }
 
 // Backward. Outputs: d_lam (P,B,R,C_out,h,w); d_W (tasks, C_out, C_in*kh*kw) partial sums per task;
@@ -77,23 +96,25 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
         int64_t m = 0;  // rows with zero coefficients and zero upstream gradients contribute nothing
         for (int64_t r = 0; r < n; ++r) {
           const int64_t row = r0 + r;
-          if (!all_zero(lam + row * g.lam_row, g.lam_row) || !all_zero(grad_out + row * g.win, g.win) ||
-              grad_bias[row] != T(0)) {
+          if (!all_zero(lam + row * g.lam_row, g.lam_row) ||
+              (grad_out != nullptr && !all_zero(grad_out + row * g.win, g.win)) || grad_bias[row] != T(0)) {
             kept[m++] = r;
             continue;
           }
-          std::fill(d_lam + row * g.lam_row, d_lam + (row + 1) * g.lam_row, T(0));
+          if (d_lam != nullptr) std::fill(d_lam + row * g.lam_row, d_lam + (row + 1) * g.lam_row, T(0));
         }
         transpose_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamT.data());
         for (int64_t k = 0; k < m; ++k) {
           const int64_t row = r0 + kept[k], bi = row / s.R % s.B;
-          const T* go = grad_out + row * g.win;
+          const T* go = grad_out != nullptr ? grad_out + row * g.win : nullptr;
           const T hv = grad_bias[row];
           const T* gw = window + row * g.win;
           const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
           const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map, goff = (p * s.B + bi) * g.map;
-          relax_window_backward<T>(s, oy, ox, gw, go, hv, a_l + roff, c_l + roff, a_u + roff, c_u + roff, dg.data(),
-                                   d_al + goff, d_cl + goff, d_au + goff, d_cu + goff);
+          const bool lines = d_al != nullptr;
+          relax_window_backward_for<T>(go, d_al, s, oy, ox, gw, go, hv, a_l + roff, c_l + roff, a_u + roff, c_u + roff,
+                                       dg.data(), lines ? d_al + goff : nullptr, lines ? d_cl + goff : nullptr,
+                                       lines ? d_au + goff : nullptr, lines ? d_cu + goff : nullptr);
           unfold<T>(s, g, dg.data(), dcols.data() + k * g.hw * g.K);
           if (db != nullptr) {
             const T* lr = lam + row * g.lam_row;
@@ -105,9 +126,10 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           }
         }
         if (m == 0) continue;
-        // d_lam^T (m*hw, C_out) = dcols W^T; dW (C_out, K) += lamT^T dcols
-        gemm_block<T>(m * g.hw, s.c_out, g.K, dcols.data(), g.K, W_p, g.K, true, dlamT.data(), s.c_out);
+        // dW (C_out, K) += lamT^T dcols; d_lam^T (m*hw, C_out) = dcols W^T
         dW.addmm_(matrix_view(lamT.data(), m * g.hw, s.c_out, s.c_out).t(), matrix_view(dcols.data(), m * g.hw, g.K, g.K));
+        if (d_lam == nullptr) continue;
+        gemm_block<T>(m * g.hw, s.c_out, g.K, dcols.data(), g.K, W_p, g.K, true, dlamT.data(), s.c_out);
         for (int64_t k = 0; k < m; ++k) {
           const T hb = grad_bias[r0 + kept[k]];
           T* dl = d_lam + (r0 + kept[k]) * g.lam_row;
@@ -123,7 +145,7 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_relu_backward_cpu(
     const Tensor& lam, const Tensor& W, const c10::optional<Tensor>& b, const Tensor& a_l, const Tensor& c_l,
     const Tensor& a_u, const Tensor& c_u, const Tensor& origin, at::IntArrayRef stride, at::IntArrayRef dilation,
-    const Tensor& window, const Tensor& grad_lam, const Tensor& grad_bias) {
+    const Tensor& window, const Tensor& grad_lam, const Tensor& grad_bias, bool lam_grad, bool line_grads) {
   const BacksubConvShape s =
       check_backsub_conv(c10::DeviceType::CPU, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
   check_backsub_conv_grads(c10::DeviceType::CPU, s, lam, window, grad_lam, grad_bias);
@@ -134,23 +156,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
   // tasks = (member, block of samples): at least 16 in all when the batch allows, fixed (not per thread)
   const int64_t b_blocks = std::clamp<int64_t>(16 / std::max<int64_t>(s.P, 1), 1, std::max<int64_t>(s.B, 1));
   const auto opts = lamc.options();
-  const bool rows = lamc.numel() > 0 && s.c_in * s.h2 * s.w2 > 0;
-  Tensor d_lam = rows ? at::empty(lamc.sizes(), opts) : at::zeros(lamc.sizes(), opts);  // the kernel writes every row
+  const bool rows = lamc.numel() > 0 && s.c_in * s.h2 * s.w2 > 0, up = go.numel() > 0;
+  const auto none = [&opts]() { return at::empty({0}, opts); };  // a fresh one per output: outputs may not alias
+  // the kernel writes every row of d_lam
+  Tensor d_lam = !lam_grad ? none() : rows ? at::empty(lamc.sizes(), opts) : at::zeros(lamc.sizes(), opts);
   Tensor d_W = at::zeros({s.P, b_blocks, s.c_out, s.c_in, s.kh, s.kw}, opts);
   Tensor d_b = at::zeros({s.P, b_blocks, s.c_out}, opts);
   const std::vector<int64_t> maps{s.P, s.B, s.c_in, s.H, s.W};
-  Tensor d_al = at::zeros(maps, opts), d_cl = at::zeros(maps, opts), d_au = at::zeros(maps, opts),
-         d_cu = at::zeros(maps, opts);
+  Tensor d_al = line_grads ? at::zeros(maps, opts) : none(), d_cl = line_grads ? at::zeros(maps, opts) : none(),
+         d_au = line_grads ? at::zeros(maps, opts) : none(), d_cu = line_grads ? at::zeros(maps, opts) : none();
   if (rows) {
     AT_DISPATCH_FLOATING_TYPES(lamc.scalar_type(), "backsub_conv_relu_backward_cpu", [&] {
+      const auto out = [](Tensor& t) { return t.numel() > 0 ? t.mutable_data_ptr<scalar_t>() : nullptr; };
       backward_impl<scalar_t>(
           s, b_blocks, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
           bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, alc.const_data_ptr<scalar_t>(),
           clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(), cuc.const_data_ptr<scalar_t>(),
-          oc.const_data_ptr<int64_t>(), wc.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-          gb.const_data_ptr<scalar_t>(), d_lam.mutable_data_ptr<scalar_t>(), d_W.mutable_data_ptr<scalar_t>(),
-          bc.defined() ? d_b.mutable_data_ptr<scalar_t>() : nullptr, d_al.mutable_data_ptr<scalar_t>(),
-          d_cl.mutable_data_ptr<scalar_t>(), d_au.mutable_data_ptr<scalar_t>(), d_cu.mutable_data_ptr<scalar_t>());
+          oc.const_data_ptr<int64_t>(), wc.const_data_ptr<scalar_t>(), up ? go.const_data_ptr<scalar_t>() : nullptr,
+          gb.const_data_ptr<scalar_t>(), out(d_lam), d_W.mutable_data_ptr<scalar_t>(),
+          bc.defined() ? d_b.mutable_data_ptr<scalar_t>() : nullptr, out(d_al), out(d_cl), out(d_au), out(d_cu));
     });
   }
   return {d_lam, d_W.sum(1), bc.defined() ? d_b.sum(1) : at::zeros({0}, opts), d_al, d_cl, d_au, d_cu};

@@ -47,7 +47,7 @@ __global__ void conv_row_backward_kernel(ConvArgs a, const T* __restrict__ lam, 
   const int hw = rw.hw, lam_n = rw.lam_n;
   const T* Wp = rw.Wp;
   const T hv = grad_bias[row];
-  const T* go = grad_out + row * rw.win;
+  const T* go = grad_out != nullptr ? grad_out + row * rw.win : nullptr;  // null: lam' has no gradient
   const T* gr = gwin + row * rw.win;
   T* dg = dgwin + row * rw.win;
   for (int e = threadIdx.x; e < rw.win; e += blockDim.x) {
@@ -57,10 +57,11 @@ __global__ void conv_row_backward_kernel(ConvArgs a, const T* __restrict__ lam, 
       dg[e] = T(0);
       continue;
     }
-    const T g = gr[e], up = go[e];
+    const T g = gr[e], up = go != nullptr ? go[e] : T(0);
     dg[e] = g >= T(0) ? up * a_l[i] + hv * c_l[i] : up * a_u[i] + hv * c_u[i];
   }
   __syncthreads();  // the row's dg is complete and visible to the whole block
+  if (d_lam == nullptr) return;  // not asked for (constant rows)
   const int taps = a.kh * a.kw, filter = a.c_in * taps;
   const T* bp = b != nullptr ? b + p * a.b_stride : nullptr;
   for (int k = threadIdx.x; k < lam_n; k += blockDim.x) {
@@ -92,7 +93,7 @@ __global__ void conv_line_grad_kernel(ConvArgs a, int64_t total, const int64_t* 
       const int64_t row = pb * a.R + r, y = gy - origin[2 * row], x = gx - origin[2 * row + 1];
       if (y < 0 || y >= a.h2 || x < 0 || x >= a.w2) continue;
       const int64_t e = row * win + ci * win2 + y * a.w2 + x;
-      const T g = gwin[e], up = grad_out[e], hv = grad_bias[row];
+      const T g = gwin[e], up = grad_out != nullptr ? grad_out[e] : T(0), hv = grad_bias[row];
       if (g >= T(0)) {
         sal += up * g;
         scl += hv * g;
@@ -148,7 +149,7 @@ __global__ void conv_param_grad_kernel(ConvArgs a, const T* __restrict__ lam, co
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_relu_backward_cuda(
     const Tensor& lam, const Tensor& W, const c10::optional<Tensor>& b, const Tensor& a_l, const Tensor& c_l,
     const Tensor& a_u, const Tensor& c_u, const Tensor& origin, at::IntArrayRef stride, at::IntArrayRef dilation,
-    const Tensor& window, const Tensor& grad_lam, const Tensor& grad_bias) {
+    const Tensor& window, const Tensor& grad_lam, const Tensor& grad_bias, bool lam_grad, bool line_grads) {
   const char* op = "backsub_conv_relu_backward";
   const BacksubConvShape s =
       check_backsub_conv(c10::DeviceType::CUDA, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
@@ -160,34 +161,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
   const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
   const auto opts = lamc.options();
   const std::vector<int64_t> maps{s.P, s.B, s.c_in, s.H, s.W};
-  Tensor d_lam = at::empty(lamc.sizes(), opts);
+  const auto none = [&opts]() { return at::empty({0}, opts); };  // a fresh one per output: outputs may not alias
+  Tensor d_lam = lam_grad ? at::empty(lamc.sizes(), opts) : none();
   Tensor d_W = at::empty({s.P, s.c_out, s.c_in, s.kh, s.kw}, opts);
   Tensor d_b = bc.defined() ? at::empty({s.P, s.c_out}, opts) : at::zeros({0}, opts);
-  Tensor d_al = at::empty(maps, opts), d_cl = at::empty(maps, opts), d_au = at::empty(maps, opts),
-         d_cu = at::empty(maps, opts);
+  Tensor d_al = line_grads ? at::empty(maps, opts) : none(), d_cl = line_grads ? at::empty(maps, opts) : none(),
+         d_au = line_grads ? at::empty(maps, opts) : none(), d_cu = line_grads ? at::empty(maps, opts) : none();
   const int64_t rows = s.P * s.B * s.R;
   if (rows == 0) {  // nothing flows back: every gradient is zero
     for (Tensor* t : {&d_W, &d_b, &d_al, &d_cl, &d_au, &d_cu}) t->zero_();
     return {d_lam, d_W, d_b, d_al, d_cl, d_au, d_cu};
   }
   const ConvArgs args = make_args(s);
-  Tensor dgwin = at::empty(go.sizes(), opts);
+  Tensor dgwin = at::empty(gwin.sizes(), opts);
   const int threads = row_threads(std::max(s.c_in * s.h2 * s.w2, s.c_out * s.h * s.w));
   const int64_t pixels = d_al.numel(), params = s.c_out * s.c_in * s.kh * s.kw + (bc.defined() ? s.c_out : 0);
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(lamc.scalar_type(), "backsub_conv_relu_backward_cuda", [&] {
+    const scalar_t* up = go.numel() > 0 ? go.const_data_ptr<scalar_t>() : nullptr;  // null: lam' has no gradient
     conv_row_backward_kernel<scalar_t><<<grid_dim(op, "P*B*R", rows, INT_MAX), threads, 0, stream>>>(
         args, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
         bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, alc.const_data_ptr<scalar_t>(),
         clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(), cuc.const_data_ptr<scalar_t>(),
-        oc.const_data_ptr<int64_t>(), gwin.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-        gb.const_data_ptr<scalar_t>(), dgwin.mutable_data_ptr<scalar_t>(), d_lam.mutable_data_ptr<scalar_t>());
+        oc.const_data_ptr<int64_t>(), gwin.const_data_ptr<scalar_t>(), up, gb.const_data_ptr<scalar_t>(),
+        dgwin.mutable_data_ptr<scalar_t>(), lam_grad ? d_lam.mutable_data_ptr<scalar_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (pixels > 0) {
       const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(pixels, kMaxThreads), 65535));
       conv_line_grad_kernel<scalar_t><<<blocks, kMaxThreads, 0, stream>>>(
-          args, pixels, oc.const_data_ptr<int64_t>(), gwin.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
-          gb.const_data_ptr<scalar_t>(), d_al.mutable_data_ptr<scalar_t>(), d_cl.mutable_data_ptr<scalar_t>(),
+          args, pixels, oc.const_data_ptr<int64_t>(), gwin.const_data_ptr<scalar_t>(), up, gb.const_data_ptr<scalar_t>(), d_al.mutable_data_ptr<scalar_t>(), d_cl.mutable_data_ptr<scalar_t>(),
           d_au.mutable_data_ptr<scalar_t>(), d_cu.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

@@ -14,7 +14,10 @@ backward reads g from the forward's third output, the window it keeps when calle
 (gls.ops.backsub_conv_relu asks for it whenever autograd records the call): keeping g costs one more
 window per row in memory and saves recomputing the transposed convolution, a third of the backward's
 work. Without a kept window, under create_graph (double backward), or where no fused kernel exists
-for the device, the reference's autograd runs instead. The window output carries no gradient.
+for the device, the reference's autograd runs instead. The window output carries no gradient. The
+fused backward is told what is needed: no upstream gradient of lam' (a concretisation such as the
+first layer's bound) is passed as an empty tensor and never read, and d_lam (constant start rows) and
+the line gradients (the input box) are skipped when no input asks for them.
 """
 from __future__ import annotations
 
@@ -54,12 +57,13 @@ def fake(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, keep_window=Fa
     return out, lam.new_empty((P, B, R)), torch.empty_like(out) if keep_window else lam.new_empty((0,))
 
 
-def backward_fake(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, window, grad_lam, grad_bias):
+def backward_fake(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, window, grad_lam, grad_bias, lam_grad,
+                  line_grads):
     P, B = lam.shape[:2]
-    maps = lam.new_empty((P, B, *a_l.shape[2:]))
+    maps = (P, B, *a_l.shape[2:]) if line_grads else (0,)
     d_b = lam.new_empty((P, W.shape[1])) if b is not None else lam.new_empty((0,))
-    return (torch.empty_like(lam), lam.new_empty((P, *W.shape[1:])), d_b, maps, torch.empty_like(maps),
-            torch.empty_like(maps), torch.empty_like(maps))
+    return (torch.empty_like(lam) if lam_grad else lam.new_empty((0,)), lam.new_empty((P, *W.shape[1:])), d_b,
+            *(lam.new_empty(maps) for _ in range(4)))
 
 
 def setup_context(ctx, inputs, output):
@@ -92,14 +96,16 @@ def _fused_available(device: torch.device) -> bool:
 def backward(ctx, g_lam, g_bias, _g_window):
     *inputs, window = ctx.saved_tensors
     lam, W, b, a_l, c_l, a_u, c_u, origin = inputs
-    if g_lam is None:  # lam' unused (a concretisation): zeros of the shape the geometry gives
-        g_lam = lam.new_zeros(fake(lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry)[0].shape)
-    g_bias = lam.new_zeros(lam.shape[:3]) if g_bias is None else g_bias
-    if torch.is_grad_enabled() or window.shape != g_lam.shape or not _fused_available(lam.device):
-        return _reference_grads(ctx, inputs, g_lam, g_bias)
-    d_lam, d_W, d_b, *d_lines = torch.ops.gls.backsub_conv_relu_backward(
-        lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry, window, g_lam.contiguous(), g_bias.contiguous())
     need = ctx.needs_input_grad
+    g_bias = lam.new_zeros(lam.shape[:3]) if g_bias is None else g_bias
+    if torch.is_grad_enabled() or window.numel() == 0 or not _fused_available(lam.device):
+        if g_lam is None:  # lam' unused (a concretisation): zeros of the shape the geometry gives
+            g_lam = lam.new_zeros(fake(lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry)[0].shape)
+        return _reference_grads(ctx, inputs, g_lam, g_bias)
+    g_lam = lam.new_empty((0,)) if g_lam is None else g_lam.contiguous()  # empty: no gradient, nothing to read
+    d_lam, d_W, d_b, *d_lines = torch.ops.gls.backsub_conv_relu_backward(
+        lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry, window, g_lam, g_bias.contiguous(), need[0],
+        any(need[3:7]))
     grads = [d_lam if need[0] else None, reduce_members(d_W, W) if need[1] else None,
              reduce_members(d_b, b) if need[2] and b is not None else None]
     grads += [reduce_members(d, like) if need[i] else None for i, (d, like) in

@@ -187,14 +187,16 @@ inline BacksubConvShape check_backsub_conv(c10::DeviceType device, const at::Ten
 }
 
 // The kept window and upstream gradients of backsub_conv_relu_backward: window and grad_lam shaped like
-// the op's first output, grad_bias (P,B,R), all of lam's dtype and device.
+// the op's first output (grad_lam empty when lam' has no gradient), grad_bias (P,B,R), all of lam's dtype
+// and device.
 inline void check_backsub_conv_grads(c10::DeviceType device, const BacksubConvShape& s, const at::Tensor& lam,
                                      const at::Tensor& window, const at::Tensor& grad_lam, const at::Tensor& grad_bias) {
   const char* op = "backsub_conv_relu_backward";
   const std::array<int64_t, 6> windows{s.P, s.B, s.R, s.c_in, s.h2, s.w2};
   TORCH_CHECK(window.sizes() == at::IntArrayRef(windows), op, ": window must be the forward's kept window, of the shape of its first "
               "output, got ", window.sizes());
-  TORCH_CHECK(grad_lam.sizes() == at::IntArrayRef(windows), op, ": grad_lam must have the shape of the op's first output, got ",
+  TORCH_CHECK(grad_lam.numel() == 0 || grad_lam.sizes() == at::IntArrayRef(windows), op,
+              ": grad_lam must have the shape of the op's first output (or be empty: no gradient), got ",
               grad_lam.sizes());
   TORCH_CHECK(grad_bias.sizes() == at::IntArrayRef({s.P, s.B, s.R}), op, ": grad_bias must have shape (P,B,R), got ",
               grad_bias.sizes());
