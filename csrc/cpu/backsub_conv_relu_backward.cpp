@@ -73,8 +73,9 @@ void relax_window_backward_for(const T* up, const T* d_al, Args&&... args) {
     (d_al != nullptr ? relax_window_backward<T, false, true> : relax_window_backward<T, false, false>)(args...);
 }
 
-// Backward. Outputs: d_lam (P,B,R,C_out,h,w); d_W (tasks, C_out, C_in*kh*kw) partial sums per task;
-// d_b (tasks, C_out) likewise; line gradients (P,B,C_in,H,W), zero-initialised.
+// Backward. Outputs: d_lam (P,B,R,C_out,h,w) or null (not asked); d_W (tasks, C_out, C_in*kh*kw) partial
+// sums per task; d_b (tasks, C_out) likewise; line gradients (P,B,C_in,H,W), zero-initialised, or null.
+// grad_out null: lam' has no upstream gradient.
 template <typename T>
 void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, const T* W, const T* b, const T* a_l,
                    const T* c_l, const T* a_u, const T* c_u, const int64_t* origin, const T* window, const T* grad_out,

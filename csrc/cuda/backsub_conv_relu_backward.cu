@@ -2,8 +2,9 @@
 // maths in gls/meta/backsub_conv_relu.py, shared geometry in conv_windows.cuh).
 //
 // Backward, deterministic (no atomics), from the window g the forward kept: (1) per row block, write
-// dg = G A + h C to a scratch window, then d_lam = conv(dg, W) + h b from the row's dg; (2) one thread per map pixel of a
-// (member, sample) walks its rows in order and sums the line gradients G g, h g by the sign of g;
+// dg = G A + h C to a scratch window, then d_lam = conv(dg, W) + h b from the row's dg (when asked);
+// (2) when asked, one thread per map pixel of a (member, sample) walks its rows in order and sums the
+// line gradients G g, h g by the sign of g;
 // (3) one block per (member, filter tap or bias entry) reduces dW = sum lam (x) dg and db = sum h lam
 // over the member's rows in a fixed order.
 #include <ATen/Dispatch.h>
@@ -189,7 +190,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
     if (pixels > 0) {
       const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(pixels, kMaxThreads), 65535));
       conv_line_grad_kernel<scalar_t><<<blocks, kMaxThreads, 0, stream>>>(
-          args, pixels, oc.const_data_ptr<int64_t>(), gwin.const_data_ptr<scalar_t>(), up, gb.const_data_ptr<scalar_t>(), d_al.mutable_data_ptr<scalar_t>(), d_cl.mutable_data_ptr<scalar_t>(),
+          args, pixels, oc.const_data_ptr<int64_t>(), gwin.const_data_ptr<scalar_t>(), up, gb.const_data_ptr<scalar_t>(),
+          d_al.mutable_data_ptr<scalar_t>(), d_cl.mutable_data_ptr<scalar_t>(),
           d_au.mutable_data_ptr<scalar_t>(), d_cu.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

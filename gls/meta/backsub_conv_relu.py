@@ -28,7 +28,7 @@ from gls.meta._population import reduce_members
 from gls.reference import bound_ops as ref
 
 
-def check(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation, keep_window=False) -> tuple[int, ...]:
+def check(lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation) -> tuple[int, ...]:
     """The op's contract (shapes); returns (P, B, R, C_in, h', w') of the output windows."""
     op = "backsub_conv_relu"
     if lam.dim() != 6 or W.dim() != 5:
