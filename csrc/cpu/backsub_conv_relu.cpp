@@ -1,8 +1,8 @@
 // CPU kernel of gls::backsub_conv_relu: back-substitution of windowed rows through a convolution and
 // the ReLU feeding it (definition: gls/reference/bound_ops.py; geometry: conv_windows.h).
 //
-// Design: a task takes a block of rows of one member, writes the transposed coefficients of those
-// that are not all zero next to each other (zero rows get a zero window and constant) and gets all
+// Design: a task takes a block of rows of one member, copies the coefficients of those that are not
+// all zero next to each other, channel-major (zero rows get a zero window and constant), and gets all
 // their columns from one BLAS GEMM (MKL/OpenBLAS through at::mm on raw blocks,
 // single-threaded inside our parallel region); the fold and the ReLU epilogue then run per row while
 // its block is in cache. The epilogue reads the lines straight from the maps at the window's origin
@@ -32,7 +32,7 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
   const int64_t per_member = s.B * s.R, block = block_rows(g, s.c_out, sizeof(T));
   const int64_t blocks = (per_member + block - 1) / block;
   parallel_tasks(s.P * blocks, [&](const auto& next) {
-    std::vector<T> lamT(block * g.hw * s.c_out), cols(block * g.hw * g.K), acc(g.win);
+    std::vector<T> lamC(block * g.hw * s.c_out), cols(block * g.hw * g.K), acc(g.win);
     std::vector<int64_t> kept(block);
     for (int64_t task = next(); task < s.P * blocks; task = next()) {
       const int64_t p = task / blocks, r0 = p * per_member + task % blocks * block;
@@ -47,10 +47,12 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
         if (window != nullptr) std::fill(window + (r0 + r) * g.win, window + (r0 + r + 1) * g.win, T(0));
         bias[r0 + r] = T(0);
       }
-      transpose_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamT.data());
-      if (m > 0)
-        gemm_block<T>(m * g.hw, g.K, s.c_out, lamT.data(), s.c_out, W + (s.w_shared ? 0 : p) * g.filters, g.K, false,
-                      cols.data(), g.K);
+      gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data());
+      if (m > 0) {  // cols (m*hw, K) = lamC^T W
+        at::Tensor colsv = matrix_view(cols.data(), m * g.hw, g.K, g.K);
+        at::mm_out(colsv, matrix_view(lamC.data(), s.c_out, m * g.hw, m * g.hw).t(),
+                   matrix_view(W + (s.w_shared ? 0 : p) * g.filters, s.c_out, g.K, g.K));
+      }
       for (int64_t k = 0; k < m; ++k) {
         const int64_t row = r0 + kept[k], bi = row / s.R % s.B;
         fold<T>(s, g, cols.data() + k * g.hw * g.K, acc.data());

@@ -83,7 +83,7 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
   const Geometry g(s);
   const int64_t per_block = (s.B + b_blocks - 1) / b_blocks, block = block_rows(g, s.c_out, sizeof(T));
   parallel_tasks(s.P * b_blocks, [&](const auto& next) {
-    std::vector<T> lamT(block * g.hw * s.c_out), dcols(block * g.hw * g.K), dlamT(block * g.hw * s.c_out), dg(g.win);
+    std::vector<T> lamC(block * g.hw * s.c_out), dcols(block * g.hw * g.K), dlamC(block * g.hw * s.c_out), dg(g.win);
     std::vector<int64_t> kept(block);
     for (int64_t task = next(); task < s.P * b_blocks; task = next()) {
       const int64_t p = task / b_blocks, b0 = std::min(s.B, task % b_blocks * per_block);
@@ -104,7 +104,7 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           }
           if (d_lam != nullptr) std::fill(d_lam + row * g.lam_row, d_lam + (row + 1) * g.lam_row, T(0));
         }
-        transpose_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamT.data());
+        gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data());
         for (int64_t k = 0; k < m; ++k) {
           const int64_t row = r0 + kept[k], bi = row / s.R % s.B;
           const T* go = grad_out != nullptr ? grad_out + row * g.win : nullptr;
@@ -127,16 +127,20 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           }
         }
         if (m == 0) continue;
-        // dW (C_out, K) += lamT^T dcols; d_lam^T (m*hw, C_out) = dcols W^T
-        dW.addmm_(matrix_view(lamT.data(), m * g.hw, s.c_out, s.c_out).t(), matrix_view(dcols.data(), m * g.hw, g.K, g.K));
+        // dW (C_out, K) += lamC dcols; dlamC (C_out, m*hw) = W dcols^T, copied out per (row, channel)
+        const at::Tensor dcolsv = matrix_view(dcols.data(), m * g.hw, g.K, g.K);
+        dW.addmm_(matrix_view(lamC.data(), s.c_out, m * g.hw, m * g.hw), dcolsv);
         if (d_lam == nullptr) continue;
-        gemm_block<T>(m * g.hw, s.c_out, g.K, dcols.data(), g.K, W_p, g.K, true, dlamT.data(), s.c_out);
+        at::Tensor dlamv = matrix_view(dlamC.data(), s.c_out, m * g.hw, m * g.hw);
+        at::mm_out(dlamv, matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t());
         for (int64_t k = 0; k < m; ++k) {
           const T hb = grad_bias[r0 + kept[k]];
           T* dl = d_lam + (r0 + kept[k]) * g.lam_row;
-          for (int64_t co = 0; co < s.c_out; ++co)
-            for (int64_t q = 0; q < g.hw; ++q)
-              dl[co * g.hw + q] = dlamT[(k * g.hw + q) * s.c_out + co] + (b_p != nullptr ? hb * b_p[co] : T(0));
+          for (int64_t co = 0; co < s.c_out; ++co) {
+            const T* src = dlamC.data() + (co * m + k) * g.hw;
+            const T add = b_p != nullptr ? hb * b_p[co] : T(0);
+            for (int64_t q = 0; q < g.hw; ++q) dl[co * g.hw + q] = src[q] + add;
+          }
         }
       }
     }

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "gls/bound_checks.h"
 #include "vectorize.h"  // before the math headers: lets their branch-free selects vectorise
@@ -32,24 +34,33 @@ inline int64_t block_rows(const Geometry& g, int64_t c_out, int64_t elem) {
   return std::clamp<int64_t>((int64_t(256) << 10) / per_row, 1, 512);
 }
 
-// Whether n values are all exactly zero (NaN is not): such a row's window is zero, so the kernels
-// skip it (the padding rows of ragged per-sample row sets, gls/bounds.py, are such rows).
+// Whether n values are all exactly zero (-0 included, NaN not): such a row's window is zero, so the
+// kernels skip it (the padding rows of ragged per-sample row sets, gls/bounds.py, are such rows). The
+// bits of each chunk are OR-ed without a branch (the sign bit shifted out), so the test vectorises.
 template <typename T>
 inline bool all_zero(const T* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (x[i] != T(0)) return false;
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  for (int64_t i = 0; i < n; i += 64) {
+    Bits any = 0;
+    for (int64_t j = i; j < std::min<int64_t>(n, i + 64); ++j) {
+      Bits b;
+      std::memcpy(&b, x + j, sizeof b);
+      any |= b << 1;
+    }
+    if (any != 0) return false;
+  }
   return true;
 }
 
-// lamT (m*hw, C_out): the transposes of the rows kept[0..m) of a block (each (C_out, hw) at
-// lam_rows + kept[i] * lam_row), the left operand of the columns' GEMM and of the filter gradient's.
+// lamC (C_out, m*hw): the rows kept[0..m) of a block (each (C_out, hw) at lam_rows + kept[i] * lam_row)
+// side by side, channel-major, so each (row, channel) is one contiguous copy; the GEMMs read it as
+// its transpose (m*hw, C_out) or as it is.
 template <typename T>
-void transpose_rows(const BacksubConvShape& s, const Geometry& g, int64_t m, const int64_t* kept, const T* lam_rows,
-                    T* lamT) {
+void gather_rows(const BacksubConvShape& s, const Geometry& g, int64_t m, const int64_t* kept, const T* lam_rows,
+                 T* lamC) {
   for (int64_t r = 0; r < m; ++r) {
     const T* row = lam_rows + kept[r] * g.lam_row;
-    for (int64_t co = 0; co < s.c_out; ++co)
-      for (int64_t q = 0; q < g.hw; ++q) lamT[(r * g.hw + q) * s.c_out + co] = row[co * g.hw + q];
+    for (int64_t co = 0; co < s.c_out; ++co) std::copy(row + co * g.hw, row + (co + 1) * g.hw, lamC + (co * m + r) * g.hw);
   }
 }
 
