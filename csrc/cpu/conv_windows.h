@@ -60,7 +60,8 @@ void gather_rows(const BacksubConvShape& s, const Geometry& g, int64_t m, const 
                  T* lamC) {
   for (int64_t r = 0; r < m; ++r) {
     const T* row = lam_rows + kept[r] * g.lam_row;
-    for (int64_t co = 0; co < s.c_out; ++co) std::copy(row + co * g.hw, row + (co + 1) * g.hw, lamC + (co * m + r) * g.hw);
+    for (int64_t co = 0; co < s.c_out; ++co)
+      for (int64_t q = 0; q < g.hw; ++q) lamC[(co * m + r) * g.hw + q] = row[co * g.hw + q];  // short: no memmove call
   }
 }
 
@@ -158,7 +159,8 @@ GLS_SIMD_CLONES __attribute__((noinline)) T relax_window(const BacksubConvShape&
       if (!sp.inside(oy + y, s.H)) continue;
       const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, m = (ci * s.H + oy + y) * s.W + ox + sp.x0;
       relax_span<T>(sp.x1 - sp.x0, g + e, al + m, cl + m, au + m, cu + m, o + e, lane);
-      if (kept != nullptr) std::copy(g + e, g + e + (sp.x1 - sp.x0), kept + e);
+      if (kept != nullptr)
+        for (int64_t x = 0; x < sp.x1 - sp.x0; ++x) kept[e + x] = g[e + x];  // spans are short: no memmove call
     }
   return lane_sum(lane);
 }
