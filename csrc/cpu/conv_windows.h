@@ -140,27 +140,28 @@ inline void relax_span(int64_t n, const T* __restrict__ g, const T* __restrict__
 }
 
 // The ReLU epilogue of one row whose window g (C_in, h2, w2) starts at (oy, ox) of the map: o = relaxed
-// g inside the map and 0 outside, `kept` (unless null) = g inside and 0 outside; returns the constant,
-// relax_span's partial sums over the window's rows, summed once. Lines: the maps (C_in, H, W) of the row's (member, sample).
+// g inside the map and 0 outside, `window` (unless null) = g inside and 0 outside; returns the constant,
+// relax_span's partial sums over the window's rows, summed once. Lines: the maps (C_in, H, W) of the
+// row's (member, sample).
 // One call per row (the spans are short), compiled for every vector width (GLS_SIMD_CLONES).
 template <typename T>
 GLS_SIMD_CLONES __attribute__((noinline)) T relax_window(const BacksubConvShape& s, int64_t oy, int64_t ox,
                                                          const T* __restrict__ g, const T* __restrict__ al,
                                                          const T* __restrict__ cl, const T* __restrict__ au,
                                                          const T* __restrict__ cu, T* __restrict__ o,
-                                                         T* __restrict__ kept) {
+                                                         T* __restrict__ window) {
   const Span sp = span_of(s, ox);
   const int64_t win = s.c_in * s.h2 * s.w2;
   std::fill(o, o + win, T(0));
-  if (kept != nullptr) std::fill(kept, kept + win, T(0));
+  if (window != nullptr) std::fill(window, window + win, T(0));
   T lane[kLanes<T>] = {};
   for (int64_t ci = 0; ci < s.c_in; ++ci)
     for (int64_t y = 0; y < s.h2; ++y) {
       if (!sp.inside(oy + y, s.H)) continue;
       const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, m = (ci * s.H + oy + y) * s.W + ox + sp.x0;
       relax_span<T>(sp.x1 - sp.x0, g + e, al + m, cl + m, au + m, cu + m, o + e, lane);
-      if (kept != nullptr)
-        for (int64_t x = 0; x < sp.x1 - sp.x0; ++x) kept[e + x] = g[e + x];  // spans are short: no memmove call
+      if (window != nullptr)
+        for (int64_t x = 0; x < sp.x1 - sp.x0; ++x) window[e + x] = g[e + x];  // spans are short: no memmove call
     }
   return lane_sum(lane);
 }
