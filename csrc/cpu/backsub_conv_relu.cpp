@@ -3,7 +3,7 @@
 //
 // Design: a task takes a block of rows of one member, copies the coefficients of those that are not
 // all zero next to each other, channel-major (zero rows get a zero window and constant), and gets all
-// their columns from one BLAS GEMM (MKL/OpenBLAS through at::mm on raw blocks,
+// their columns from one GEMM (blocking.h's Gemm: oneDNN or BLAS on raw blocks,
 // single-threaded inside our parallel region); the fold and the ReLU epilogue then run per row while
 // its block is in cache. The epilogue reads the lines straight from the maps at the window's origin
 // (zero outside the map), one contiguous span per window row, so no window of the lines is ever
@@ -31,6 +31,7 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
   const Geometry g(s);
   const int64_t per_member = s.B * s.R, block = block_rows(g, s.c_out, sizeof(T));
   const int64_t blocks = (per_member + block - 1) / block;
+  const Gemm gemm;
   parallel_tasks(s.P * blocks, [&](const auto& next) {
     std::vector<T> lamC(block * g.hw * s.c_out), cols(block * g.hw * g.K), acc(g.win);
     std::vector<int64_t> kept(block);
@@ -49,9 +50,8 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
       }
       gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data());
       if (m > 0) {  // cols (m*hw, K) = lamC^T W
-        at::Tensor colsv = matrix_view(cols.data(), m * g.hw, g.K, g.K);
-        at::mm_out(colsv, matrix_view(lamC.data(), s.c_out, m * g.hw, m * g.hw).t(),
-                   matrix_view(W + (s.w_shared ? 0 : p) * g.filters, s.c_out, g.K, g.K));
+        gemm(matrix_view(cols.data(), m * g.hw, g.K, g.K), matrix_view(lamC.data(), s.c_out, m * g.hw, m * g.hw).t(),
+             matrix_view(W + (s.w_shared ? 0 : p) * g.filters, s.c_out, g.K, g.K));
       }
       for (int64_t k = 0; k < m; ++k) {
         const int64_t row = r0 + kept[k], bi = row / s.R % s.B;

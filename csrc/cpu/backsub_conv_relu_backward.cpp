@@ -10,7 +10,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -82,6 +81,7 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
                    const T* grad_bias, T* d_lam, T* d_W, T* d_b, T* d_al, T* d_cl, T* d_au, T* d_cu) {
   const Geometry g(s);
   const int64_t per_block = (s.B + b_blocks - 1) / b_blocks, block = block_rows(g, s.c_out, sizeof(T));
+  const Gemm gemm;
   parallel_tasks(s.P * b_blocks, [&](const auto& next) {
     std::vector<T> lamC(block * g.hw * s.c_out), dcols(block * g.hw * g.K), dlamC(block * g.hw * s.c_out), dg(g.win);
     std::vector<int64_t> kept(block);
@@ -129,10 +129,9 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
         if (m == 0) continue;
         // dW (C_out, K) += lamC dcols; dlamC (C_out, m*hw) = W dcols^T, copied out per (row, channel)
         const at::Tensor dcolsv = matrix_view(dcols.data(), m * g.hw, g.K, g.K);
-        dW.addmm_(matrix_view(lamC.data(), s.c_out, m * g.hw, m * g.hw), dcolsv);
+        gemm(dW, matrix_view(lamC.data(), s.c_out, m * g.hw, m * g.hw), dcolsv, true);
         if (d_lam == nullptr) continue;
-        at::Tensor dlamv = matrix_view(dlamC.data(), s.c_out, m * g.hw, m * g.hw);
-        at::mm_out(dlamv, matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t());
+        gemm(matrix_view(dlamC.data(), s.c_out, m * g.hw, m * g.hw), matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t());
         for (int64_t k = 0; k < m; ++k) {
           const T hb = grad_bias[r0 + kept[k]];
           T* dl = d_lam + (r0 + kept[k]) * g.lam_row;

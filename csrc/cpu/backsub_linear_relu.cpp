@@ -1,11 +1,11 @@
 // CPU kernel of gls::backsub_linear_relu: lam <- relax(lam W), bias <- lam.b + relaxation constants.
 //
-// Design: for each population member and block of rows (specs), one BLAS GEMM (MKL/OpenBLAS through
-// at::mm_out on raw blocks, single-threaded inside our parallel region) writes the block of lam W straight into
+// Design: for each population member and block of rows (specs), one GEMM (blocking.h's Gemm: oneDNN or
+// BLAS on raw blocks, single-threaded inside our parallel region) writes the block of lam W straight into
 // its place in the output, sized to stay in L2; the sign-split epilogue then rewrites that block in
 // place while it is still cached and reduces the bias row sums. The unrelaxed lam W never makes a round
-// trip to main memory and no temporaries are allocated. A hand-written loop cannot reach BLAS speed
-// here: the build targets baseline x86-64 (no -march), while BLAS picks AVX2/AVX-512 kernels at run time.
+// trip to main memory and no temporaries are allocated. A hand-written loop cannot reach the GEMM libraries'
+// speed here: the build targets baseline x86-64 (no -march), while they pick AVX2/AVX-512 kernels at run time.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -57,6 +57,7 @@ void backsub_cpu_impl(const BacksubShape& s, const T* lam, const T* W, const T* 
   const int64_t w_stride = s.w_shared ? 0 : n_out * n_in;
   const int64_t b_stride = s.b_shared ? 0 : n_out;
   const int64_t r_stride = s.relax_shared ? 0 : s.B * n_in;
+  const Gemm gemm;
   at::parallel_for(0, s.P * blocks_per_member, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t p = task / blocks_per_member;
@@ -65,14 +66,14 @@ void backsub_cpu_impl(const BacksubShape& s, const T* lam, const T* W, const T* 
       T* out_p = out + (p * rows + r0) * n_in;
       if (n_in > 0) {
         if (n_out > 0) {
-          gemm_block<T>(r1 - r0, n_in, n_out, lam_p, n_out, W + p * w_stride, n_in, false, out_p, n_in);
+          gemm_block<T>(gemm, r1 - r0, n_in, n_out, lam_p, n_out, W + p * w_stride, n_in, false, out_p, n_in);
         } else {
           std::fill(out_p, out_p + (r1 - r0) * n_in, T(0));
         }
       }
       T* bias_p = bias + p * rows + r0;
       if (b != nullptr && n_out > 0) {  // bias = lam . b for the block's rows: one GEMV
-        gemm_block<T>(r1 - r0, 1, n_out, lam_p, n_out, b + p * b_stride, 1, false, bias_p, 1);
+        gemm_block<T>(gemm, r1 - r0, 1, n_out, lam_p, n_out, b + p * b_stride, 1, false, bias_p, 1);
       } else {
         std::fill(bias_p, bias_p + (r1 - r0), T(0));
       }

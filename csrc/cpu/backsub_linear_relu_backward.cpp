@@ -3,7 +3,7 @@
 //
 // Tasks are (member, block of batch entries): the block's S rows per batch entry share one relaxation
 // row, so a task owns its rows of the relaxation gradients (no races, fixed summation order). g is
-// written by BLAS into the dg output block while it fits in L2 and rewritten in place.
+// written by one GEMM (blocking.h) into the dg output block while it fits in L2 and rewritten in place.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -71,6 +71,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backsub_backward_cpu(const Te
     const int64_t batch = row_block(s.B, s.P, std::max<int64_t>(S, 1) * n_in * int64_t(sizeof(T)));
     const int64_t blocks = (s.B + batch - 1) / batch;
     const int64_t w_stride = s.w_shared ? 0 : n_out * n_in, r_stride = s.relax_shared ? 0 : s.B * n_in;
+    const Gemm gemm;
     at::parallel_for(0, s.P * blocks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t p = task / blocks, b0 = (task % blocks) * batch, b1 = std::min(s.B, b0 + batch);
@@ -78,7 +79,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backsub_backward_cpu(const Te
         T* g = dgp + (p * rows + r0) * n_in;
         if (nr > 0 && n_in > 0) {
           if (n_out > 0) {
-            gemm_block<T>(nr, n_in, n_out, lp + (p * rows + r0) * n_out, n_out, wp + p * w_stride, n_in, false, g, n_in);
+            gemm_block<T>(gemm, nr, n_in, n_out, lp + (p * rows + r0) * n_out, n_out, wp + p * w_stride, n_in, false, g, n_in);
           } else {
             std::fill(g, g + nr * n_in, T(0));
           }

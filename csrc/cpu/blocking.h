@@ -2,14 +2,23 @@
 // partial-sum width of row reductions (fixed, so results do not depend on the vector width).
 #pragma once
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+
+namespace at::native {
+// oneDNN's matmul, result = beta * result + alpha * mat1 @ mat2: exported by libtorch_cpu (TORCH_API) but
+// without an installed header. Weak, so that a torch without it still loads gls (the GEMMs then use BLAS).
+TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result, float beta,
+                             float alpha) __attribute__((weak));
+}  // namespace at::native
 
 namespace gls {
 
@@ -41,14 +50,45 @@ at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
-// C = A @ B on raw blocks through ATen's BLAS (MKL/OpenBLAS; runs single-threaded inside our
-// parallel_for). `b_transposed`: B is stored as its (cols x k) transpose. Per-call overhead is ~1 us.
+// GEMMs on matrix views, c = a @ b (c += a @ b with `accumulate`), single-threaded inside our parallel
+// region. float32 GEMMs of at least kOneDnnMacs multiply-adds go to oneDNN's matmul, smaller ones and
+// float64 to ATen's BLAS (MKL/OpenBLAS). Measured on an AMD EPYC (bench/results): oneDNN's JIT kernels
+// use AVX-512 where MKL does not, 1.5-2.6x MKL's sgemm on the back-substitution GEMMs, but its ~10 us
+// per call loses below ~1M multiply-adds. oneDNN is used only where torch would use it in float32
+// arithmetic: torch.backends.mkldnn enabled (the switch that turns it off) and its float32 matmul
+// precision at the default "ieee"/"none" (not bf16/tf32); the numbers then differ from BLAS's by rounding.
+// Fix the choice once per op call (it reads torch's global settings).
+class Gemm {
+ public:
+  static constexpr int64_t kOneDnnMacs = int64_t(1) << 20;
+
+  Gemm() {
+    const auto precision = at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL);
+    onednn_ = &at::native::mkldnn_matmul != nullptr && at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() &&
+              (precision == at::Float32Precision::NONE || precision == at::Float32Precision::IEEE);
+  }
+
+  void operator()(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, bool accumulate = false) const {
+    if (onednn_ && a.scalar_type() == at::kFloat && a.size(0) * a.size(1) * b.size(1) >= kOneDnnMacs) {
+      at::native::mkldnn_matmul(a, b, c, accumulate ? 1.f : 0.f, 1.f);
+    } else if (accumulate) {
+      c.addmm_(a, b);
+    } else {
+      at::Tensor out = c;  // a handle to the same view
+      at::mm_out(out, a, b);
+    }
+  }
+
+ private:
+  bool onednn_ = false;
+};
+
+// C = A @ B on raw blocks through `gemm`. `b_transposed`: B is stored as its (cols x k) transpose.
 template <typename T>
-void gemm_block(int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed,
-                T* C, int64_t ldc) {
-  at::Tensor c = matrix_view(C, m, n, ldc);
+void gemm_block(const Gemm& gemm, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb,
+                bool b_transposed, T* C, int64_t ldc) {
   const at::Tensor b = b_transposed ? matrix_view(B, n, k, ldb).t() : matrix_view(B, k, n, ldb);
-  at::mm_out(c, matrix_view(A, m, k, lda), b);
+  gemm(matrix_view(C, m, n, ldc), matrix_view(A, m, k, lda), b);
 }
 
 // Partial sums per row reduction: one cache line of T, enough for AVX-512 with no reassociation.

@@ -1,7 +1,7 @@
 // Window geometry of the CPU kernels of backsub_conv_relu and its backward (csrc/cpu/backsub_conv_relu.cpp,
 // backsub_conv_relu_backward.cpp): a row's transposed convolution is its columns cols (h*w, K =
 // C_in*kh*kw) = lam_row^T W, folded back onto the (C_in, h', w') window (col2im); a block of rows gets
-// its columns from one BLAS GEMM; the ReLU epilogue runs over the contiguous span of each window row
+// its columns from one GEMM (blocking.h); the ReLU epilogue runs over the contiguous span of each window row
 // that lies inside the map. The backward unfolds (im2col) the window's gradient the same way.
 #pragma once
 

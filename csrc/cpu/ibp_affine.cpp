@@ -2,7 +2,7 @@
 //
 // Tasks are (member, block of W's rows, block of batch rows). A task takes |W| of its W block into a
 // thread-local buffer sized for L2 (kept while the thread's next tasks need the same block) and runs
-// both products on it (BLAS through at::mm_out on raw blocks) while it is cached, so W is read from
+// both products on it (blocking.h's Gemm on raw blocks) while it is cached, so W is read from
 // memory once for both. When W and b are shared and mid and rad are per member, the population is
 // folded into the batch (one member with P*B rows: larger GEMMs).
 #include <ATen/Dispatch.h>
@@ -45,6 +45,7 @@ void ibp_affine_cpu_impl(IbpAffineShape s, const T* mid, const T* rad, const T* 
   const int64_t mid_stride = s.mid_shared ? 0 : B * n_in, rad_stride = s.rad_shared ? 0 : B * n_in;
   const int64_t w_stride = s.w_shared ? 0 : n_out * n_in, b_stride = s.b_shared ? 0 : n_out;
   // Tasks ordered (member, column block, row block): a thread's consecutive tasks reuse its |W| block.
+  const Gemm gemm;
   at::parallel_for(0, s.P * col_blocks * row_blocks, 1, [&](int64_t begin, int64_t end) {
     std::unique_ptr<T[]> abs_w(new T[cols * n_in]);
     int64_t abs_of = -1;  // the (member, column block) whose |W| is in abs_w
@@ -60,8 +61,8 @@ void ibp_affine_cpu_impl(IbpAffineShape s, const T* mid, const T* rad, const T* 
           abs_block(w, abs_w.get(), nc * n_in);
           abs_of = pc;
         }
-        gemm_block<T>(nr, nc, n_in, mid + p * mid_stride + r0 * n_in, n_in, w, n_in, true, mo, n_out);
-        gemm_block<T>(nr, nc, n_in, rad + p * rad_stride + r0 * n_in, n_in, abs_w.get(), n_in, true, ro, n_out);
+        gemm_block<T>(gemm, nr, nc, n_in, mid + p * mid_stride + r0 * n_in, n_in, w, n_in, true, mo, n_out);
+        gemm_block<T>(gemm, nr, nc, n_in, rad + p * rad_stride + r0 * n_in, n_in, abs_w.get(), n_in, true, ro, n_out);
       } else {
         for (int64_t i = 0; i < nr; ++i) {  // empty sums
           std::fill(mo + i * n_out, mo + i * n_out + nc, T(0));

@@ -1,0 +1,127 @@
+"""The GEMMs of the CPU kernels (csrc/cpu/blocking.h, Gemm): float32 GEMMs of at least 2^20 multiply-adds
+go to oneDNN's matmul, smaller ones and float64 to BLAS, and torch.backends.mkldnn's switch turns oneDNN
+off. Shapes here are large enough for the oneDNN path (the kernel tests' odd shapes mostly stay on BLAS):
+both paths give the reference's numbers, forward and gradients, and the thread count changes no bit.
+"""
+import contextlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conv_windows import conv_args
+from gls import native, ops
+from gls.reference import bound_ops as ref
+
+pytestmark = [
+    pytest.mark.skipif(not native.has_op("backsub_conv_relu_backward"), reason="gls._C not built"),
+    pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN"),
+]
+
+# 3x3 windows of 32 channels through a 4x4 stride-2 convolution to 16 channels, 240 rows per member, half
+# of them zero (padding): blocks of 107 rows (csrc/cpu/conv_windows.h), so a full block's forward GEMM is
+# (54*9 x 32) @ (32 x 256), 4M multiply-adds (oneDNN), and the last one's 13 rows go to BLAS; the
+# backward accumulates dW over both.
+CONV = (2, 2, 2, 1, 240, 32, 16, 3, 3, (4, 4), 9, 9, (2, 2), (1, 1), True, False)
+TOL = dict(rtol=1e-5, atol=1e-4)
+
+
+def _conv_args():
+    torch.manual_seed(0)
+    lam, *rest = conv_args(CONV, torch.float32)
+    lam[:, :, ::2] = 0
+    return (lam, *rest)
+
+
+def _linear_args():
+    """backsub_linear_relu with 512 rows per member (64 samples x 8 specs) through a 128 x 256 layer."""
+    torch.manual_seed(0)
+    P, B, S, n_out, n_in = 2, 64, 8, 128, 256
+    lines = [torch.randn(P, B, n_in) for _ in range(4)]
+    return (torch.randn(P, B, S, n_out), torch.randn(P, n_out, n_in) / 16, torch.randn(P, n_out), *lines)
+
+
+def _ibp_args():
+    torch.manual_seed(0)
+    return torch.randn(1, 256, 512), torch.rand(1, 256, 512), torch.randn(2, 128, 512) / 20, torch.randn(2, 128)
+
+
+@contextlib.contextmanager
+def mkldnn(enabled: bool):
+    """torch.backends.mkldnn.enabled set for the block (its flags() also sets TF32 and warns)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def _outputs_and_grads(fn, args, n_leaves):
+    """fn(*args) and the gradients of a random weighting of its outputs w.r.t. the first n_leaves args."""
+    leaves = [a.detach().requires_grad_(True) for a in args[:n_leaves]]
+    out = fn(*leaves, *args[n_leaves:])[:2]
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((o * torch.randn(o.shape, generator=gen)).sum() for o in out)
+    return [o.detach() for o in out] + list(torch.autograd.grad(loss, leaves))
+
+
+CALLS = {
+    "backsub_conv_relu": (_conv_args, 7, lambda *a: ops.backsub_conv_relu(*a, backend="cpp"), ref.backsub_conv_relu),
+    "backsub_linear_relu": (_linear_args, 7, lambda *a: ops.backsub_linear_relu(*a, backend="cpp"),
+                            ref.backsub_linear_relu),
+    "ibp_affine": (_ibp_args, 4, lambda *a: ops.ibp_affine(*a, backend="cpp"), ref.ibp_affine),
+}
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "blas"])
+@pytest.mark.parametrize("name", list(CALLS))
+def test_both_gemm_paths_match_the_reference(name, onednn):
+    make, n_leaves, kernel, reference = CALLS[name]
+    args = make()
+    with mkldnn(onednn):
+        got = _outputs_and_grads(kernel, args, n_leaves)
+    want = _outputs_and_grads(reference, args, n_leaves)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """oneDNN runs single-threaded inside the kernels' parallel regions, on tasks fixed by the shapes."""
+    results, threads = [], torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append([t for name, (make, k, kernel, _) in CALLS.items()
+                            for t in _outputs_and_grads(kernel, make(), k)])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+_PROBE = """
+import torch, sys
+sys.path.insert(0, {tests!r})
+import test_cpu_gemm as t
+torch.set_num_threads(1)
+with t.mkldnn({enabled}):
+    for make, k, kernel, _ in t.CALLS.values():
+        t._outputs_and_grads(kernel, make(), k)
+"""
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_onednn_runs_the_large_gemms_unless_switched_off(enabled):
+    """oneDNN's verbose log lists a matmul for every op here when enabled, and none when switched off."""
+    env = dict(os.environ, ONEDNN_VERBOSE="1")
+    code = _PROBE.format(tests=os.path.dirname(__file__), enabled=enabled)
+    log = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert log.returncode == 0, log.stderr[-2000:]
+    matmuls = [line for line in log.stdout.splitlines() if line.startswith("onednn_verbose") and ",exec,cpu,matmul," in line]
+    if enabled:
+        assert len(matmuls) >= 6, log.stdout[-2000:]  # at least a forward and a backward GEMM per op
+    else:
+        assert not matmuls
