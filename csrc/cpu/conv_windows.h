@@ -67,35 +67,61 @@ void gather_rows(const BacksubConvShape& s, const Geometry& g, int64_t m, const 
   }
 }
 
+// Runs f.template operator()<KW>() with KW = kw for the common kernel widths 1-7 at unit horizontal
+// dilation, else KW = 0 (run-time width and dilation). fold and unfold move one kw-wide run of taps at a
+// time; a compile-time width turns the run into a few vector instructions instead of a short loop.
+template <typename F>
+void with_tap_width(const BacksubConvShape& s, F&& f) {
+  if (s.d1 == 1) {
+    switch (s.kw) {
+      case 1: return f.template operator()<1>();
+      case 2: return f.template operator()<2>();
+      case 3: return f.template operator()<3>();
+      case 4: return f.template operator()<4>();
+      case 5: return f.template operator()<5>();
+      case 6: return f.template operator()<6>();
+      case 7: return f.template operator()<7>();
+      default: break;
+    }
+  }
+  f.template operator()<0>();
+}
+
 // acc (C_in, h2, w2) = the fold (col2im) of one row's columns (hw, K).
 template <typename T>
 void fold(const BacksubConvShape& s, const Geometry& g, const T* __restrict__ cols, T* __restrict__ acc) {
   std::fill(acc, acc + g.win, T(0));
-  for (int64_t q = 0; q < g.hw; ++q) {
-    const int64_t y0 = q / s.w * s.s0, x0 = q % s.w * s.s1;
-    const T* col = cols + q * g.K;
-    for (int64_t ci = 0; ci < s.c_in; ++ci)
-      for (int64_t ky = 0; ky < s.kh; ++ky) {
-        T* dst = acc + (ci * s.h2 + y0 + ky * s.d0) * s.w2 + x0;
-        const T* src = col + (ci * s.kh + ky) * s.kw;
-        for (int64_t kx = 0; kx < s.kw; ++kx) dst[kx * s.d1] += src[kx];
-      }
-  }
+  with_tap_width(s, [&]<int64_t KW>() {
+    const int64_t kw = KW > 0 ? KW : s.kw, d1 = KW > 0 ? 1 : s.d1;
+    for (int64_t q = 0; q < g.hw; ++q) {
+      const int64_t y0 = q / s.w * s.s0, x0 = q % s.w * s.s1;
+      const T* col = cols + q * g.K;
+      for (int64_t ci = 0; ci < s.c_in; ++ci)
+        for (int64_t ky = 0; ky < s.kh; ++ky) {
+          T* dst = acc + (ci * s.h2 + y0 + ky * s.d0) * s.w2 + x0;
+          const T* src = col + (ci * s.kh + ky) * kw;
+          for (int64_t kx = 0; kx < kw; ++kx) dst[kx * d1] += src[kx];
+        }
+    }
+  });
 }
 
 // The columns (hw, K) that the window's taps read from a map dg (C_in, h2, w2) (im2col).
 template <typename T>
 void unfold(const BacksubConvShape& s, const Geometry& g, const T* __restrict__ dg, T* __restrict__ cols) {
-  for (int64_t q = 0; q < g.hw; ++q) {
-    const int64_t y0 = q / s.w * s.s0, x0 = q % s.w * s.s1;
-    T* col = cols + q * g.K;
-    for (int64_t ci = 0; ci < s.c_in; ++ci)
-      for (int64_t ky = 0; ky < s.kh; ++ky) {
-        const T* src = dg + (ci * s.h2 + y0 + ky * s.d0) * s.w2 + x0;
-        T* dst = col + (ci * s.kh + ky) * s.kw;
-        for (int64_t kx = 0; kx < s.kw; ++kx) dst[kx] = src[kx * s.d1];
-      }
-  }
+  with_tap_width(s, [&]<int64_t KW>() {
+    const int64_t kw = KW > 0 ? KW : s.kw, d1 = KW > 0 ? 1 : s.d1;
+    for (int64_t q = 0; q < g.hw; ++q) {
+      const int64_t y0 = q / s.w * s.s0, x0 = q % s.w * s.s1;
+      T* col = cols + q * g.K;
+      for (int64_t ci = 0; ci < s.c_in; ++ci)
+        for (int64_t ky = 0; ky < s.kh; ++ky) {
+          const T* src = dg + (ci * s.h2 + y0 + ky * s.d0) * s.w2 + x0;
+          T* dst = col + (ci * s.kh + ky) * kw;
+          for (int64_t kx = 0; kx < kw; ++kx) dst[kx] = src[kx * d1];
+        }
+    }
+  });
 }
 
 // sum_co b[co] * sum_window lam_row[co]: the constant the convolution's bias adds to the row.
