@@ -45,7 +45,7 @@ GLS_SIMD_CLONES __attribute__((noinline)) void relax_window_backward(
       for (int64_t x = 0; x < sp.x1 - sp.x0; ++x) {
         const T v = g[e + x];
         if constexpr (kLines) {
-          const T u = kUp ? up[e + x] : T(0), pos = positive_part(v), neg = v - pos;
+          const T u = kUp ? up[e + x] : T(0), pos = select_positive(v, v, T(0)), neg = v - pos;
           if constexpr (kUp) {
             d_al[m + x] += u * pos;
             d_au[m + x] += u * neg;
@@ -58,7 +58,7 @@ GLS_SIMD_CLONES __attribute__((noinline)) void relax_window_backward(
           on_pos += up[e + x] * al[m + x];
           on_neg += up[e + x] * au[m + x];
         }
-        dg[e + x] = v >= T(0) ? on_pos : on_neg;
+        dg[e + x] = select_positive(v, on_pos, on_neg, true);
       }
     }
 }

@@ -54,6 +54,21 @@ inline bool all_zero(const T* x, int64_t n) {
   return true;
 }
 
+// v > 0 ? a : b (v >= 0 ? a : b with or_zero) through a bit mask. As ternaries, GCC branches in the scalar
+// loops of the short window spans, where the sign of v is random (a mispredicted branch every other
+// element). positive_part(v) is select_positive(v, v, 0).
+template <typename T>
+inline T select_positive(T v, T a, T b, bool or_zero = false) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  Bits ba, bb;
+  std::memcpy(&ba, &a, sizeof a);
+  std::memcpy(&bb, &b, sizeof b);
+  const Bits mask = Bits(0) - Bits(or_zero ? v >= T(0) : v > T(0)), bits = (ba & mask) | (bb & ~mask);
+  T out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
 // lamC (C_out, m*hw): the rows kept[0..m) of a block (each (C_out, hw) at lam_rows + kept[i] * lam_row)
 // side by side, channel-major, so each (row, channel) is one contiguous copy; the GEMMs read it as
 // its transpose (m*hw, C_out) or as it is.
