@@ -176,7 +176,7 @@ inline void relax_span(int64_t n, const T* __restrict__ g, const T* __restrict__
       lane[l] += sign_split(pos, neg, cl[x + l], cu[x + l]);
     }
   for (int64_t l = 0; x < n; ++x, ++l) {
-    const T v = g[x], pos = positive_part(v), neg = v - pos;
+    const T v = g[x], pos = select_positive(v, v, T(0)), neg = v - pos;
     o[x] = sign_split(pos, neg, al[x], au[x]);
     lane[l] += sign_split(pos, neg, cl[x], cu[x]);
   }
