@@ -43,9 +43,12 @@ def _linear_args():
     return (torch.randn(P, B, S, n_out), torch.randn(P, n_out, n_in) / 16, torch.randn(P, n_out), *lines)
 
 
-def _ibp_args():
+def _ibp_args(n_in=512):
+    """ibp_affine of 256 inputs through 128 x n_in layers; n_in = 4096 splits W into blocks of 32 rows, so
+    each GEMM writes a column block of the output (a strided view)."""
     torch.manual_seed(0)
-    return torch.randn(1, 256, 512), torch.rand(1, 256, 512), torch.randn(2, 128, 512) / 20, torch.randn(2, 128)
+    return (torch.randn(1, 256, n_in), torch.rand(1, 256, n_in), torch.randn(2, 128, n_in) / n_in ** 0.5,
+            torch.randn(2, 128))
 
 
 @contextlib.contextmanager
@@ -73,6 +76,8 @@ CALLS = {
     "backsub_linear_relu": (_linear_args, 7, lambda *a: ops.backsub_linear_relu(*a, backend="cpp"),
                             ref.backsub_linear_relu),
     "ibp_affine": (_ibp_args, 4, lambda *a: ops.ibp_affine(*a, backend="cpp"), ref.ibp_affine),
+    "ibp_affine_column_blocks": (lambda: _ibp_args(4096), 4, lambda *a: ops.ibp_affine(*a, backend="cpp"),
+                                 ref.ibp_affine),
 }
 
 
@@ -108,20 +113,26 @@ sys.path.insert(0, {tests!r})
 import test_cpu_gemm as t
 torch.set_num_threads(1)
 with t.mkldnn({enabled}):
-    for make, k, kernel, _ in t.CALLS.values():
+    for name, (make, k, kernel, _) in t.CALLS.items():
+        print("op", name, flush=True)
         t._outputs_and_grads(kernel, make(), k)
 """
 
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_onednn_runs_the_large_gemms_unless_switched_off(enabled):
-    """oneDNN's verbose log lists a matmul for every op here when enabled, and none when switched off."""
+    """oneDNN's verbose log lists matmuls for every op here when enabled, and none when switched off."""
     env = dict(os.environ, ONEDNN_VERBOSE="1")
     code = _PROBE.format(tests=os.path.dirname(__file__), enabled=enabled)
     log = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert log.returncode == 0, log.stderr[-2000:]
-    matmuls = [line for line in log.stdout.splitlines() if line.startswith("onednn_verbose") and ",exec,cpu,matmul," in line]
-    if enabled:
-        assert len(matmuls) >= 6, log.stdout[-2000:]  # at least a forward and a backward GEMM per op
-    else:
-        assert not matmuls
+    matmuls, op = {}, None
+    for line in log.stdout.splitlines():
+        if line.startswith("op "):
+            op = line[3:]
+            matmuls[op] = 0
+        elif line.startswith("onednn_verbose") and ",exec,cpu,matmul," in line:
+            matmuls[op] += 1
+    assert set(matmuls) == set(CALLS), log.stdout[-2000:]
+    for op, n in matmuls.items():
+        assert (n > 0) == enabled, (op, n)

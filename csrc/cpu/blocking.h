@@ -52,9 +52,9 @@ at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {
 
 // GEMMs on matrix views, c = a @ b (c += a @ b with `accumulate`), single-threaded inside our parallel
 // region. float32 GEMMs of at least kOneDnnMacs multiply-adds go to oneDNN's matmul, smaller ones and
-// float64 to ATen's BLAS (MKL/OpenBLAS). Measured on an AMD EPYC (bench/results): oneDNN's JIT kernels
-// use AVX-512 where MKL does not, 1.5-2.6x MKL's sgemm on the back-substitution GEMMs, but its ~10 us
-// per call loses below ~1M multiply-adds. oneDNN is used only where torch would use it in float32
+// float64 to ATen's BLAS (MKL/OpenBLAS). Measured on one core of the AMD EPYC of bench/results: oneDNN's
+// JIT kernels use AVX-512 where MKL does not, 144-223 against 64-98 GFLOP/s on the back-substitution
+// GEMMs, but its ~10 us per call loses below ~1M multiply-adds. oneDNN is used only where torch would use it in float32
 // arithmetic: torch.backends.mkldnn enabled (the switch that turns it off) and its float32 matmul
 // precision at the default "ieee"/"none" (not bf16/tf32); the numbers then differ from BLAS's by rounding.
 // Fix the choice once per op call (it reads torch's global settings).
