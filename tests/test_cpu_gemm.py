@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from bound_op_cases import grads, leaf_args
 from conv_windows import conv_args
 from gls import native, ops
 from gls.reference import bound_ops as ref
@@ -63,12 +64,10 @@ def mkldnn(enabled: bool):
 
 
 def _outputs_and_grads(fn, args, n_leaves):
-    """fn(*args) and the gradients of a random weighting of its outputs w.r.t. the first n_leaves args."""
-    leaves = [a.detach().requires_grad_(True) for a in args[:n_leaves]]
-    out = fn(*leaves, *args[n_leaves:])[:2]
-    gen = torch.Generator().manual_seed(1)
-    loss = sum((o * torch.randn(o.shape, generator=gen)).sum() for o in out)
-    return [o.detach() for o in out] + list(torch.autograd.grad(loss, leaves))
+    """fn(*args)'s two outputs and their gradients (bound_op_cases.grads) w.r.t. the first n_leaves args."""
+    leaves = leaf_args(args[:n_leaves])
+    call = lambda *t: fn(*t, *args[n_leaves:])[:2]  # noqa: E731
+    return [o.detach() for o in call(*leaves)] + grads(call, leaves)
 
 
 CALLS = {
