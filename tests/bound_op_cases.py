@@ -1,5 +1,6 @@
-"""What the bound-op tests share (test_backsub_linear_relu, test_concretize, test_ibp_affine): tolerances,
-random relaxations, and gradients of an op against the reference."""
+"""What the bound-op tests share (test_backsub_linear_relu, test_concretize, test_ibp_affine,
+test_backsub_conv_relu, test_cpu_gemm): tolerances, random relaxations, gradients of an op against the
+reference, and results per torch thread count."""
 import torch
 
 from gls.reference import bound_ops as ref
@@ -34,3 +35,16 @@ def grads(fn, args):
 
 def leaf_args(args):
     return [a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args]
+
+
+def per_thread_count(fn, counts=(1, 2)):
+    """[fn() run with n torch threads for n in counts], the thread count restored afterwards: the CPU
+    kernels promise the same bits on every count."""
+    before, results = torch.get_num_threads(), []
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            results.append(fn())
+    finally:
+        torch.set_num_threads(before)
+    return results

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bound_op_cases import per_thread_count
 from conv_windows import CASES, case_id, conv_args
 from gls import native, ops, windows
 from gls.reference import bound_ops as ref
@@ -272,16 +273,12 @@ def test_cpu_results_do_not_depend_on_the_thread_count():
     args = _zero_rows(conv_args(LARGE, torch.float32))
     out = ref.backsub_conv_relu(*args)
     g_lam, g_bias = torch.randn_like(out[0]), torch.randn_like(out[1])
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            fwd = torch.ops.gls.backsub_conv_relu(*args, True)
-            results.append((*fwd, *torch.ops.gls.backsub_conv_relu_backward(*args, fwd[2], g_lam, g_bias, True, True)))
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(*results):
+
+    def forward_and_backward():
+        fwd = torch.ops.gls.backsub_conv_relu(*args, True)
+        return (*fwd, *torch.ops.gls.backsub_conv_relu_backward(*args, fwd[2], g_lam, g_bias, True, True))
+
+    for a, b in zip(*per_thread_count(forward_and_backward)):
         assert torch.equal(a, b)
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from bound_op_cases import grads, leaf_args
+from bound_op_cases import grads, leaf_args, per_thread_count
 from conv_windows import conv_args
 from gls import native, ops
 from gls.reference import bound_ops as ref
@@ -94,14 +94,8 @@ def test_both_gemm_paths_match_the_reference(name, onednn):
 
 def test_results_do_not_depend_on_the_thread_count():
     """oneDNN runs single-threaded inside the kernels' parallel regions, on tasks fixed by the shapes."""
-    results, threads = [], torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            results.append([t for name, (make, k, kernel, _) in CALLS.items()
-                            for t in _outputs_and_grads(kernel, make(), k)])
-    finally:
-        torch.set_num_threads(threads)
+    results = per_thread_count(lambda: [t for make, k, kernel, _ in CALLS.values()
+                                        for t in _outputs_and_grads(kernel, make(), k)])
     for a, b in zip(*results):
         assert torch.equal(a, b)
 
