@@ -119,11 +119,7 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           unfold<T>(s, g, dg.data(), dcols.data() + k * g.hw * g.K);
           if (db != nullptr) {
             const T* lr = lam + row * g.lam_row;
-            for (int64_t co = 0; co < s.c_out; ++co) {
-              T sum = T(0);
-              for (int64_t q = 0; q < g.hw; ++q) sum += lr[co * g.hw + q];
-              db[co] += hv * sum;
-            }
+            for (int64_t co = 0; co < s.c_out; ++co) db[co] += hv * lane_total(lr + co * g.hw, g.hw);
           }
         }
         if (m == 0) continue;

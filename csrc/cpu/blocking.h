@@ -103,4 +103,22 @@ T lane_sum(T (&lane)[N]) {
   return lane[0];
 }
 
+// x[0] + ... + x[n-1]: from 2 kLanes elements on in kLanes partial sums (element j to lane j % kLanes),
+// which vectorises where one running sum is a chain of dependent adds; fewer in one running sum, which
+// costs less than setting up and summing the lanes. The same bits on every vector width.
+template <typename T>
+T lane_total(const T* __restrict__ x, int64_t n) {
+  if (n < 2 * kLanes<T>) {
+    T sum = T(0);
+    for (int64_t j = 0; j < n; ++j) sum += x[j];
+    return sum;
+  }
+  T lane[kLanes<T>] = {};
+  int64_t j = 0;
+  for (; j + kLanes<T> <= n; j += kLanes<T>)
+    for (int64_t l = 0; l < kLanes<T>; ++l) lane[l] += x[j + l];
+  for (int64_t l = 0; j < n; ++j, ++l) lane[l] += x[j];
+  return lane_sum(lane);
+}
+
 }  // namespace gls

@@ -143,11 +143,7 @@ void unfold(const BacksubConvShape& s, const Geometry& g, const T* __restrict__ 
 template <typename T>
 T bias_term(const BacksubConvShape& s, const Geometry& g, const T* lam_row, const T* b) {
   T total = T(0);
-  for (int64_t co = 0; co < s.c_out; ++co) {
-    T sum = T(0);
-    for (int64_t q = 0; q < g.hw; ++q) sum += lam_row[co * g.hw + q];
-    total += sum * b[co];
-  }
+  for (int64_t co = 0; co < s.c_out; ++co) total += lane_total(lam_row + co * g.hw, g.hw) * b[co];
   return total;
 }
 
