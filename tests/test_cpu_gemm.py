@@ -129,3 +129,30 @@ def test_onednn_runs_the_large_gemms_unless_switched_off(enabled):
     assert set(matmuls) == set(CALLS), log.stdout[-2000:]
     for op, n in matmuls.items():
         assert (n > 0) == enabled, (op, n)
+
+
+_SHAPES_PROBE = """
+import torch, sys
+sys.path.insert(0, {tests!r})
+import test_cpu_gemm as t
+torch.set_num_threads(1)
+make, k, kernel, _ = t.CALLS["backsub_conv_relu"]
+for zero in range(40):
+    lam, *rest = make()
+    lam[:, :, :zero] = 0  # 40 different counts of non-zero rows in the first blocks of each member
+    t._outputs_and_grads(kernel, (lam, *rest), k)
+"""
+
+
+def test_onednn_compiles_few_shapes_when_row_counts_vary():
+    """The GEMMs' row counts follow the non-zero rows of each call; oneDNN sees them rounded down to four
+    leading binary digits (blocking.h), so 40 different counts compile a few shapes (11 when written; at
+    most 8 per GEMM and power of two), where the exact counts would compile about 20 per GEMM."""
+    env = dict(os.environ, ONEDNN_VERBOSE="all")
+    code = _SHAPES_PROBE.format(tests=os.path.dirname(__file__))
+    log = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert log.returncode == 0, log.stderr[-2000:]
+    compiled = [line.split(",")[-2] for line in log.stdout.splitlines()
+                if line.startswith("onednn_verbose") and "create:cache_miss" in line and ",matmul," in line]
+    assert compiled, log.stdout[-2000:]
+    assert len(set(compiled)) <= 3 * 8, sorted(set(compiled))

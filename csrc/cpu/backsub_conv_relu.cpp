@@ -30,7 +30,7 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
                   const T* a_u, const T* c_u, const int64_t* origin, T* out, T* bias, T* window) {
   const Geometry g(s);
   const int64_t per_member = s.B * s.R, block = block_rows(g, s.c_out, sizeof(T));
-  const int64_t blocks = (per_member + block - 1) / block;
+  const int64_t blocks = (per_member + block - 1) / block, ld = block * g.hw;
   const Gemm gemm;
   parallel_tasks(s.P * blocks, [&](const auto& next) {
     std::vector<T> lamC(block * g.hw * s.c_out), cols(block * g.hw * g.K), acc(g.win);
@@ -48,10 +48,10 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
         if (window != nullptr) std::fill(window + (r0 + r) * g.win, window + (r0 + r + 1) * g.win, T(0));
         bias[r0 + r] = T(0);
       }
-      gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data());
+      gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data(), ld);
       if (m > 0) {  // cols (m*hw, K) = lamC^T W
-        gemm(matrix_view(cols.data(), m * g.hw, g.K, g.K), matrix_view(lamC.data(), s.c_out, m * g.hw, m * g.hw).t(),
-             matrix_view(W + (s.w_shared ? 0 : p) * g.filters, s.c_out, g.K, g.K));
+        gemm(matrix_view(cols.data(), m * g.hw, g.K, g.K), matrix_view(lamC.data(), s.c_out, m * g.hw, ld).t(),
+             matrix_view(W + (s.w_shared ? 0 : p) * g.filters, s.c_out, g.K, g.K), Gemm::Vary::kRows);
       }
       for (int64_t k = 0; k < m; ++k) {
         const int64_t row = r0 + kept[k], bi = row / s.R % s.B;

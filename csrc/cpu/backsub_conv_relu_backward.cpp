@@ -81,6 +81,7 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
                    const T* grad_bias, T* d_lam, T* d_W, T* d_b, T* d_al, T* d_cl, T* d_au, T* d_cu) {
   const Geometry g(s);
   const int64_t per_block = (s.B + b_blocks - 1) / b_blocks, block = block_rows(g, s.c_out, sizeof(T));
+  const int64_t ld = block * g.hw;  // of lamC and dlamC
   const Gemm gemm;
   parallel_tasks(s.P * b_blocks, [&](const auto& next) {
     std::vector<T> lamC(block * g.hw * s.c_out), dcols(block * g.hw * g.K), dlamC(block * g.hw * s.c_out), dg(g.win);
@@ -104,7 +105,7 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           }
           if (d_lam != nullptr) std::fill(d_lam + row * g.lam_row, d_lam + (row + 1) * g.lam_row, T(0));
         }
-        gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data());
+        gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data(), ld);
         for (int64_t k = 0; k < m; ++k) {
           const int64_t row = r0 + kept[k], bi = row / s.R % s.B;
           const T* go = grad_out != nullptr ? grad_out + row * g.win : nullptr;
@@ -125,14 +126,15 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
         if (m == 0) continue;
         // dW (C_out, K) += lamC dcols; dlamC (C_out, m*hw) = W dcols^T, copied out per (row, channel)
         const at::Tensor dcolsv = matrix_view(dcols.data(), m * g.hw, g.K, g.K);
-        gemm(dW, matrix_view(lamC.data(), s.c_out, m * g.hw, m * g.hw), dcolsv, true);
+        gemm(dW, matrix_view(lamC.data(), s.c_out, m * g.hw, ld), dcolsv, Gemm::Vary::kInner, true);
         if (d_lam == nullptr) continue;
-        gemm(matrix_view(dlamC.data(), s.c_out, m * g.hw, m * g.hw), matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t());
+        gemm(matrix_view(dlamC.data(), s.c_out, m * g.hw, ld), matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t(),
+             Gemm::Vary::kCols);
         for (int64_t k = 0; k < m; ++k) {
           const T hb = grad_bias[r0 + kept[k]];
           T* dl = d_lam + (r0 + kept[k]) * g.lam_row;
           for (int64_t co = 0; co < s.c_out; ++co) {
-            const T* src = dlamC.data() + (co * m + k) * g.hw;
+            const T* src = dlamC.data() + co * ld + k * g.hw;
             const T add = b_p != nullptr ? hb * b_p[co] : T(0);
             for (int64_t q = 0; q < g.hw; ++q) dl[co * g.hw + q] = src[q] + add;
           }

@@ -58,9 +58,24 @@ at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {
 // arithmetic: torch.backends.mkldnn enabled (the switch that turns it off) and its float32 matmul
 // precision at the default "ieee"/"none" (not bf16/tf32); the numbers then differ from BLAS's by rounding.
 // Fix the choice once per op call (it reads torch's global settings).
+//
+// oneDNN compiles a kernel for every new shape and stride (0.1-0.3 ms, then cached), and the kernels'
+// row counts follow the data (the unstable rows of each batch): on fresh batches of trained cnn3 that
+// compiling cost 5-10 ms per DeepPoly gradient step, more than oneDNN saved. So callers keep the strides
+// fixed and name the dimension that follows the data (`vary`); oneDNN gets that dimension rounded down
+// to its four leading binary digits (`leading`: at most 8 sizes per power of two) and BLAS the rest (at
+// most an eighth), which bounds the shapes oneDNN ever compiles.
 class Gemm {
  public:
   static constexpr int64_t kOneDnnMacs = int64_t(1) << 20;
+  enum class Vary { kRows, kCols, kInner };  // of c = a @ b: c's rows, c's columns, or the summed dimension
+
+  // n rounded down to its four leading binary digits.
+  static int64_t leading(int64_t n) {
+    if (n < 16) return n;
+    const int64_t unit = int64_t(1) << (60 - __builtin_clzll(uint64_t(n)));  // 2^(floor(log2 n) - 3)
+    return n / unit * unit;
+  }
 
   Gemm() {
     const auto precision = at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL);
@@ -68,10 +83,38 @@ class Gemm {
               (precision == at::Float32Precision::NONE || precision == at::Float32Precision::IEEE);
   }
 
-  void operator()(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, bool accumulate = false) const {
-    if (onednn_ && a.scalar_type() == at::kFloat && a.size(0) * a.size(1) * b.size(1) >= kOneDnnMacs) {
+  void operator()(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, Vary vary,
+                  bool accumulate = false) const {
+    const int64_t dim = vary == Vary::kRows ? 0 : 1;  // of c (rows, columns) or of a (the summed one)
+    const at::Tensor& split = vary == Vary::kInner ? a : c;
+    const int64_t n = split.size(dim), q = leading(n);
+    if (!onednn_ || a.scalar_type() != at::kFloat || q == 0 || a.size(0) * a.size(1) * b.size(1) / n * q < kOneDnnMacs) {
+      blas(c, a, b, accumulate);
+      return;
+    }
+    if (q == n) {
       at::native::mkldnn_matmul(a, b, c, accumulate ? 1.f : 0.f, 1.f);
-    } else if (accumulate) {
+      return;
+    }
+    switch (vary) {
+      case Vary::kRows:
+        at::native::mkldnn_matmul(a.narrow(0, 0, q), b, c.narrow(0, 0, q), accumulate ? 1.f : 0.f, 1.f);
+        blas(c.narrow(0, q, n - q), a.narrow(0, q, n - q), b, accumulate);
+        break;
+      case Vary::kCols:
+        at::native::mkldnn_matmul(a, b.narrow(1, 0, q), c.narrow(1, 0, q), accumulate ? 1.f : 0.f, 1.f);
+        blas(c.narrow(1, q, n - q), a, b.narrow(1, q, n - q), accumulate);
+        break;
+      case Vary::kInner:
+        at::native::mkldnn_matmul(a.narrow(1, 0, q), b.narrow(0, 0, q), c, accumulate ? 1.f : 0.f, 1.f);
+        blas(c, a.narrow(1, q, n - q), b.narrow(0, q, n - q), true);
+        break;
+    }
+  }
+
+ private:
+  static void blas(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+    if (accumulate) {
       c.addmm_(a, b);
     } else {
       at::Tensor out = c;  // a handle to the same view
@@ -79,16 +122,16 @@ class Gemm {
     }
   }
 
- private:
   bool onednn_ = false;
 };
 
-// C = A @ B on raw blocks through `gemm`. `b_transposed`: B is stored as its (cols x k) transpose.
+// C = A @ B on raw blocks through `gemm`, the row count m following the data. `b_transposed`: B is stored
+// as its (cols x k) transpose.
 template <typename T>
 void gemm_block(const Gemm& gemm, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb,
                 bool b_transposed, T* C, int64_t ldc) {
   const at::Tensor b = b_transposed ? matrix_view(B, n, k, ldb).t() : matrix_view(B, k, n, ldb);
-  gemm(matrix_view(C, m, n, ldc), matrix_view(A, m, k, lda), b);
+  gemm(matrix_view(C, m, n, ldc), matrix_view(A, m, k, lda), b, Gemm::Vary::kRows);
 }
 
 // Partial sums per row reduction: one cache line of T, enough for AVX-512 with no reassociation.

@@ -69,16 +69,17 @@ inline T select_positive(T v, T a, T b, bool or_zero = false) {
   return out;
 }
 
-// lamC (C_out, m*hw): the rows kept[0..m) of a block (each (C_out, hw) at lam_rows + kept[i] * lam_row)
-// side by side, channel-major, so each (row, channel) is one contiguous copy; the GEMMs read it as
-// its transpose (m*hw, C_out) or as it is.
+// lamC (C_out, m*hw) with leading dimension ld: the rows kept[0..m) of a block (each (C_out, hw) at
+// lam_rows + kept[i] * lam_row) side by side, channel-major, so each (row, channel) is one contiguous copy;
+// the GEMMs read it as its transpose (m*hw, C_out) or as it is. ld is the block's capacity, the same
+// for every block: the GEMMs' strides must not follow m (blocking.h's Gemm).
 template <typename T>
 void gather_rows(const BacksubConvShape& s, const Geometry& g, int64_t m, const int64_t* kept, const T* lam_rows,
-                 T* lamC) {
+                 T* lamC, int64_t ld) {
   for (int64_t r = 0; r < m; ++r) {
     const T* row = lam_rows + kept[r] * g.lam_row;
     for (int64_t co = 0; co < s.c_out; ++co)
-      for (int64_t q = 0; q < g.hw; ++q) lamC[(co * m + r) * g.hw + q] = row[co * g.hw + q];  // short: no memmove call
+      for (int64_t q = 0; q < g.hw; ++q) lamC[co * ld + r * g.hw + q] = row[co * g.hw + q];  // short: no memmove call
   }
 }
 
