@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from gls import memory
-from gls.app import checkpoint, data
+from gls.app import checkpoint, data, heap
 from gls.app.attack import pgd_robust
 from gls.bounds import compute_bounds
 from gls.app.config import check_device
@@ -138,6 +138,7 @@ def main(argv=None) -> int:
                    help="float32 bounds instead of sound ones (faster; may be off by rounding)")
     try:
         args = p.parse_args(argv)
+        heap.keep_freed_memory()
         if args.threads < 0:
             raise ValueError(f"--threads must be >= 0, got {args.threads}")
         if args.threads:

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from gls import distributed, memory
-from gls.app import baseline, checkpoint, config, data, models
+from gls.app import baseline, checkpoint, config, data, heap, models
 from gls.app.certify import describe_checkpoint, evaluate, format_table
 from gls.app.checkpoint import CheckpointError, load_weights
 from gls.app.config import ConfigError, TrainConfig
@@ -560,6 +560,7 @@ def main(argv=None) -> int:
     """Entry point of ``python -m gls.train``; returns the exit status (errors: one line, non-zero)."""
     try:
         cli = config.parse_args(sys.argv[1:] if argv is None else argv)
+        heap.keep_freed_memory()
         resume_payload = None
         if "resume" in cli:
             resume_payload = checkpoint.load(cli["resume"])
