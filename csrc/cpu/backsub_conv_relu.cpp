@@ -55,11 +55,15 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
       }
       for (int64_t k = 0; k < m; ++k) {
         const int64_t row = r0 + kept[k], bi = row / s.R % s.B;
-        fold<T>(s, g, cols.data() + k * g.hw * g.K, acc.data());
+        const T* gwin = cols.data() + k * g.hw * g.K;  // the row's window g, folded unless cols_are_window
+        if (!g.cols_are_window) {
+          fold<T>(s, g, gwin, acc.data());
+          gwin = acc.data();
+        }
         T total = b != nullptr ? bias_term<T>(s, g, lam + row * g.lam_row, b + (s.b_shared ? 0 : p) * s.c_out) : T(0);
         const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
         const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map;  // the row's line maps
-        total += relax_window<T>(s, oy, ox, acc.data(), a_l + roff, c_l + roff, a_u + roff, c_u + roff,
+        total += relax_window<T>(s, oy, ox, gwin, a_l + roff, c_l + roff, a_u + roff, c_u + roff,
                                  out + row * g.win, window != nullptr ? window + row * g.win : nullptr);
         bias[row] = total;
       }

@@ -114,10 +114,12 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           const int64_t oy = origin[2 * row], ox = origin[2 * row + 1];
           const int64_t roff = ((s.relax_shared ? 0 : p) * s.B + bi) * g.map, goff = (p * s.B + bi) * g.map;
           const bool lines = d_al != nullptr;
+          T* dcol = dcols.data() + k * g.hw * g.K;  // dg goes straight to the row's columns if cols_are_window
           relax_window_backward_for<T>(go, d_al, s, oy, ox, gw, go, hv, a_l + roff, c_l + roff, a_u + roff, c_u + roff,
-                                       dg.data(), lines ? d_al + goff : nullptr, lines ? d_cl + goff : nullptr,
-                                       lines ? d_au + goff : nullptr, lines ? d_cu + goff : nullptr);
-          unfold<T>(s, g, dg.data(), dcols.data() + k * g.hw * g.K);
+                                       g.cols_are_window ? dcol : dg.data(), lines ? d_al + goff : nullptr,
+                                       lines ? d_cl + goff : nullptr, lines ? d_au + goff : nullptr,
+                                       lines ? d_cu + goff : nullptr);
+          if (!g.cols_are_window) unfold<T>(s, g, dg.data(), dcol);
           if (db != nullptr) {
             const T* lr = lam + row * g.lam_row;
             for (int64_t co = 0; co < s.c_out; ++co) db[co] += hv * lane_total(lr + co * g.hw, g.hw);

@@ -19,13 +19,15 @@ namespace gls {
 
 struct Geometry {  // sizes of one call, in elements
   int64_t hw, K, win, map, lam_row, filters;
+  bool cols_are_window;  // 1x1 rows, undilated: the row's one column is its window (fold and unfold copy)
   explicit Geometry(const BacksubConvShape& s)
       : hw(s.h * s.w),
         K(s.c_in * s.kh * s.kw),
         win(s.c_in * s.h2 * s.w2),
         map(s.c_in * s.H * s.W),
         lam_row(s.c_out * s.h * s.w),
-        filters(s.c_out * s.c_in * s.kh * s.kw) {}
+        filters(s.c_out * s.c_in * s.kh * s.kw),
+        cols_are_window(hw == 1 && s.d0 == 1 && s.d1 == 1) {}
 };
 
 // Rows per GEMM block: its transposed coefficients, columns and unfolded gradient take about 2 MB, in L2
