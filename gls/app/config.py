@@ -192,7 +192,7 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m gls.train", argument_default=argparse.SUPPRESS, allow_abbrev=False,
                 description="Certified training with Gaussian loss smoothing (PGPE, RGS) or plain gradients. "
-                            "Without arguments: RGS with DeepPoly on real MNIST at eps 0.1 (4-6 minutes on one "
+                            "Without arguments: RGS with DeepPoly on real MNIST at eps 0.1 (3-5 minutes on one "
                             "core), then the evaluation table beside plain gradients at the same budget.")
     a = p.add_argument
     a("--config", metavar="FILE", help="TOML or JSON file with option values (same names as the options)")

@@ -30,7 +30,7 @@ smoothing can do.
 Presets (``--preset``): ``paper`` is the published setting (paradox paper's CONV network, eps 0.3, 200
 epochs; for a GPU); ``cpu`` is sized for a 2-core CPU within two hours (40 minutes measured; derivation:
 the README's "The paradox study"); ``quick`` is the budget of ``python -m gls.train``'s default run
-(4-6 minutes per RGS-DeepPoly cell on one core), whose grad cells are that run's plain-gradient baseline.
+(3-5 minutes per RGS-DeepPoly cell on one core), whose grad cells are that run's plain-gradient baseline.
 ``--set section.key=value`` overrides any entry (sections: train, rgs, pgpe, eval, sweep).
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ PRESETS: dict[str, dict] = {
     },
 }
 # the cpu preset at half the epochs: python -m gls.train's default run is its rgs-deeppoly cell
-# (gls.app.config.DEFAULT_RUN, 4-6 minutes on one core) and its grad cells are the baseline that
+# (gls.app.config.DEFAULT_RUN, 3-5 minutes on one core) and its grad cells are the baseline that
 # run's final table shows (gls.app.baseline)
 PRESETS["quick"] = {**PRESETS["cpu"],
                     "train": {**PRESETS["cpu"]["train"], "epochs": 4, "eps_end_epoch": 2, "lr_milestones": [3]},
