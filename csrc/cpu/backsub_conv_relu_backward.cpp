@@ -81,10 +81,10 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
                    const T* grad_bias, T* d_lam, T* d_W, T* d_b, T* d_al, T* d_cl, T* d_au, T* d_cu) {
   const Geometry g(s);
   const int64_t per_block = (s.B + b_blocks - 1) / b_blocks, block = block_rows(g, s.c_out, sizeof(T));
-  const int64_t ld = block * g.hw;  // of lamC and dlamC
+  const int64_t ld = Gemm::leading_up(block * g.hw);  // of lamC and dlamC, and the rows of dcols
   const Gemm gemm;
   parallel_tasks(s.P * b_blocks, [&](const auto& next) {
-    std::vector<T> lamC(block * g.hw * s.c_out), dcols(block * g.hw * g.K), dlamC(block * g.hw * s.c_out), dg(g.win);
+    std::vector<T> lamC(ld * s.c_out), dcols(ld * g.K), dlamC(ld * s.c_out), dg(g.win);
     std::vector<int64_t> kept(block);
     for (int64_t task = next(); task < s.P * b_blocks; task = next()) {
       const int64_t p = task / b_blocks, b0 = std::min(s.B, task % b_blocks * per_block);
@@ -126,11 +126,15 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           }
         }
         if (m == 0) continue;
-        // dW (C_out, K) += lamC dcols; dlamC (C_out, m*hw) = W dcols^T, copied out per (row, channel)
-        const at::Tensor dcolsv = matrix_view(dcols.data(), m * g.hw, g.K, g.K);
-        gemm(dW, matrix_view(lamC.data(), s.c_out, m * g.hw, ld), dcolsv, Gemm::Vary::kInner, true);
+        // dW (C_out, K) += lamC dcols; dlamC (C_out, m*hw) = W dcols^T, copied out per (row, channel). Both
+        // on `cols` >= m*hw columns of lamC and rows of dcols, zero past m*hw (dlamC's past it are scratch).
+        const int64_t used = m * g.hw, cols = gemm.padded(used, s.c_out * g.K, c10::CppTypeToScalarType<T>::value);
+        std::fill(dcols.data() + used * g.K, dcols.data() + cols * g.K, T(0));
+        for (int64_t co = 0; co < s.c_out; ++co) std::fill(lamC.data() + co * ld + used, lamC.data() + co * ld + cols, T(0));
+        const at::Tensor dcolsv = matrix_view(dcols.data(), cols, g.K, g.K);
+        gemm(dW, matrix_view(lamC.data(), s.c_out, cols, ld), dcolsv, Gemm::Vary::kInner, true);
         if (d_lam == nullptr) continue;
-        gemm(matrix_view(dlamC.data(), s.c_out, m * g.hw, ld), matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t(),
+        gemm(matrix_view(dlamC.data(), s.c_out, cols, ld), matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t(),
              Gemm::Vary::kCols);
         for (int64_t k = 0; k < m; ++k) {
           const T hb = grad_bias[r0 + kept[k]];

@@ -62,19 +62,32 @@ at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {
 // oneDNN compiles a kernel for every new shape and stride (0.1-0.3 ms, then cached), and the kernels'
 // row counts follow the data (the unstable rows of each batch): on fresh batches of trained cnn3 that
 // compiling cost 5-10 ms per DeepPoly gradient step, more than oneDNN saved. So callers keep the strides
-// fixed and name the dimension that follows the data (`vary`); oneDNN gets that dimension rounded down
-// to its four leading binary digits (`leading`: at most 8 sizes per power of two) and BLAS the rest (at
-// most an eighth), which bounds the shapes oneDNN ever compiles.
+// fixed and name the dimension that follows the data (`vary`), and oneDNN only sees it with four
+// leading binary digits (at most 8 sizes per power of two), which bounds the shapes it ever compiles.
+// A caller whose buffers have room past that dimension computes the GEMM on `padded(n)` rows (scratch
+// past n; the conv kernels); otherwise oneDNN gets it rounded down and BLAS the rest (at most an eighth),
+// an extra call that cost the conv kernels about 3% of a DeepPoly gradient step.
 class Gemm {
  public:
   static constexpr int64_t kOneDnnMacs = int64_t(1) << 20;
   enum class Vary { kRows, kCols, kInner };  // of c = a @ b: c's rows, c's columns, or the summed dimension
 
-  // n rounded down to its four leading binary digits.
+  // n rounded down (up) to four leading binary digits.
   static int64_t leading(int64_t n) {
     if (n < 16) return n;
     const int64_t unit = int64_t(1) << (60 - __builtin_clzll(uint64_t(n)));  // 2^(floor(log2 n) - 3)
     return n / unit * unit;
+  }
+  static int64_t leading_up(int64_t n) {
+    const int64_t down = leading(n);
+    return down == n ? n : down + (int64_t(1) << (60 - __builtin_clzll(uint64_t(n))));
+  }
+
+  // The extent to compute of a dimension n that follows the data, in buffers with room for leading_up(n):
+  // leading_up(n) where oneDNN will run the GEMM (macs: its multiply-adds per unit of n), else n.
+  int64_t padded(int64_t n, int64_t macs, at::ScalarType dtype) const {
+    const int64_t up = leading_up(n);
+    return onednn_ && dtype == at::kFloat && up * macs >= kOneDnnMacs ? up : n;
   }
 
   Gemm() {
