@@ -3,7 +3,7 @@
 Without arguments it trains the default run (gls.app.config.DEFAULT_RUN): Gaussian Loss Smoothing by
 RGS (4 samples, sigma 0.01) with the tight DeepPoly relaxation, on the paradox paper's CONV network at
 width 8, real MNIST (10k training images), eps = 0.1, 4 epochs: 3-5 minutes on one core (the
-README's measurement: 2 min 56 s). It then prints the test table and, beside it, plain-gradient
+README's measurement: 2 min 58 s). It then prints the test table and, beside it, plain-gradient
 training at the same budget (gls.app.baseline: the committed ``quick`` paradox study, whose
 RGS-DeepPoly cell is this run).
 
