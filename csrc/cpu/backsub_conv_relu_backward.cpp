@@ -132,10 +132,9 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
         std::fill(dcols.data() + used * g.K, dcols.data() + cols * g.K, T(0));
         for (int64_t co = 0; co < s.c_out; ++co) std::fill(lamC.data() + co * ld + used, lamC.data() + co * ld + cols, T(0));
         const at::Tensor dcolsv = matrix_view(dcols.data(), cols, g.K, g.K);
-        gemm(dW, matrix_view(lamC.data(), s.c_out, cols, ld), dcolsv, Gemm::Vary::kInner, true);
+        gemm(dW, matrix_view(lamC.data(), s.c_out, cols, ld), dcolsv, true);
         if (d_lam == nullptr) continue;
-        gemm(matrix_view(dlamC.data(), s.c_out, cols, ld), matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t(),
-             Gemm::Vary::kCols);
+        gemm(matrix_view(dlamC.data(), s.c_out, cols, ld), matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t());
         for (int64_t k = 0; k < m; ++k) {
           const T hb = grad_bias[r0 + kept[k]];
           T* dl = d_lam + (r0 + kept[k]) * g.lam_row;

@@ -62,15 +62,15 @@ at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {
 // oneDNN compiles a kernel for every new shape and stride (0.1-0.3 ms, then cached), and the kernels'
 // row counts follow the data (the unstable rows of each batch): on fresh batches of trained cnn3 that
 // compiling cost 5-10 ms per DeepPoly gradient step, more than oneDNN saved. So callers keep the strides
-// fixed and name the dimension that follows the data (`vary`), and oneDNN only sees it with four
-// leading binary digits (at most 8 sizes per power of two), which bounds the shapes it ever compiles.
-// A caller whose buffers have room past that dimension computes the GEMM on `padded(n)` rows (scratch
-// past n; the conv kernels); otherwise oneDNN gets it rounded down and BLAS the rest (at most an eighth),
-// an extra call that cost the conv kernels about 3% of a DeepPoly gradient step.
+// fixed, and oneDNN only sees a dimension that follows the data with four leading binary digits (at most
+// 8 sizes per power of two), which bounds the shapes it ever compiles. A caller whose buffers have room
+// past that dimension computes the GEMM on `padded(n)` of it (scratch past n; the conv kernels); one
+// whose rows follow the data and have no room past them calls `rows_from_data`, which gives oneDNN the
+// rows rounded down and BLAS the rest (at most an eighth): an extra call, which cost the conv kernels
+// about 3% of a DeepPoly gradient step before they padded instead.
 class Gemm {
  public:
   static constexpr int64_t kOneDnnMacs = int64_t(1) << 20;
-  enum class Vary { kRows, kCols, kInner };  // of c = a @ b: c's rows, c's columns, or the summed dimension
 
   // n rounded down (up) to four leading binary digits.
   static int64_t leading(int64_t n) {
@@ -83,49 +83,45 @@ class Gemm {
     return down == n ? n : down + (int64_t(1) << (60 - __builtin_clzll(uint64_t(n))));
   }
 
-  // The extent to compute of a dimension n that follows the data, in buffers with room for leading_up(n):
-  // leading_up(n) where oneDNN will run the GEMM (macs: its multiply-adds per unit of n), else n.
-  int64_t padded(int64_t n, int64_t macs, at::ScalarType dtype) const {
-    const int64_t up = leading_up(n);
-    return onednn_ && dtype == at::kFloat && up * macs >= kOneDnnMacs ? up : n;
-  }
-
   Gemm() {
     const auto precision = at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL);
     onednn_ = &at::native::mkldnn_matmul != nullptr && at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() &&
               (precision == at::Float32Precision::NONE || precision == at::Float32Precision::IEEE);
   }
 
-  void operator()(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, Vary vary,
-                  bool accumulate = false) const {
-    const int64_t dim = vary == Vary::kRows ? 0 : 1;  // of c (rows, columns) or of a (the summed one)
-    const at::Tensor& split = vary == Vary::kInner ? a : c;
-    const int64_t n = split.size(dim), q = leading(n);
-    if (!onednn_ || a.scalar_type() != at::kFloat || q == 0 || a.size(0) * a.size(1) * b.size(1) / n * q < kOneDnnMacs) {
-      blas(c, a, b, accumulate);
-      return;
-    }
-    if (q == n) {
+  // The extent to compute of a dimension n that follows the data, in buffers with room for leading_up(n):
+  // leading_up(n) where oneDNN will run the GEMM (macs: its multiply-adds per unit of n), else n.
+  int64_t padded(int64_t n, int64_t macs, at::ScalarType dtype) const {
+    const int64_t up = leading_up(n);
+    return onednn(up * macs, dtype) ? up : n;
+  }
+
+  // c = a @ b (c += a @ b with `accumulate`), every dimension fixed or `padded`.
+  void operator()(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, bool accumulate = false) const {
+    if (onednn(a.size(0) * a.size(1) * b.size(1), a.scalar_type()))
       at::native::mkldnn_matmul(a, b, c, accumulate ? 1.f : 0.f, 1.f);
-      return;
-    }
-    switch (vary) {
-      case Vary::kRows:
-        at::native::mkldnn_matmul(a.narrow(0, 0, q), b, c.narrow(0, 0, q), accumulate ? 1.f : 0.f, 1.f);
-        blas(c.narrow(0, q, n - q), a.narrow(0, q, n - q), b, accumulate);
-        break;
-      case Vary::kCols:
-        at::native::mkldnn_matmul(a, b.narrow(1, 0, q), c.narrow(1, 0, q), accumulate ? 1.f : 0.f, 1.f);
-        blas(c.narrow(1, q, n - q), a, b.narrow(1, q, n - q), accumulate);
-        break;
-      case Vary::kInner:
-        at::native::mkldnn_matmul(a.narrow(1, 0, q), b.narrow(0, 0, q), c, accumulate ? 1.f : 0.f, 1.f);
-        blas(c, a.narrow(1, q, n - q), b.narrow(0, q, n - q), true);
-        break;
+    else
+      blas(c, a, b, accumulate);
+  }
+
+  // c = a @ b whose row count follows the data, with no room past it.
+  void rows_from_data(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b) const {
+    const int64_t n = c.size(0), q = leading(n);
+    if (q == n) {
+      (*this)(c, a, b);
+    } else if (!onednn(q * a.size(1) * b.size(1), a.scalar_type())) {
+      blas(c, a, b, false);
+    } else {
+      at::native::mkldnn_matmul(a.narrow(0, 0, q), b, c.narrow(0, 0, q), 0.f, 1.f);
+      blas(c.narrow(0, q, n - q), a.narrow(0, q, n - q), b, false);
     }
   }
 
  private:
+  bool onednn(int64_t macs, at::ScalarType dtype) const {
+    return onednn_ && dtype == at::kFloat && macs >= kOneDnnMacs;
+  }
+
   static void blas(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
     if (accumulate) {
       c.addmm_(a, b);
@@ -144,7 +140,7 @@ template <typename T>
 void gemm_block(const Gemm& gemm, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb,
                 bool b_transposed, T* C, int64_t ldc) {
   const at::Tensor b = b_transposed ? matrix_view(B, n, k, ldb).t() : matrix_view(B, k, n, ldb);
-  gemm(matrix_view(C, m, n, ldc), matrix_view(A, m, k, lda), b, Gemm::Vary::kRows);
+  gemm.rows_from_data(matrix_view(C, m, n, ldc), matrix_view(A, m, k, lda), b);
 }
 
 // Partial sums per row reduction: one cache line of T, enough for AVX-512 with no reassociation.
