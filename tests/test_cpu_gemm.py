@@ -100,6 +100,14 @@ def test_results_do_not_depend_on_the_thread_count():
         assert torch.equal(a, b)
 
 
+def _onednn_log(code: str, verbose: str) -> str:
+    """stdout of `code` in a fresh Python with ONEDNN_VERBOSE=verbose (oneDNN reads it once, when loaded)."""
+    env = dict(os.environ, ONEDNN_VERBOSE=verbose)
+    log = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert log.returncode == 0, log.stderr[-2000:]
+    return log.stdout
+
+
 _PROBE = """
 import torch, sys
 sys.path.insert(0, {tests!r})
@@ -115,18 +123,15 @@ with t.mkldnn({enabled}):
 @pytest.mark.parametrize("enabled", [True, False])
 def test_onednn_runs_the_large_gemms_unless_switched_off(enabled):
     """oneDNN's verbose log lists matmuls for every op here when enabled, and none when switched off."""
-    env = dict(os.environ, ONEDNN_VERBOSE="1")
-    code = _PROBE.format(tests=os.path.dirname(__file__), enabled=enabled)
-    log = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert log.returncode == 0, log.stderr[-2000:]
+    log = _onednn_log(_PROBE.format(tests=os.path.dirname(__file__), enabled=enabled), "1")
     matmuls, op = {}, None
-    for line in log.stdout.splitlines():
+    for line in log.splitlines():
         if line.startswith("op "):
             op = line[3:]
             matmuls[op] = 0
         elif line.startswith("onednn_verbose") and ",exec,cpu,matmul," in line:
             matmuls[op] += 1
-    assert set(matmuls) == set(CALLS), log.stdout[-2000:]
+    assert set(matmuls) == set(CALLS), log[-2000:]
     for op, n in matmuls.items():
         assert (n > 0) == enabled, (op, n)
 
@@ -145,14 +150,11 @@ for zero in range(40):
 
 
 def test_onednn_compiles_few_shapes_when_row_counts_vary():
-    """The GEMMs' row counts follow the non-zero rows of each call; oneDNN sees them rounded down to four
-    leading binary digits (blocking.h), so 40 different counts compile a few shapes (11 when written; at
-    most 8 per GEMM and power of two), where the exact counts would compile about 20 per GEMM."""
-    env = dict(os.environ, ONEDNN_VERBOSE="all")
-    code = _SHAPES_PROBE.format(tests=os.path.dirname(__file__))
-    log = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert log.returncode == 0, log.stderr[-2000:]
-    compiled = [line.split(",")[-2] for line in log.stdout.splitlines()
+    """The GEMMs' row counts follow the non-zero rows of each call; the conv kernels compute them rounded
+    up to four leading binary digits (blocking.h), so 40 different counts compile a few shapes (11 when
+    written; at most 8 per GEMM and power of two), where the exact counts would compile about 20 per GEMM."""
+    log = _onednn_log(_SHAPES_PROBE.format(tests=os.path.dirname(__file__)), "all")
+    compiled = [line.split(",")[-2] for line in log.splitlines()
                 if line.startswith("onednn_verbose") and "create:cache_miss" in line and ",matmul," in line]
-    assert compiled, log.stdout[-2000:]
+    assert compiled, log[-2000:]
     assert len(set(compiled)) <= 3 * 8, sorted(set(compiled))
