@@ -266,6 +266,33 @@ def test_backward_op_computes_only_what_is_asked(case, device):
         torch.testing.assert_close(g, w, **_tol(torch.float64))
 
 
+def _every_span_width(dtype):
+    """Rows whose window rows overlap the map by every width from 1 to the window's 20 columns (the CPU
+    kernels compile the epilogues for widths 1-16 and loop over wider ones): origin columns -19..23 on a
+    24-wide map, one origin per row."""
+    case = (1, 1, 1, 2, 43, 3, 2, 1, 1, (2, 20), 4, 24, (1, 1), (1, 1), True, False)
+    lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation = conv_args(case, dtype)
+    origin[..., 1] = torch.arange(-19, 24)
+    return lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_span_width_matches_reference(backend, dtype):
+    backend.require(dtype)
+    if backend.name == "triton" and backend.device == "cpu":
+        pytest.skip("a CPU-kernel code path; 25 s in the Triton interpreter, whose kernel has no per-width code")
+    args = _every_span_width(dtype)
+    for got, want in zip(backend(*args), ref.backsub_conv_relu(*args)):
+        torch.testing.assert_close(got, want, **_tol(dtype))
+
+
+@needs_backward_op
+def test_backward_op_every_span_width():
+    args = _leaves(_every_span_width(torch.float64))
+    out = ref.backsub_conv_relu(*args)
+    _backward_op_vs_reference(args, torch.randn_like(out[0]), torch.randn_like(out[1]))
+
+
 @needs_backward_op
 def test_cpu_results_do_not_depend_on_the_thread_count():
     """Threads take tasks as they free up (csrc/cpu/blocking.h parallel_tasks); every sum still runs in a

@@ -25,13 +25,39 @@ namespace {
 
 using at::Tensor;
 
+// relax_window_backward over one span of n values (N where N > 0, a compile-time width; with_span_width).
+template <typename T, bool kUp, bool kLines, int64_t N>
+inline void span_backward(int64_t n, const T* __restrict__ g, const T* __restrict__ up, T h, const T* __restrict__ al,
+                          const T* __restrict__ cl, const T* __restrict__ au, const T* __restrict__ cu,
+                          T* __restrict__ dg, T* __restrict__ d_al, T* __restrict__ d_cl, T* __restrict__ d_au,
+                          T* __restrict__ d_cu) {
+  for (int64_t x = 0; x < (N > 0 ? N : n); ++x) {
+    const T v = g[x];
+    if constexpr (kLines) {
+      const T u = kUp ? up[x] : T(0), pos = select_positive(v, v, T(0)), neg = v - pos;
+      if constexpr (kUp) {
+        d_al[x] += u * pos;
+        d_au[x] += u * neg;
+      }
+      d_cl[x] += h * pos;
+      d_cu[x] += h * neg;
+    }
+    T on_pos = h * cl[x], on_neg = h * cu[x];
+    if constexpr (kUp) {
+      on_pos += up[x] * al[x];
+      on_neg += up[x] * au[x];
+    }
+    dg[x] = select_positive(v, on_pos, on_neg, true);
+  }
+}
+
 // One row's ReLU epilogue backward over its window g (C_in, h2, w2) at (oy, ox) of the map: dg = up * A
 // + h * C inside the map (A, C the lines g's sign selects: the lower where g >= 0) and 0 outside; with
 // kLines the line gradients up*g and h*g go to the selected line's gradient map, as the sign split of g
 // (gls/bound_ops.h). kUp: whether lam' has an upstream gradient `up` (else it is 0: a concretisation).
-// Lines and gradient maps: those (C_in, H, W) of the row's (member, sample). Branch-free, one call per
-// row, compiled for every vector width.
-template <typename T, bool kUp, bool kLines>
+// Lines and gradient maps: those (C_in, H, W) of the row's (member, sample). N: the rows' span width where
+// known at compile time (with_span_width). Branch-free, one call per row, compiled for every vector width.
+template <typename T, bool kUp, bool kLines, int64_t N>
 GLS_SIMD_CLONES __attribute__((noinline)) void relax_window_backward(
     const BacksubConvShape& s, int64_t oy, int64_t ox, const T* __restrict__ g, const T* __restrict__ up, T h,
     const T* __restrict__ al, const T* __restrict__ cl, const T* __restrict__ au, const T* __restrict__ cu,
@@ -42,34 +68,26 @@ GLS_SIMD_CLONES __attribute__((noinline)) void relax_window_backward(
     for (int64_t y = 0; y < s.h2; ++y) {
       if (!sp.inside(oy + y, s.H)) continue;
       const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, m = (ci * s.H + oy + y) * s.W + ox + sp.x0;
-      for (int64_t x = 0; x < sp.x1 - sp.x0; ++x) {
-        const T v = g[e + x];
-        if constexpr (kLines) {
-          const T u = kUp ? up[e + x] : T(0), pos = select_positive(v, v, T(0)), neg = v - pos;
-          if constexpr (kUp) {
-            d_al[m + x] += u * pos;
-            d_au[m + x] += u * neg;
-          }
-          d_cl[m + x] += h * pos;
-          d_cu[m + x] += h * neg;
-        }
-        T on_pos = h * cl[m + x], on_neg = h * cu[m + x];
-        if constexpr (kUp) {
-          on_pos += up[e + x] * al[m + x];
-          on_neg += up[e + x] * au[m + x];
-        }
-        dg[e + x] = select_positive(v, on_pos, on_neg, true);
-      }
+      span_backward<T, kUp, kLines, N>(sp.x1 - sp.x0, g + e, kUp ? up + e : nullptr, h, al + m, cl + m, au + m, cu + m,
+                                       dg + e, kLines ? d_al + m : nullptr, kLines ? d_cl + m : nullptr,
+                                       kLines ? d_au + m : nullptr, kLines ? d_cu + m : nullptr);
     }
 }
 
-// relax_window_backward for a run-time choice of kUp (up != nullptr) and kLines (d_al != nullptr).
+// relax_window_backward for a run-time choice of kUp (up != nullptr), kLines (d_al != nullptr) and the
+// span width of the row at origin column ox.
 template <typename T, typename... Args>
-void relax_window_backward_for(const T* up, const T* d_al, Args&&... args) {
-  if (up != nullptr)
-    (d_al != nullptr ? relax_window_backward<T, true, true> : relax_window_backward<T, true, false>)(args...);
-  else
-    (d_al != nullptr ? relax_window_backward<T, false, true> : relax_window_backward<T, false, false>)(args...);
+void relax_window_backward_for(const T* up, const T* d_al, const BacksubConvShape& s, int64_t oy, int64_t ox,
+                               Args&&... args) {
+  const Span sp = span_of(s, ox);
+  with_span_width(sp.x1 - sp.x0, [&]<int64_t N>() {
+    if (up != nullptr)
+      (d_al != nullptr ? relax_window_backward<T, true, true, N> : relax_window_backward<T, true, false, N>)(s, oy, ox,
+                                                                                                           args...);
+    else
+      (d_al != nullptr ? relax_window_backward<T, false, true, N> : relax_window_backward<T, false, false, N>)(s, oy, ox,
+                                                                                                             args...);
+  });
 }
 
 // Backward. Outputs: d_lam (P,B,R,C_out,h,w) or null (not asked); d_W (tasks, C_out, C_in*kh*kw) partial

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "gls/bound_checks.h"
 #include "vectorize.h"  // before the math headers: lets their branch-free selects vectorise
@@ -161,12 +162,53 @@ inline Span span_of(const BacksubConvShape& s, int64_t ox) {
   return {x0, std::clamp<int64_t>(s.W - ox, x0, s.w2)};
 }
 
-// o = g * (a_l where g >= 0, else a_u) over one span, as the sign split pos a_l + neg a_u
-// (gls/bound_ops.h); adds pos c_l + neg c_u of element x to lane[x % kLanes] (fixed partial sums: the
-// same on every vector width).
-template <typename T>
+// Runs f.template operator()<N>() with N = n for span widths 1-16, else N = 0 (run-time width). A window
+// row's span inside the map is short (4-16 values in the convolutions of gls.app.models): as a run-time
+// loop shorter than one AVX-512 vector it is scalar code, with a compile-time width a few fixed-width
+// vector instructions. The epilogues are compiled once per width, each a function of its own (one
+// dispatch per row; a row's spans all have the same width).
+template <typename F>
+void with_span_width(int64_t n, F&& f) {
+  switch (n) {
+    case 1: return f.template operator()<1>();
+    case 2: return f.template operator()<2>();
+    case 3: return f.template operator()<3>();
+    case 4: return f.template operator()<4>();
+    case 5: return f.template operator()<5>();
+    case 6: return f.template operator()<6>();
+    case 7: return f.template operator()<7>();
+    case 8: return f.template operator()<8>();
+    case 9: return f.template operator()<9>();
+    case 10: return f.template operator()<10>();
+    case 11: return f.template operator()<11>();
+    case 12: return f.template operator()<12>();
+    case 13: return f.template operator()<13>();
+    case 14: return f.template operator()<14>();
+    case 15: return f.template operator()<15>();
+    case 16: return f.template operator()<16>();
+    default: return f.template operator()<0>();
+  }
+}
+
+// o = g * (a_l where g >= 0, else a_u) over one span of n values (N of them where N > 0, a compile-time
+// width), as the sign split pos a_l + neg a_u (gls/bound_ops.h); adds pos c_l + neg c_u of element x to
+// lane[x % kLanes] (fixed partial sums: the same on every vector width and for either kind of width).
+// With `window` (unless null), copies g there too.
+template <typename T, int64_t N>
 inline void relax_span(int64_t n, const T* __restrict__ g, const T* __restrict__ al, const T* __restrict__ cl,
-                       const T* __restrict__ au, const T* __restrict__ cu, T* __restrict__ o, T (&lane)[kLanes<T>]) {
+                       const T* __restrict__ au, const T* __restrict__ cu, T* __restrict__ o, T* __restrict__ window,
+                       T (&lane)[kLanes<T>]) {
+  if (window != nullptr)
+    for (int64_t x = 0; x < (N > 0 ? N : n); ++x) window[x] = g[x];  // spans are short: no memmove call
+  const auto one = [&](int64_t x, int64_t l) {
+    const T v = g[x], pos = select_positive(v, v, T(0)), neg = v - pos;
+    o[x] = sign_split(pos, neg, al[x], au[x]);
+    lane[l] += sign_split(pos, neg, cl[x], cu[x]);
+  };
+  if constexpr (N > 0) {
+    for (int64_t x = 0; x < N; ++x) one(x, x % kLanes<T>);
+    return;
+  }
   int64_t x = 0;
   for (; x + kLanes<T> <= n; x += kLanes<T>)
     for (int64_t l = 0; l < kLanes<T>; ++l) {
@@ -174,26 +216,22 @@ inline void relax_span(int64_t n, const T* __restrict__ g, const T* __restrict__
       o[x + l] = sign_split(pos, neg, al[x + l], au[x + l]);
       lane[l] += sign_split(pos, neg, cl[x + l], cu[x + l]);
     }
-  for (int64_t l = 0; x < n; ++x, ++l) {
-    const T v = g[x], pos = select_positive(v, v, T(0)), neg = v - pos;
-    o[x] = sign_split(pos, neg, al[x], au[x]);
-    lane[l] += sign_split(pos, neg, cl[x], cu[x]);
-  }
+  for (int64_t l = 0; x < n; ++x, ++l) one(x, l);
 }
 
 // The ReLU epilogue of one row whose window g (C_in, h2, w2) starts at (oy, ox) of the map: o = relaxed
 // g inside the map and 0 outside, `window` (unless null) = g inside and 0 outside; returns the constant,
 // relax_span's partial sums over the window's rows, summed once. Lines: the maps (C_in, H, W) of the
-// row's (member, sample).
-// One call per row (the spans are short), compiled for every vector width (GLS_SIMD_CLONES).
-template <typename T>
-GLS_SIMD_CLONES __attribute__((noinline)) T relax_window(const BacksubConvShape& s, int64_t oy, int64_t ox,
-                                                         const T* __restrict__ g, const T* __restrict__ al,
-                                                         const T* __restrict__ cl, const T* __restrict__ au,
-                                                         const T* __restrict__ cu, T* __restrict__ o,
-                                                         T* __restrict__ window) {
+// row's (member, sample). N: the rows' span width where known at compile time (relax_window below).
+// Compiled for every vector width (GLS_SIMD_CLONES).
+template <typename T, int64_t N>
+GLS_SIMD_CLONES __attribute__((noinline)) T relax_window_of(const BacksubConvShape& s, int64_t oy, int64_t ox,
+                                                            const T* __restrict__ g, const T* __restrict__ al,
+                                                            const T* __restrict__ cl, const T* __restrict__ au,
+                                                            const T* __restrict__ cu, T* __restrict__ o,
+                                                            T* __restrict__ window) {
   const Span sp = span_of(s, ox);
-  const int64_t win = s.c_in * s.h2 * s.w2;
+  const int64_t win = s.c_in * s.h2 * s.w2, n = sp.x1 - sp.x0;
   std::fill(o, o + win, T(0));
   if (window != nullptr) std::fill(window, window + win, T(0));
   T lane[kLanes<T>] = {};
@@ -201,11 +239,18 @@ GLS_SIMD_CLONES __attribute__((noinline)) T relax_window(const BacksubConvShape&
     for (int64_t y = 0; y < s.h2; ++y) {
       if (!sp.inside(oy + y, s.H)) continue;
       const int64_t e = (ci * s.h2 + y) * s.w2 + sp.x0, m = (ci * s.H + oy + y) * s.W + ox + sp.x0;
-      relax_span<T>(sp.x1 - sp.x0, g + e, al + m, cl + m, au + m, cu + m, o + e, lane);
-      if (window != nullptr)
-        for (int64_t x = 0; x < sp.x1 - sp.x0; ++x) window[e + x] = g[e + x];  // spans are short: no memmove call
+      relax_span<T, N>(n, g + e, al + m, cl + m, au + m, cu + m, o + e, window != nullptr ? window + e : nullptr, lane);
     }
   return lane_sum(lane);
+}
+
+template <typename T>
+T relax_window(const BacksubConvShape& s, int64_t oy, int64_t ox, const T* g, const T* al, const T* cl, const T* au,
+               const T* cu, T* o, T* window) {
+  const Span sp = span_of(s, ox);
+  T total;
+  with_span_width(sp.x1 - sp.x0, [&]<int64_t N>() { total = relax_window_of<T, N>(s, oy, ox, g, al, cl, au, cu, o, window); });
+  return total;
 }
 
 }  // namespace gls
