@@ -190,6 +190,14 @@ void with_span_width(int64_t n, F&& f) {
   }
 }
 
+// N values of T as one GCC vector, and the integer vector of a comparison of two (a typedef in a class: an
+// alias template would drop the attribute).
+template <typename T, int64_t N>
+struct Vector {
+  typedef T type __attribute__((vector_size(N * sizeof(T))));
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> mask __attribute__((vector_size(N * sizeof(T))));
+};
+
 // o = g * (a_l where g >= 0, else a_u) over one span of n values (N of them where N > 0, a compile-time
 // width), as the sign split pos a_l + neg a_u (gls/bound_ops.h); adds pos c_l + neg c_u of element x to
 // lane[x % kLanes] (fixed partial sums: the same on every vector width and for either kind of width).
@@ -205,7 +213,26 @@ inline void relax_span(int64_t n, const T* __restrict__ g, const T* __restrict__
     o[x] = sign_split(pos, neg, al[x], au[x]);
     lane[l] += sign_split(pos, neg, cl[x], cu[x]);
   };
-  if constexpr (N > 0) {
+  if constexpr (N > 0 && (N & (N - 1)) == 0 && N <= kLanes<T>) {  // one vector: element x to lane[x]
+    using V = typename Vector<T, N>::type;
+    V v, a_l, c_l, a_u, c_u, acc;
+    std::memcpy(&v, g, sizeof v);
+    std::memcpy(&a_l, al, sizeof v);
+    std::memcpy(&c_l, cl, sizeof v);
+    std::memcpy(&a_u, au, sizeof v);
+    std::memcpy(&c_u, cu, sizeof v);
+    std::memcpy(&acc, lane, sizeof v);
+    typename Vector<T, N>::mask bits;  // pos = v where v > 0, else 0, through the comparison's mask
+    std::memcpy(&bits, &v, sizeof v);
+    bits &= (v > T(0));
+    V pos;
+    std::memcpy(&pos, &bits, sizeof v);
+    const V neg = v - pos, out = pos * a_l + neg * a_u;
+    acc += pos * c_l + neg * c_u;
+    std::memcpy(o, &out, sizeof v);
+    std::memcpy(lane, &acc, sizeof v);
+    return;
+  } else if constexpr (N > 0) {
     for (int64_t x = 0; x < N; ++x) one(x, x % kLanes<T>);
     return;
   }
