@@ -6,6 +6,8 @@ Triton) backends, and gls.ops says so when a native backend is asked for.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 try:
@@ -18,8 +20,10 @@ except ImportError as exc:  # extension not built: reference/Triton only
     LOAD_ERROR = str(exc)
 
 
+@lru_cache(maxsize=None)
 def has_op(op: str) -> bool:
-    """Whether gls::<op> is defined (its schema is in the loaded gls._C)."""
+    """Whether gls::<op> is defined (its schema is in the loaded gls._C). Cached, as is has_kernel: gls._C
+    registers everything when it loads, and every op call asks (a few per cent of a CPU training step)."""
     if not AVAILABLE:
         return False
     try:
@@ -29,6 +33,7 @@ def has_op(op: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=None)
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether gls::<op> has a kernel registered for `dispatch_key` ("CPU" or "CUDA")."""
     if not AVAILABLE:
