@@ -26,12 +26,15 @@ pytestmark = [
 # (54*9 x 32) @ (32 x 256), 4M multiply-adds (oneDNN), and the last one's 13 rows go to BLAS; the
 # backward accumulates dW over both.
 CONV = (2, 2, 2, 1, 240, 32, 16, 3, 3, (4, 4), 9, 9, (2, 2), (1, 1), True, False)
+# 1x1 rows (single neurons, the first step of a DeepPoly refinement), which the kernels gather row-major:
+# blocks of 512 rows, 2M-4M multiply-adds per forward GEMM.
+CONV_1X1 = (1, 1, 1, 2, 600, 32, 16, 1, 1, (4, 4), 9, 9, (2, 2), (1, 1), True, False)
 TOL = dict(rtol=1e-5, atol=1e-4)
 
 
-def _conv_args():
+def _conv_args(case=CONV):
     torch.manual_seed(0)
-    lam, *rest = conv_args(CONV, torch.float32)
+    lam, *rest = conv_args(case, torch.float32)
     lam[:, :, ::2] = 0
     return (lam, *rest)
 
@@ -72,6 +75,8 @@ def _outputs_and_grads(fn, args, n_leaves):
 
 CALLS = {
     "backsub_conv_relu": (_conv_args, 7, lambda *a: ops.backsub_conv_relu(*a, backend="cpp"), ref.backsub_conv_relu),
+    "backsub_conv_relu_1x1": (lambda: _conv_args(CONV_1X1), 7, lambda *a: ops.backsub_conv_relu(*a, backend="cpp"),
+                              ref.backsub_conv_relu),
     "backsub_linear_relu": (_linear_args, 7, lambda *a: ops.backsub_linear_relu(*a, backend="cpp"),
                             ref.backsub_linear_relu),
     "ibp_affine": (_ibp_args, 4, lambda *a: ops.ibp_affine(*a, backend="cpp"), ref.ibp_affine),

@@ -51,7 +51,7 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
       gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data(), ld);
       if (m > 0) {  // cols (m*hw, K) = lamC^T W, on `rows` >= m*hw rows (those past m*hw are scratch)
         const int64_t rows = gemm.padded(m * g.hw, s.c_out * g.K, c10::CppTypeToScalarType<T>::value);
-        gemm(matrix_view(cols.data(), rows, g.K, g.K), matrix_view(lamC.data(), s.c_out, rows, ld).t(),
+        gemm(matrix_view(cols.data(), rows, g.K, g.K), lam_view(s, g, lamC.data(), rows, ld),
              matrix_view(W + (s.w_shared ? 0 : p) * g.filters, s.c_out, g.K, g.K));
       }
       for (int64_t k = 0; k < m; ++k) {

@@ -144,20 +144,24 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           }
         }
         if (m == 0) continue;
-        // dW (C_out, K) += lamC dcols; dlamC (C_out, m*hw) = W dcols^T, copied out per (row, channel). Both
-        // on `cols` >= m*hw columns of lamC and rows of dcols, zero past m*hw (dlamC's past it are scratch).
+        // dW (C_out, K) += lamC dcols; dlamC (C_out, m*hw) = W dcols^T in lamC's layout (gather_rows), copied
+        // out per (row, channel). Both on `cols` >= m*hw columns of lamC and rows of dcols, zero past m*hw
+        // (dlamC's past it are scratch).
         const int64_t used = m * g.hw, cols = gemm.padded(used, s.c_out * g.K, c10::CppTypeToScalarType<T>::value);
         std::fill(dcols.data() + used * g.K, dcols.data() + cols * g.K, T(0));
-        for (int64_t co = 0; co < s.c_out; ++co) std::fill(lamC.data() + co * ld + used, lamC.data() + co * ld + cols, T(0));
+        if (g.hw == 1)
+          std::fill(lamC.data() + used * s.c_out, lamC.data() + cols * s.c_out, T(0));
+        else
+          for (int64_t co = 0; co < s.c_out; ++co) std::fill(lamC.data() + co * ld + used, lamC.data() + co * ld + cols, T(0));
         const at::Tensor dcolsv = matrix_view(dcols.data(), cols, g.K, g.K);
-        gemm(dW, matrix_view(lamC.data(), s.c_out, cols, ld), dcolsv, true);
+        gemm(dW, lam_view(s, g, lamC.data(), cols, ld).t(), dcolsv, true);
         if (d_lam == nullptr) continue;
-        gemm(matrix_view(dlamC.data(), s.c_out, cols, ld), matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t());
+        gemm(lam_view(s, g, dlamC.data(), cols, ld), dcolsv, matrix_view(W_p, s.c_out, g.K, g.K).t());
         for (int64_t k = 0; k < m; ++k) {
           const T hb = grad_bias[r0 + kept[k]];
           T* dl = d_lam + (r0 + kept[k]) * g.lam_row;
           for (int64_t co = 0; co < s.c_out; ++co) {
-            const T* src = dlamC.data() + co * ld + k * g.hw;
+            const T* src = lam_at(s, g, dlamC.data(), ld, k, co, 0);
             const T add = b_p != nullptr ? hb * b_p[co] : T(0);
             for (int64_t q = 0; q < g.hw; ++q) dl[co * g.hw + q] = src[q] + add;
           }

@@ -72,18 +72,36 @@ inline T select_positive(T v, T a, T b, bool or_zero = false) {
   return out;
 }
 
-// lamC (C_out, m*hw) with leading dimension ld: the rows kept[0..m) of a block (each (C_out, hw) at
-// lam_rows + kept[i] * lam_row) side by side, channel-major, so each (row, channel) is one contiguous copy;
-// the GEMMs read it as its transpose (m*hw, C_out) or as it is. ld is the block's capacity, the same
-// for every block: the GEMMs' strides must not follow m (blocking.h's Gemm).
+// lamC: the rows kept[0..m) of a block (each (C_out, hw) at lam_rows + kept[i] * lam_row) side by side,
+// channel-major (C_out, m*hw) with leading dimension ld, so each (row, channel) is one contiguous copy;
+// for 1x1 rows (hw = 1) row-major (m, C_out) instead, one contiguous copy per row (channel-major would
+// write single values ld apart: measured, a sixth of the backward kernel's own time on cnn3's DeepPoly
+// refinement). The GEMMs read it through lam_view. ld is the block's capacity, the same for every block:
+// the GEMMs' strides must not follow m (blocking.h's Gemm).
 template <typename T>
 void gather_rows(const BacksubConvShape& s, const Geometry& g, int64_t m, const int64_t* kept, const T* lam_rows,
                  T* lamC, int64_t ld) {
   for (int64_t r = 0; r < m; ++r) {
     const T* row = lam_rows + kept[r] * g.lam_row;
+    if (g.hw == 1) {
+      for (int64_t co = 0; co < s.c_out; ++co) lamC[r * s.c_out + co] = row[co];
+      continue;
+    }
     for (int64_t co = 0; co < s.c_out; ++co)
       for (int64_t q = 0; q < g.hw; ++q) lamC[co * ld + r * g.hw + q] = row[co * g.hw + q];  // short: no memmove call
   }
+}
+
+// lamC, or dlamC laid out the same way, as the (rows, C_out) matrix lamC^T of its first `rows` rows.
+template <typename T>
+at::Tensor lam_view(const BacksubConvShape& s, const Geometry& g, const T* lamC, int64_t rows, int64_t ld) {
+  return g.hw == 1 ? matrix_view(lamC, rows, s.c_out, s.c_out) : matrix_view(lamC, s.c_out, rows, ld).t();
+}
+
+// Element (row k, channel co, position q) of lamC or dlamC.
+template <typename T>
+T* lam_at(const BacksubConvShape& s, const Geometry& g, T* lamC, int64_t ld, int64_t k, int64_t co, int64_t q) {
+  return g.hw == 1 ? lamC + k * s.c_out + co : lamC + co * ld + k * g.hw + q;
 }
 
 // Runs f.template operator()<KW>() with KW = kw for the common kernel widths 1-7 at unit horizontal
