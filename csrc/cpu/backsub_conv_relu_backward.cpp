@@ -156,7 +156,10 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
         const at::Tensor dcolsv = matrix_view(dcols.data(), cols, g.K, g.K);
         gemm(dW, lam_view(s, g, lamC.data(), cols, ld).t(), dcolsv, true);
         if (d_lam == nullptr) continue;
-        gemm(lam_view(s, g, dlamC.data(), cols, ld), dcolsv, matrix_view(W_p, s.c_out, g.K, g.K).t());
+        if (g.hw == 1)  // as dlamC^T = dcols W^T: oneDNN writes a transposed destination with its slow reference code
+          gemm(lam_view(s, g, dlamC.data(), cols, ld), dcolsv, matrix_view(W_p, s.c_out, g.K, g.K).t());
+        else
+          gemm(matrix_view(dlamC.data(), s.c_out, cols, ld), matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t());
         for (int64_t k = 0; k < m; ++k) {
           const T hb = grad_bias[r0 + kept[k]];
           T* dl = d_lam + (r0 + kept[k]) * g.lam_row;
