@@ -30,10 +30,10 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
                   const T* a_u, const T* c_u, const int64_t* origin, T* out, T* bias, T* window) {
   const Geometry g(s);
   const int64_t per_member = s.B * s.R, block = block_rows(g, s.c_out, sizeof(T));
-  const int64_t blocks = (per_member + block - 1) / block, ld = Gemm::leading_up(block * g.hw);
+  const int64_t blocks = (per_member + block - 1) / block, capacity = Gemm::leading_up(block * g.hw);
   const Gemm gemm;
   parallel_tasks(s.P * blocks, [&](const auto& next) {
-    std::vector<T> lamC(ld * s.c_out), cols(ld * g.K), acc(g.win);
+    std::vector<T> lamC(capacity * s.c_out), cols(capacity * g.K), acc(g.win);
     std::vector<int64_t> kept(block);
     for (int64_t task = next(); task < s.P * blocks; task = next()) {
       const int64_t p = task / blocks, r0 = p * per_member + task % blocks * block;
@@ -48,12 +48,12 @@ void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* 
         if (window != nullptr) std::fill(window + (r0 + r) * g.win, window + (r0 + r + 1) * g.win, T(0));
         bias[r0 + r] = T(0);
       }
-      gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data(), ld);
-      if (m > 0) {  // cols (m*hw, K) = lamC^T W, on `rows` >= m*hw rows (those past m*hw are scratch)
-        const int64_t rows = gemm.padded(m * g.hw, s.c_out * g.K, c10::CppTypeToScalarType<T>::value);
-        gemm(matrix_view(cols.data(), rows, g.K, g.K), lam_view(s, g, lamC.data(), rows, ld),
+      // cols (m*hw, K) = lamC^T W, on `rows` >= m*hw rows (those past m*hw are scratch)
+      const int64_t rows = gemm.padded(m * g.hw, s.c_out * g.K, c10::CppTypeToScalarType<T>::value);
+      gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data(), rows);
+      if (m > 0)
+        gemm(matrix_view(cols.data(), rows, g.K, g.K), lam_view(s, g, lamC.data(), rows),
              matrix_view(W + (s.w_shared ? 0 : p) * g.filters, s.c_out, g.K, g.K));
-      }
       for (int64_t k = 0; k < m; ++k) {
         const int64_t row = r0 + kept[k], bi = row / s.R % s.B;
         const T* gwin = cols.data() + k * g.hw * g.K;  // the row's window g, folded unless cols_are_window

@@ -99,10 +99,10 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
                    const T* grad_bias, T* d_lam, T* d_W, T* d_b, T* d_al, T* d_cl, T* d_au, T* d_cu) {
   const Geometry g(s);
   const int64_t per_block = (s.B + b_blocks - 1) / b_blocks, block = block_rows(g, s.c_out, sizeof(T));
-  const int64_t ld = Gemm::leading_up(block * g.hw);  // of lamC and dlamC, and the rows of dcols
+  const int64_t capacity = Gemm::leading_up(block * g.hw);  // columns of lamC and dlamC, rows of dcols
   const Gemm gemm;
   parallel_tasks(s.P * b_blocks, [&](const auto& next) {
-    std::vector<T> lamC(ld * s.c_out), dcols(ld * g.K), dlamC(ld * s.c_out), dg(g.win);
+    std::vector<T> lamC(capacity * s.c_out), dcols(capacity * g.K), dlamC(capacity * s.c_out), dg(g.win);
     std::vector<int64_t> kept(block);
     for (int64_t task = next(); task < s.P * b_blocks; task = next()) {
       const int64_t p = task / b_blocks, b0 = std::min(s.B, task % b_blocks * per_block);
@@ -123,7 +123,9 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           }
           if (d_lam != nullptr) std::fill(d_lam + row * g.lam_row, d_lam + (row + 1) * g.lam_row, T(0));
         }
-        gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data(), ld);
+        // the GEMMs below run on `cols` >= m*hw columns of lamC and rows of dcols
+        const int64_t used = m * g.hw, cols = gemm.padded(used, s.c_out * g.K, c10::CppTypeToScalarType<T>::value);
+        gather_rows<T>(s, g, m, kept.data(), lam + r0 * g.lam_row, lamC.data(), cols);
         for (int64_t k = 0; k < m; ++k) {
           const int64_t row = r0 + kept[k], bi = row / s.R % s.B;
           const T* go = grad_out != nullptr ? grad_out + row * g.win : nullptr;
@@ -145,26 +147,24 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
         }
         if (m == 0) continue;
         // dW (C_out, K) += lamC dcols; dlamC (C_out, m*hw) = W dcols^T in lamC's layout (gather_rows), copied
-        // out per (row, channel). Both on `cols` >= m*hw columns of lamC and rows of dcols, zero past m*hw
-        // (dlamC's past it are scratch).
-        const int64_t used = m * g.hw, cols = gemm.padded(used, s.c_out * g.K, c10::CppTypeToScalarType<T>::value);
+        // out per (row, channel). lamC and dcols are zero past m*hw (dlamC is scratch there).
         std::fill(dcols.data() + used * g.K, dcols.data() + cols * g.K, T(0));
         if (g.hw == 1)
           std::fill(lamC.data() + used * s.c_out, lamC.data() + cols * s.c_out, T(0));
         else
-          for (int64_t co = 0; co < s.c_out; ++co) std::fill(lamC.data() + co * ld + used, lamC.data() + co * ld + cols, T(0));
+          for (int64_t co = 0; co < s.c_out; ++co) std::fill(lamC.data() + co * cols + used, lamC.data() + (co + 1) * cols, T(0));
         const at::Tensor dcolsv = matrix_view(dcols.data(), cols, g.K, g.K);
-        gemm(dW, lam_view(s, g, lamC.data(), cols, ld).t(), dcolsv, true);
+        gemm(dW, lam_view(s, g, lamC.data(), cols).t(), dcolsv, true);
         if (d_lam == nullptr) continue;
         if (g.hw == 1)  // as dlamC^T = dcols W^T: oneDNN writes a transposed destination with its slow reference code
-          gemm(lam_view(s, g, dlamC.data(), cols, ld), dcolsv, matrix_view(W_p, s.c_out, g.K, g.K).t());
+          gemm(lam_view(s, g, dlamC.data(), cols), dcolsv, matrix_view(W_p, s.c_out, g.K, g.K).t());
         else
-          gemm(matrix_view(dlamC.data(), s.c_out, cols, ld), matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t());
+          gemm(matrix_view(dlamC.data(), s.c_out, cols, cols), matrix_view(W_p, s.c_out, g.K, g.K), dcolsv.t());
         for (int64_t k = 0; k < m; ++k) {
           const T hb = grad_bias[r0 + kept[k]];
           T* dl = d_lam + (r0 + kept[k]) * g.lam_row;
           for (int64_t co = 0; co < s.c_out; ++co) {
-            const T* src = lam_at(s, g, dlamC.data(), ld, k, co, 0);
+            const T* src = lam_at(s, g, dlamC.data(), cols, k, co, 0);
             const T add = b_p != nullptr ? hb * b_p[co] : T(0);
             for (int64_t q = 0; q < g.hw; ++q) dl[co * g.hw + q] = src[q] + add;
           }

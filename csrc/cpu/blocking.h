@@ -61,10 +61,12 @@ at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {
 //
 // oneDNN compiles a kernel for every new shape and stride (0.1-0.3 ms, then cached), and the kernels'
 // row counts follow the data (the unstable rows of each batch): on fresh batches of trained cnn3 that
-// compiling cost 5-10 ms per DeepPoly gradient step, more than oneDNN saved. So callers keep the strides
-// fixed, and oneDNN only sees a dimension that follows the data with four leading binary digits (at most
-// 8 sizes per power of two), which bounds the shapes it ever compiles. A caller whose buffers have room
-// past that dimension computes the GEMM on `padded(n)` of it (scratch past n; the conv kernels); one
+// compiling cost 5-10 ms per DeepPoly gradient step, more than oneDNN saved. So oneDNN only sees a
+// dimension that follows the data with four leading binary digits (at most 8 sizes per power of two),
+// and strides that follow from the sizes: torch's mkldnn_matmul copies an operand that is neither
+// contiguous nor exactly transposed before it calls oneDNN (a copy per GEMM), so callers lay out their
+// blocks densely for the padded size. That bounds the shapes oneDNN ever compiles. A caller whose buffers
+// have room past that dimension computes the GEMM on `padded(n)` of it (scratch past n; the conv kernels); one
 // whose rows follow the data and have no room past them calls `rows_from_data`, which gives oneDNN the
 // rows rounded down and BLAS the rest (at most an eighth): an extra call, which cost the conv kernels
 // about 3% of a DeepPoly gradient step before they padded instead.

@@ -73,14 +73,15 @@ inline T select_positive(T v, T a, T b, bool or_zero = false) {
 }
 
 // lamC: the rows kept[0..m) of a block (each (C_out, hw) at lam_rows + kept[i] * lam_row) side by side,
-// channel-major (C_out, m*hw) with leading dimension ld, so each (row, channel) is one contiguous copy;
-// for 1x1 rows (hw = 1) row-major (m, C_out) instead, one contiguous copy per row (channel-major would
-// write single values ld apart: measured, a sixth of the backward kernel's own time on cnn3's DeepPoly
-// refinement). The GEMMs read it through lam_view. ld is the block's capacity, the same for every block:
-// the GEMMs' strides must not follow m (blocking.h's Gemm).
+// channel-major (C_out, n) for the GEMMs' n >= m*hw rows, so each (row, channel) is one contiguous copy;
+// for 1x1 rows (hw = 1) row-major (n, C_out) instead, one contiguous copy per row (channel-major would
+// write single values n apart: measured, a sixth of the backward kernel's own time on cnn3's DeepPoly
+// refinement). The GEMMs read it through lam_view. n is the padded row count (blocking.h's Gemm), not the
+// block's capacity: torch's mkldnn_matmul copies an operand first unless it is contiguous or exactly
+// transposed, and the strides then take no more values than the shapes do.
 template <typename T>
 void gather_rows(const BacksubConvShape& s, const Geometry& g, int64_t m, const int64_t* kept, const T* lam_rows,
-                 T* lamC, int64_t ld) {
+                 T* lamC, int64_t n) {
   for (int64_t r = 0; r < m; ++r) {
     const T* row = lam_rows + kept[r] * g.lam_row;
     if (g.hw == 1) {
@@ -88,20 +89,20 @@ void gather_rows(const BacksubConvShape& s, const Geometry& g, int64_t m, const 
       continue;
     }
     for (int64_t co = 0; co < s.c_out; ++co)
-      for (int64_t q = 0; q < g.hw; ++q) lamC[co * ld + r * g.hw + q] = row[co * g.hw + q];  // short: no memmove call
+      for (int64_t q = 0; q < g.hw; ++q) lamC[co * n + r * g.hw + q] = row[co * g.hw + q];  // short: no memmove call
   }
 }
 
-// lamC, or dlamC laid out the same way, as the (rows, C_out) matrix lamC^T of its first `rows` rows.
+// lamC, or dlamC laid out the same way, as the (n, C_out) matrix lamC^T.
 template <typename T>
-at::Tensor lam_view(const BacksubConvShape& s, const Geometry& g, const T* lamC, int64_t rows, int64_t ld) {
-  return g.hw == 1 ? matrix_view(lamC, rows, s.c_out, s.c_out) : matrix_view(lamC, s.c_out, rows, ld).t();
+at::Tensor lam_view(const BacksubConvShape& s, const Geometry& g, const T* lamC, int64_t n) {
+  return g.hw == 1 ? matrix_view(lamC, n, s.c_out, s.c_out) : matrix_view(lamC, s.c_out, n, n).t();
 }
 
 // Element (row k, channel co, position q) of lamC or dlamC.
 template <typename T>
-T* lam_at(const BacksubConvShape& s, const Geometry& g, T* lamC, int64_t ld, int64_t k, int64_t co, int64_t q) {
-  return g.hw == 1 ? lamC + k * s.c_out + co : lamC + co * ld + k * g.hw + q;
+T* lam_at(const BacksubConvShape& s, const Geometry& g, T* lamC, int64_t n, int64_t k, int64_t co, int64_t q) {
+  return g.hw == 1 ? lamC + k * s.c_out + co : lamC + co * n + k * g.hw + q;
 }
 
 // Runs f.template operator()<KW>() with KW = kw for the common kernel widths 1-7 at unit horizontal
