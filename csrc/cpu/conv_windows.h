@@ -105,24 +105,20 @@ T* lam_at(const BacksubConvShape& s, const Geometry& g, T* lamC, int64_t n, int6
   return g.hw == 1 ? lamC + k * s.c_out + co : lamC + co * n + k * g.hw + q;
 }
 
+// Runs f.template operator()<N>() with N = n where 1 <= n <= Max, else N = 0 (n known only at run time).
+template <int64_t Max, typename F>
+void with_constant(int64_t n, F&& f) {
+  [&]<int64_t... I>(std::integer_sequence<int64_t, I...>) {
+    if (!((n == I + 1 && (f.template operator()<I + 1>(), true)) || ...)) f.template operator()<0>();
+  }(std::make_integer_sequence<int64_t, Max>{});
+}
+
 // Runs f.template operator()<KW>() with KW = kw for the common kernel widths 1-7 at unit horizontal
 // dilation, else KW = 0 (run-time width and dilation). fold and unfold move one kw-wide run of taps at a
 // time; a compile-time width turns the run into a few vector instructions instead of a short loop.
 template <typename F>
 void with_tap_width(const BacksubConvShape& s, F&& f) {
-  if (s.d1 == 1) {
-    switch (s.kw) {
-      case 1: return f.template operator()<1>();
-      case 2: return f.template operator()<2>();
-      case 3: return f.template operator()<3>();
-      case 4: return f.template operator()<4>();
-      case 5: return f.template operator()<5>();
-      case 6: return f.template operator()<6>();
-      case 7: return f.template operator()<7>();
-      default: break;
-    }
-  }
-  f.template operator()<0>();
+  with_constant<7>(s.d1 == 1 ? s.kw : 0, f);
 }
 
 // acc (C_in, h2, w2) = the fold (col2im) of one row's columns (hw, K).
@@ -188,25 +184,7 @@ inline Span span_of(const BacksubConvShape& s, int64_t ox) {
 // dispatch per row; a row's spans all have the same width).
 template <typename F>
 void with_span_width(int64_t n, F&& f) {
-  switch (n) {
-    case 1: return f.template operator()<1>();
-    case 2: return f.template operator()<2>();
-    case 3: return f.template operator()<3>();
-    case 4: return f.template operator()<4>();
-    case 5: return f.template operator()<5>();
-    case 6: return f.template operator()<6>();
-    case 7: return f.template operator()<7>();
-    case 8: return f.template operator()<8>();
-    case 9: return f.template operator()<9>();
-    case 10: return f.template operator()<10>();
-    case 11: return f.template operator()<11>();
-    case 12: return f.template operator()<12>();
-    case 13: return f.template operator()<13>();
-    case 14: return f.template operator()<14>();
-    case 15: return f.template operator()<15>();
-    case 16: return f.template operator()<16>();
-    default: return f.template operator()<0>();
-  }
+  with_constant<16>(n, f);
 }
 
 // N values of T as one GCC vector, and the integer vector of a comparison of two (a typedef in a class: an
