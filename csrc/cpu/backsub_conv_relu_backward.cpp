@@ -81,12 +81,11 @@ void relax_window_backward_for(const T* up, const T* d_al, const BacksubConvShap
                                Args&&... args) {
   const Span sp = span_of(s, ox);
   with_span_width(sp.x1 - sp.x0, [&]<int64_t N>() {
-    if (up != nullptr)
-      (d_al != nullptr ? relax_window_backward<T, true, true, N> : relax_window_backward<T, true, false, N>)(s, oy, ox,
-                                                                                                           args...);
-    else
-      (d_al != nullptr ? relax_window_backward<T, false, true, N> : relax_window_backward<T, false, false, N>)(s, oy, ox,
-                                                                                                             args...);
+    const auto row = up != nullptr ? (d_al != nullptr ? relax_window_backward<T, true, true, N>
+                                                      : relax_window_backward<T, true, false, N>)
+                                   : (d_al != nullptr ? relax_window_backward<T, false, true, N>
+                                                      : relax_window_backward<T, false, false, N>);
+    row(s, oy, ox, args...);
   });
 }
 
@@ -152,7 +151,8 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
         if (g.hw == 1)
           std::fill(lamC.data() + used * s.c_out, lamC.data() + cols * s.c_out, T(0));
         else
-          for (int64_t co = 0; co < s.c_out; ++co) std::fill(lamC.data() + co * cols + used, lamC.data() + (co + 1) * cols, T(0));
+          for (int64_t co = 0; co < s.c_out; ++co)
+            std::fill(lamC.data() + co * cols + used, lamC.data() + (co + 1) * cols, T(0));
         const at::Tensor dcolsv = matrix_view(dcols.data(), cols, g.K, g.K);
         gemm(dW, lam_view(s, g, lamC.data(), cols).t(), dcolsv, true);
         if (d_lam == nullptr) continue;

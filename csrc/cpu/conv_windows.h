@@ -268,12 +268,14 @@ GLS_SIMD_CLONES __attribute__((noinline)) T relax_window_of(const BacksubConvSha
   return lane_sum(lane);
 }
 
+// relax_window_of for the span width of the row at origin column ox.
 template <typename T>
 T relax_window(const BacksubConvShape& s, int64_t oy, int64_t ox, const T* g, const T* al, const T* cl, const T* au,
                const T* cu, T* o, T* window) {
   const Span sp = span_of(s, ox);
   T total;
-  with_span_width(sp.x1 - sp.x0, [&]<int64_t N>() { total = relax_window_of<T, N>(s, oy, ox, g, al, cl, au, cu, o, window); });
+  with_span_width(sp.x1 - sp.x0,
+                  [&]<int64_t N>() { total = relax_window_of<T, N>(s, oy, ox, g, al, cl, au, cu, o, window); });
   return total;
 }
 
