@@ -148,11 +148,7 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
         // dW (C_out, K) += lamC dcols; dlamC (C_out, m*hw) = W dcols^T in lamC's layout (gather_rows), copied
         // out per (row, channel). lamC and dcols are zero past m*hw (dlamC is scratch there).
         std::fill(dcols.data() + used * g.K, dcols.data() + cols * g.K, T(0));
-        if (g.hw == 1)
-          std::fill(lamC.data() + used * s.c_out, lamC.data() + cols * s.c_out, T(0));
-        else
-          for (int64_t co = 0; co < s.c_out; ++co)
-            std::fill(lamC.data() + co * cols + used, lamC.data() + (co + 1) * cols, T(0));
+        zero_padding(s, g, lamC.data(), used, cols);
         const at::Tensor dcolsv = matrix_view(dcols.data(), cols, g.K, g.K);
         gemm(dW, lam_view(s, g, lamC.data(), cols).t(), dcolsv, true);
         if (d_lam == nullptr) continue;

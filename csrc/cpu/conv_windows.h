@@ -99,6 +99,16 @@ at::Tensor lam_view(const BacksubConvShape& s, const Geometry& g, const T* lamC,
   return g.hw == 1 ? matrix_view(lamC, n, s.c_out, s.c_out) : matrix_view(lamC, s.c_out, n, n).t();
 }
 
+// Zeroes lamC^T's rows [used, n) (a GEMM's padding rows) in gather_rows' layout.
+template <typename T>
+void zero_padding(const BacksubConvShape& s, const Geometry& g, T* lamC, int64_t used, int64_t n) {
+  if (g.hw == 1) {
+    std::fill(lamC + used * s.c_out, lamC + n * s.c_out, T(0));
+    return;
+  }
+  for (int64_t co = 0; co < s.c_out; ++co) std::fill(lamC + co * n + used, lamC + (co + 1) * n, T(0));
+}
+
 // Element (row k, channel co, position q) of lamC or dlamC.
 template <typename T>
 T* lam_at(const BacksubConvShape& s, const Geometry& g, T* lamC, int64_t n, int64_t k, int64_t co, int64_t q) {
