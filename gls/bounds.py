@@ -202,7 +202,8 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     """Bounds of C z(x) over the input region for every member of a population.
 
     model: an nn.Sequential (see gls.net) or a gls.Network. x (B, ...) shared inputs; eps a float or
-    (B,) tensor; domain (lo, hi) or None. method: ibp | hbox | crown-ibp | deeppoly (alias crown).
+    (B,) tensor; domain (lo, hi) or None. method: ibp | hbox | crown-ibp | deeppoly (alias crown), or
+    alpha-crown (gls.alpha_crown.alpha_crown_bounds with its defaults; member_chunk and rows do not apply).
     labels (B,) -> C = margin_spec (S = K-1); spec (B, S, K) -> C; neither -> C = I (the logits).
     params {name: (P, *shape)} (torch.func.stack_module_state format) or None for the model's own
     (P = 1). bound "lower" or "both". backend is passed to every gls.ops call. Differentiable with
@@ -230,6 +231,10 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     as windows (gls.patches); "all" is the dense all-rows reference algorithm: every neuron's row, dense
     maps through conv_transpose2d. Both give the same bounds (the tests' oracle); "all" is much slower.
     """
+    if method == "alpha-crown":  # optimised lower slopes on top of this module's DeepPoly (gls.alpha_crown)
+        from gls.alpha_crown import alpha_crown_bounds
+        return alpha_crown_bounds(model, x, eps, labels=labels, spec=spec, params=params, domain=domain, bound=bound,
+                                  backend=backend, intersect_ibp=intersect_ibp, sound=sound)
     net = Network.from_module(model)
     method = method_name(method)
     if bound not in ("lower", "both"):
