@@ -20,12 +20,14 @@ DeepPoly's sound bound.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
-from gls import ops
-from gls.bounds import _refine, _through, compute_bounds, ibp_boxes
+from gls.bounds import EXTENSIONS, compute_bounds, deeppoly_pass
 from gls.net import Network, check_input, param_dtype
-from gls.problem import Bounds, count_maps, input_region, spec_matrix
+from gls.problem import Bounds, spec_matrix
+from gls.sound import deeppoly_lower_with_slopes
 
 NAME = "alpha-crown"
 
@@ -60,7 +62,9 @@ def alpha_crown_bounds(model, x, eps, *, labels=None, spec=None, params=None, do
     setup = _Setup(net, work, xw, eps, labels, spec, domain, bound, backend, intersect_ibp)
     slopes, best = _optimise(setup, iterations, lr, lr_decay, patience)
     if sound:
-        lb = _sound_lower(net, params, x, eps, setup.C, domain, intersect_ibp, slopes)
+        C = _spec(labels, spec, x.double(), setup.C.shape[-1], bound)  # the caller's spec, not its float32 copy
+        lb = deeppoly_lower_with_slopes(net, params, x, eps, C, domain=domain, intersect_ibp=intersect_ibp,
+                                        slopes=slopes)
     else:
         lb = setup.lower(slopes)  # the kept slopes, fixed: differentiable in params
     lb_deep = deep.lower if bound == "lower" else torch.cat([deep.lower, -deep.upper], dim=-1)
@@ -74,23 +78,11 @@ class _Setup:
 
     def __init__(self, net, params, x, eps, labels, spec, domain, bound, backend, intersect_ibp):
         P = next(iter(params.values())).shape[0] if params else 1
-        self.x_lo, self.x_hi = input_region(x, eps, domain)
-        self.segs = net.plan(params, x.shape[1:], x.dtype)
-        B, K = x.shape[0], self.segs[-1][-1].n_out
-        C = spec_matrix(labels, spec, B, K, x)
-        if bound == "both":
-            C = torch.cat([C, -C], dim=1)
-        self.C = C
-        boxes, _ = ibp_boxes(self.segs, self.x_lo, self.x_hi, P, backend)
-        relax, self.unstable = [], []
-        for k, (l, u) in enumerate(boxes):
-            if k > 0 or count_maps(self.segs[0]) > 1:
-                l, u = _refine(self.segs, relax, k, l, u, self.x_lo, self.x_hi, x.shape[1:], backend,
-                               all_rows=not intersect_ibp, windows=True, intersect_ibp=intersect_ibp)
-            relax.append(ops.relu_relax(l, u, "deeppoly", backend=backend))
-            self.unstable.append((l < 0) & (u > 0))
-        self.relax = relax
-        self.lam = C.unsqueeze(0).expand(P, *C.shape).contiguous()
+        self.segs, self.x_lo, self.x_hi, pre, self.relax = deeppoly_pass(
+            net, params, x, eps, domain=domain, backend=backend, intersect_ibp=intersect_ibp)
+        self.unstable = [(l < 0) & (u > 0) for l, u in pre]
+        self.C = _spec(labels, spec, x, self.segs[-1][-1].n_out, bound)
+        self.lam = self.C.unsqueeze(0).expand(P, *self.C.shape).contiguous()
 
     def initial(self) -> list[torch.Tensor]:
         """DeepPoly's lower slopes per (member, sample, row, neuron): the starting point."""
@@ -102,8 +94,9 @@ class _Setup:
         back-substitution; plain torch ops, so autograd reaches the slopes)."""
         lam, bias = self.lam, None
         for j in range(len(self.segs) - 1, -1, -1):
-            lam, b = _through(self.segs[j], lam)
-            bias = b if bias is None else bias + b
+            for op in reversed(self.segs[j]):
+                lam, b = op.back(lam)
+                bias = b if bias is None else bias + b
             if j > 0:
                 a_l, c_l, a_u, c_u = (t.unsqueeze(2) for t in self.relax[j - 1])
                 a = torch.where(self.unstable[j - 1].unsqueeze(2), slopes[j - 1], a_l)
@@ -157,8 +150,6 @@ class _Detached(_Setup):
 
 
 def _detach_op(op):
-    import copy
-
     op = copy.copy(op)
     for name in ("W", "b", "s", "t"):
         if getattr(op, name, None) is not None:
@@ -166,42 +157,10 @@ def _detach_op(op):
     return op
 
 
-def _sound_lower(net, params, x, eps, C, domain, intersect_ibp, slopes) -> torch.Tensor:
-    """gls.sound's rigorous float64 bound of C z with the given lower slopes at the unstable neurons.
+def _spec(labels, spec, like, K, bound) -> torch.Tensor:
+    """C (B, S, K) of gls.problem.spec_matrix, with -C appended for bound="both"."""
+    C = spec_matrix(labels, spec, like.shape[0], K, like)
+    return torch.cat([C, -C], dim=1) if bound == "both" else C
 
-    Every (sample, row) becomes a sample of its own with one row, so gls.sound's per-(member, sample,
-    neuron) lines carry per-row slopes; the intermediate bounds are gls.sound's own (rigorous) DeepPoly
-    bounds, computed once per sample and repeated per row."""
-    from gls import sound
 
-    B, S, K = C.shape
-    with torch.no_grad(), torch.backends.cudnn.flags(enabled=False):
-        x64 = x.detach().double()
-        lo, hi = sound._region(x64, eps, domain)
-        p64 = {n: t.detach().double() for n, t in params.items()}
-        segs = net.plan(p64, x.shape[1:], torch.float64, sound=True)
-        P = next(iter(p64.values())).shape[0] if p64 else 1
-        dims = [lo.shape[-1], S] + [d for seg in segs for op in seg for d in (op.n_in, op.n_out)]
-        ps = sound._Pass(segs, lo, hi, P, sound._gamma(max(dims) + 2))
-        last = len(segs) - 1
-        for k in range(last):
-            if k > 0 or count_maps(segs[0]) > 1:
-                ps.pre[k] = sound._refine(ps, k, "deeppoly", intersect_ibp)
-            ps.relax.append(sound._lines(*ps.pre[k], "deeppoly"))
-
-        def rows(t, dim):  # (..., B, ...) -> (..., B * S, ...): each sample once per row
-            return t.repeat_interleave(S, dim=dim)
-
-        ps.x_lo, ps.x_hi = rows(lo, 0), rows(hi, 0)
-        ps.q = [[rows(q, 1) for q in qs] for qs in ps.q]
-        ps.m_in = [[rows(m, 1) for m in ms] for ms in ps.m_in]
-        relax = []
-        for k, ((l, u), (a_l, c_l, a_u, c_u)) in enumerate(zip(ps.pre, ps.relax)):
-            unstable = rows((l < 0) & (u > 0), 1)
-            alpha = slopes[k].detach().double().clamp(0.0, 1.0).reshape(P, B * S, -1)
-            relax.append((torch.where(unstable, alpha, rows(a_l, 1)), rows(c_l, 1), rows(a_u, 1), rows(c_u, 1)))
-        ps.pre = [(rows(l, 1), rows(u, 1)) for l, u in ps.pre]
-        ps.relax = relax
-        lam = C.double().reshape(1, B * S, 1, K).expand(P, -1, -1, -1).contiguous()
-        lb = ps.lower(lam, last).reshape(P, B, S)
-        return sound._to_dtype_down(lb, x.dtype)
+EXTENSIONS[NAME] = alpha_crown_bounds

@@ -196,6 +196,29 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, *, all_rows, wi
     return l.scatter(-1, idx, l_new), u.scatter(-1, idx, u_new)
 
 
+# Methods built on this module, method name -> function with compute_bounds's keywords (member_chunk and rows
+# aside); gls.alpha_crown registers "alpha-crown" (it imports this module, so this one cannot import it).
+EXTENSIONS: dict = {}
+
+
+def deeppoly_pass(net: Network, params: dict, x, eps, *, domain, backend=None, intersect_ibp=True):
+    """DeepPoly's intermediate bounds, as compute_bounds computes them, for methods that build on them:
+    (segs, x_lo, x_hi, pre, relax) with pre[k] = (l, u) (P, B, N) of ReLU k's pre-activation and relax[k]
+    its lines (a_l, c_l, a_u, c_u). x checked, params validated (net.resolve_params)."""
+    P = next(iter(params.values())).shape[0] if params else 1
+    x_lo, x_hi = input_region(x, eps, domain)
+    segs = net.plan(params, x.shape[1:], x.dtype)
+    boxes, _ = ibp_boxes(segs, x_lo, x_hi, P, backend)
+    pre, relax = [], []
+    for k, (l, u) in enumerate(boxes):
+        if k > 0 or count_maps(segs[0]) > 1:
+            l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, x.shape[1:], backend, all_rows=not intersect_ibp,
+                           windows=True, intersect_ibp=intersect_ibp)
+        pre.append((l, u))
+        relax.append(ops.relu_relax(l, u, "deeppoly", backend=backend))
+    return segs, x_lo, x_hi, pre, relax
+
+
 def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None, domain=(0.0, 1.0),
                    bound="lower", backend=None, member_chunk=None, intersect_ibp=True, sound=False,
                    rows="unstable") -> Bounds:
@@ -203,7 +226,8 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
 
     model: an nn.Sequential (see gls.net) or a gls.Network. x (B, ...) shared inputs; eps a float or
     (B,) tensor; domain (lo, hi) or None. method: ibp | hbox | crown-ibp | deeppoly (alias crown), or
-    alpha-crown (gls.alpha_crown.alpha_crown_bounds with its defaults; member_chunk and rows do not apply).
+    a method of EXTENSIONS: alpha-crown (gls.alpha_crown.alpha_crown_bounds with its defaults; member_chunk
+    and rows do not apply).
     labels (B,) -> C = margin_spec (S = K-1); spec (B, S, K) -> C; neither -> C = I (the logits).
     params {name: (P, *shape)} (torch.func.stack_module_state format) or None for the model's own
     (P = 1). bound "lower" or "both". backend is passed to every gls.ops call. Differentiable with
@@ -231,9 +255,8 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     as windows (gls.patches); "all" is the dense all-rows reference algorithm: every neuron's row, dense
     maps through conv_transpose2d. Both give the same bounds (the tests' oracle); "all" is much slower.
     """
-    if method == "alpha-crown":  # optimised lower slopes on top of this module's DeepPoly (gls.alpha_crown)
-        from gls.alpha_crown import alpha_crown_bounds
-        return alpha_crown_bounds(model, x, eps, labels=labels, spec=spec, params=params, domain=domain, bound=bound,
+    if isinstance(method, str) and method in EXTENSIONS:
+        return EXTENSIONS[method](model, x, eps, labels=labels, spec=spec, params=params, domain=domain, bound=bound,
                                   backend=backend, intersect_ibp=intersect_ibp, sound=sound)
     net = Network.from_module(model)
     method = method_name(method)

@@ -284,3 +284,43 @@ def sound_bounds(net, params: dict, x: torch.Tensor, eps, *, method: str, labels
     if bound == "lower":
         return Bounds(lb, None)
     return Bounds(lb[..., :S], -lb[..., S:])
+
+
+def deeppoly_lower_with_slopes(net, params: dict, x: torch.Tensor, eps, C: torch.Tensor, *, domain, intersect_ibp: bool,
+                               slopes: list) -> torch.Tensor:
+    """Sound lower bound (P, B, S) of C z by DeepPoly whose unstable ReLUs take the lower line slopes[k] z
+    (slopes[k] (P, B, S, N_k), values in [0, 1], one per specification row: alpha-CROWN, gls.alpha_crown).
+
+    Such a line is valid in real arithmetic for every z, and point 4 pays for the rounding of the products
+    whatever the slope, so the argument above holds unchanged. Every (sample, row) becomes a sample of its
+    own with one row, so the per-(member, sample, neuron) lines of _Pass carry per-row slopes; the
+    intermediate bounds are this module's DeepPoly bounds, computed once per sample and repeated per row.
+    net and params validated, x checked, C (B, S, K)."""
+    B, S, K = C.shape
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=False):
+        lo, hi = _region(x.detach().double(), eps, domain)
+        p64 = {n: t.detach().double() for n, t in params.items()}
+        segs = net.plan(p64, x.shape[1:], torch.float64, sound=True)
+        P = next(iter(p64.values())).shape[0] if p64 else 1
+        dims = [lo.shape[-1], S] + [d for seg in segs for op in seg for d in (op.n_in, op.n_out)]
+        ps = _Pass(segs, lo, hi, P, _gamma(max(dims) + 2))
+        last = len(segs) - 1
+        for k in range(last):
+            if k > 0 or count_maps(segs[0]) > 1:
+                ps.pre[k] = _refine(ps, k, "deeppoly", intersect_ibp)
+            ps.relax.append(_lines(*ps.pre[k], "deeppoly"))
+
+        def rows(t, dim):  # (.., B, ..) -> (.., B * S, ..): each sample once per row
+            return t.repeat_interleave(S, dim=dim)
+
+        ps.x_lo, ps.x_hi = rows(lo, 0), rows(hi, 0)
+        ps.q = [[rows(q, 1) for q in qs] for qs in ps.q]
+        ps.m_in = [[rows(m, 1) for m in ms] for ms in ps.m_in]
+        relax = []
+        for (l, u), (a_l, c_l, a_u, c_u), a in zip(ps.pre, ps.relax, slopes):
+            a = a.detach().double().clamp(0.0, 1.0).reshape(P, B * S, -1)
+            relax.append((torch.where(rows((l < 0) & (u > 0), 1), a, rows(a_l, 1)), rows(c_l, 1), rows(a_u, 1), rows(c_u, 1)))
+        ps.pre = [(rows(l, 1), rows(u, 1)) for l, u in ps.pre]
+        ps.relax = relax
+        lam = C.double().reshape(1, B * S, 1, K).expand(P, -1, -1, -1).contiguous()
+        return _to_dtype_down(ps.lower(lam, last).reshape(P, B, S), x.dtype)
