@@ -8,7 +8,7 @@
    gls_kernels/<op>.py (for the backends it lists), tests/test_<op>.py and bench/test_<op>_bench.py;
    and every kernel file is named for the one op it implements.
 4. Library and application apart: the library (gls/ outside gls/app/) imports nothing from gls.app, and the
-   command modules gls.train, gls.certify and gls.study import only their gls.app counterpart.
+   command modules gls.train, gls.certify, gls.study and gls.export import only their gls.app counterpart.
 5. No private name crosses modules: no module of gls/, gls_kernels/, tests/ or bench/ imports or reads
    another module's `_name` (the compiled library gls._C excepted).
 """
@@ -91,7 +91,8 @@ def test_kernels_import_nothing_from_gls():
 
 # ---- the library imports nothing from the application ---------------------------------------------
 
-COMMANDS = {"gls.train": "gls.app.train", "gls.certify": "gls.app.certify", "gls.study": "gls.app.study.cli"}
+COMMANDS = {"gls.train": "gls.app.train", "gls.certify": "gls.app.certify", "gls.study": "gls.app.study.cli",
+            "gls.export": "gls.app.export"}
 
 
 def _is_app(name: str) -> bool:
