@@ -53,7 +53,8 @@ def alpha_crown_bounds(model, x, eps, *, labels=None, spec=None, params=None, do
     x = check_input(x, param_dtype(params, x))
     deep = compute_bounds(net, x, eps, method="deeppoly", labels=labels, spec=spec, params=params, domain=domain,
                           bound=bound, backend=backend, intersect_ibp=intersect_ibp, sound=sound)
-    B = x.shape[0]
+    if net.num_relus == 0:  # no slope to optimise: DeepPoly is exact up to its concretisation
+        return deep
     if sound:  # optimise in float32, evaluate soundly in float64
         work = {n: t.detach().float() for n, t in params.items()}
         xw = x.detach().float()

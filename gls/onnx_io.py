@@ -234,7 +234,7 @@ class _Reader:
         elif op == "Reshape":
             target = [int(v) for v in self.consts[node.input[1]].reshape(-1).tolist()]
             n = math.prod(self.shape)
-            if not (len(target) == 2 and target[0] in (-1, 0, 1) and target[1] in (-1, n)):
+            if not (len(target) == 2 and target[0] in (-1, 0) and target[1] in (-1, n) and target != [-1, -1]):
                 raise OnnxImportError(f"{where}: only a Reshape to (batch, -1) is supported (a flatten), got {target} "
                                       f"for per-sample shape {self.shape}")
             self._flatten()
