@@ -109,13 +109,14 @@ def _backsub(lam, segs, relax, upto, x_lo, x_hi, backend, windows=True):
     lam: dense coefficients (P, B, S, N), or gls.patches.Rows for rows kept as windows. With
     `windows`, rows go through convolutions as windows (dense rows as windows covering the whole map),
     on the fused gls.ops.backsub_conv_relu; without, as dense maps through conv_transpose2d (the
-    oracle of the tests).
+    oracle of the tests). A segment is empty where the network starts with a ReLU or two ReLUs follow
+    each other (Identity and Flatten leave no op); rows pass it unchanged.
     """
     shape = lam.coef.shape[:3] if isinstance(lam, patches.Rows) else lam.shape[:3]
     bias = x_lo.new_zeros(shape)
     for j in range(upto, -1, -1):
         seg = segs[j]
-        if windows and not isinstance(lam, patches.Rows) and isinstance(seg[-1], Conv):
+        if windows and not isinstance(lam, patches.Rows) and seg and isinstance(seg[-1], Conv):
             lam = patches.whole(lam, seg[-1].out_shape)
         windowed = isinstance(lam, patches.Rows)
         if j == 0:

@@ -133,16 +133,27 @@ def first_conv_bound(rows: Rows, seg, x_lo, x_hi, backend=None) -> torch.Tensor 
     return bound
 
 
+def _onto(o: int, size: int, n: int) -> tuple[slice, int, int]:
+    """A window's extent [o, o + size) placed on a map's [0, n): (the part of the window inside the
+    map, zeros before it, zeros after it); the part is empty when the window lies wholly outside."""
+    lo = min(max(0, -o), size)
+    hi = max(lo, min(size, n - o))
+    before = min(max(0, o), n)
+    return slice(lo, hi), before, n - before - (hi - lo)
+
+
 def crop(rows: Rows) -> Rows:
-    """Windows no smaller than their map, cut to the map itself (exact: they are zero outside it)."""
+    """Windows no smaller than their map (in coefficients), cut to the map itself (exact: they are zero
+    outside it). A window may be larger than the map in one dimension and lie wholly outside it, in the
+    padding, in the other; its cut is then zero."""
     h, w = rows.coef.shape[-2:]
     H, W = rows.shape[1:]
     if h * w < H * W:
         return rows
     if rows.at is None:
         return whole(dense(rows), rows.shape)
-    (oy, ox), coef = rows.at, rows.coef  # one origin: a slice (negative padding crops)
-    coef = torch.nn.functional.pad(coef, (ox, W - ox - w, oy, H - oy - h))
+    (ys, top, bottom), (xs, left, right) = _onto(rows.at[0], h, H), _onto(rows.at[1], w, W)  # one origin: a slice
+    coef = torch.nn.functional.pad(rows.coef[..., ys, xs], (left, right, top, bottom))
     return rows._replace(coef=coef, origin=torch.zeros_like(rows.origin), at=(0, 0))
 
 

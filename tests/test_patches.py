@@ -124,3 +124,59 @@ def test_trained_mlp_equals_all_rows(mnist):
     params = _stacked(population(model, 2, scale=0.01), torch.float32)
     for method in METHODS:
         _compare(model, x.reshape(6, 784), 0.05, y, params, method)
+
+
+def _geometry(name):
+    """(model, per-sample shape, domain) of the windowed-path geometries that once crashed."""
+    torch.manual_seed(5)
+    if name == "relu_first":  # an empty first segment
+        layers, shape = [nn.ReLU(), nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)], (2, 2)
+    elif name == "relu_relu":  # an empty segment between two ReLUs, dense rows
+        layers, shape = [nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), nn.ReLU(), nn.Linear(6, 3)], (4,)
+    elif name == "relu_identity_relu":  # the same after a convolution, Identity between
+        layers, shape = [nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Identity(), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)], (1, 6, 6)
+    elif name == "relu_first_conv":  # ReLU first, then ReLU, Flatten, ReLU after a convolution
+        layers, shape = [nn.ReLU(), nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.ReLU(),
+                         nn.Linear(50, 4), nn.ReLU(), nn.Linear(4, 3)], (1, 5, 5)
+    elif name == "padded_then_strided":  # a window wholly inside the padding in one dimension
+        layers, shape = [nn.Conv2d(1, 2, 1, stride=2, padding=2), nn.Conv2d(2, 2, 1, stride=3), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4, 3)], (1, 2, 3)
+    elif name == "padded_then_strided_relus":  # the same with ReLUs between, after a larger first layer
+        layers, shape = [nn.Conv2d(3, 5, 5, stride=2, padding=3, dilation=2), nn.ReLU(),
+                         nn.Conv2d(5, 2, 1, stride=2, padding=2, dilation=2), nn.ReLU(), nn.Conv2d(2, 2, 1, stride=3),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4, 3)], (3, 5, 8)
+    return nn.Sequential(*layers).double(), shape, (-1.0, 1.0) if name.startswith("relu_first") else (0.0, 1.0)
+
+
+@pytest.mark.parametrize("method", ["hbox", "crown-ibp", "deeppoly"])
+@pytest.mark.parametrize("name", ["relu_first", "relu_relu", "relu_identity_relu", "relu_first_conv",
+                                  "padded_then_strided", "padded_then_strided_relus"])
+def test_empty_segments_and_windows_outside_the_map_equal_all_rows(name, method):
+    """The windowed path once crashed here (IndexError on an empty segment in _backsub; a negative narrow()
+    in crop for a window wholly in the padding): bounds now equal rows="all" in float64."""
+    model, shape, (lo, hi) = _geometry(name)
+    params = _stacked(population(model, 2), torch.float64)
+    x = lo + (hi - lo) * torch.rand(3, *shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    kw = dict(method=method, spec=torch.randn(3, 2, 3, dtype=torch.float64), params=params, bound="both",
+              domain=(lo, hi))
+    for eps in (0.05, 0.5):
+        fast = gls.compute_bounds(model, x, eps, **kw)
+        full = gls.compute_bounds(model, x, eps, rows="all", **kw)
+        _close(fast.lower, full.lower, 1e-6)
+        _close(fast.upper, full.upper, 1e-6)
+
+
+def test_crop_cuts_a_window_outside_the_map_to_zeros():
+    """A window larger than the map in one dimension and wholly in the padding in the other is cut to the
+    map: its coefficients there are zero, so the cut window is zero (it once padded by a negative amount)."""
+    from gls import patches
+
+    coef = torch.randn(1, 1, 2, 3, 1, 7)
+    rows = patches.Rows(coef, torch.tensor([-2, -2]).expand(1, 1, 2, 2), (3, 2, 3), (-2, -2))
+    cut = patches.crop(rows)
+    assert cut.coef.shape == (1, 1, 2, 3, 2, 3) and cut.at == (0, 0)
+    assert (cut.coef == 0).all() and (cut.origin == 0).all()
+    inside = patches.Rows(coef.expand(1, 1, 2, 3, 4, 7).clone(), torch.tensor([-1, -2]).expand(1, 1, 2, 2), (3, 2, 3),
+                          (-1, -2))
+    torch.testing.assert_close(patches.crop(inside).coef, inside.coef[..., 1:3, 2:5])
+    torch.testing.assert_close(patches.dense(patches.crop(inside)), patches.dense(inside))
