@@ -2,7 +2,11 @@
 
 Supported layers: gls.nn.Normalize, nn.Linear, nn.Conv2d (any stride, padding, dilation; groups = 1,
 zero padding), nn.ReLU, nn.Flatten (start_dim = 1), nn.BatchNorm1d/2d and nn.Identity; nested
-Sequentials are flattened. Anything else is refused, naming the layer and its position.
+Sequentials are flattened. A subclass of one counts as that layer only if it computes what the layer
+computes: a subclass (or instance) with its own forward, or anything else its forward reads
+(_conv_forward, __call__, a weight property, a parametrization), or with forward hooks, is refused,
+since gls would bound the base layer instead. Anything else is refused, naming the layer and its
+position.
 
 BatchNorm is always evaluated in eval form, with the model's running statistics (buffers shared by
 every member) and per-member weight and bias (parameters). One that directly follows a Linear or Conv2d
@@ -108,6 +112,34 @@ def _describe(position: str, module: nn.Module) -> str:
     return f"layer {position} ({type(module).__name__})"
 
 
+_SUPPORTED = ("supported: Normalize, Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d (eval form), Identity and "
+              "nested Sequentials, or subclasses of them that keep their forward")
+_KNOWN = (nn.Sequential, nn.Identity, nn.ReLU, nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, Normalize,
+          nn.Flatten)
+# What a known layer's forward calls or reads, besides plain attributes its __init__ sets: redefining
+# any of them changes what it computes.
+_FORWARD_READS = ("forward", "__call__", "_call_impl", "_wrapped_call_impl", "__getattr__", "__getattribute__",
+                  "_conv_forward", "__iter__", "weight", "bias", "running_mean", "running_var", "mean", "std")
+
+
+def _known_layer(where: str, m: nn.Module) -> type:
+    """The layer gls bounds m as (a class of _KNOWN); ValueError naming `where` if m is none of them, or
+    computes something else than that layer (its own forward, a redefined method or parameter, hooks)."""
+    base = next((cls for cls in _KNOWN if isinstance(m, cls)), None)
+    if base is None:
+        raise ValueError(f"unsupported {where}; {_SUPPORTED}")
+    mro = type(m).__mro__
+    own = [name for cls in mro[:mro.index(base)] for name in vars(cls) if name in _FORWARD_READS]
+    own += [name for name in vars(m) if name in _FORWARD_READS]  # set on the instance itself
+    why = [f"redefines {', '.join(dict.fromkeys(own))}"] if own else []
+    if m._forward_hooks or m._forward_pre_hooks:
+        why.append("has forward hooks")
+    if why:
+        raise ValueError(f"{where} is a {base.__name__} that {' and '.join(why)}: gls would bound "
+                         f"a plain {base.__name__} instead, so it refuses it; {_SUPPORTED}")
+    return base
+
+
 def _parse(module: nn.Module, prefix: str = "", seen: dict | None = None) -> list[_Layer]:
     """Every position of the Sequential, repeats included (named_children() would drop a module object
     that appears twice, silently bounding a different network)."""
@@ -123,6 +155,7 @@ def _parse(module: nn.Module, prefix: str = "", seen: dict | None = None) -> lis
                              "twice shares its parameters, which gls cannot bound per member: give every layer "
                              "its own module")
         seen.setdefault(id(m), pos)
+        _known_layer(_describe(pos, m), m)
         if isinstance(m, nn.Sequential):
             out += _parse(m, pos + ".", seen)
         elif isinstance(m, nn.Identity):
@@ -145,13 +178,10 @@ def _parse(module: nn.Module, prefix: str = "", seen: dict | None = None) -> lis
             out.append(_Layer("batchnorm", pos, m))
         elif isinstance(m, Normalize):
             out.append(_Layer("normalize", pos, m))
-        elif isinstance(m, nn.Flatten):
+        else:  # nn.Flatten
             if m.start_dim != 1 or m.end_dim != -1:
                 raise ValueError(f"{_describe(pos, m)}: only Flatten(start_dim=1, end_dim=-1) is supported")
             out.append(_Layer("flatten", pos, m))
-        else:
-            raise ValueError(f"unsupported {_describe(pos, m)}; supported: Normalize, Linear, Conv2d, ReLU, "
-                             "Flatten, BatchNorm1d/2d (eval form), Identity")
     return out
 
 
@@ -183,6 +213,7 @@ class Network:
             return model
         if not isinstance(model, nn.Sequential):
             raise TypeError(f"expected a torch.nn.Sequential (or a gls.Network), got {type(model).__name__}")
+        _known_layer(f"the model ({type(model).__name__})", model)
         layers = _parse(model)
         if not layers:
             raise ValueError("the network has no layers")

@@ -19,8 +19,8 @@ class Normalize(nn.Module):
         std = torch.as_tensor(std, dtype=torch.float32).flatten()
         if mean.numel() == 0 or std.numel() == 0:
             raise ValueError("Normalize: mean and std must not be empty")
-        if not (std > 0).all():
-            raise ValueError(f"Normalize: std must be positive, got {std.tolist()}")
+        if not ((std > 0) & torch.isfinite(std)).all():  # inf would zero the input; nan fails std > 0
+            raise ValueError(f"Normalize: std must be positive and finite, got {std.tolist()}")
         if not torch.isfinite(mean).all():
             raise ValueError(f"Normalize: mean must be finite, got {mean.tolist()}")
         self.register_buffer("mean", mean)

@@ -20,11 +20,12 @@ count. `purpose` separates independent streams (0 = PGPE/RGS population noise).
 
 Populations: P rows for members member_offset .. member_offset + P - 1; with `antithetic`, rows p and
 p + P/2 are +eps and -eps of pair index member_offset + p (the counter's member word). A sub-range of a
-population is asked for with member_offset. Sigma checks (non-negative, no NaN) read the values, which
-synchronises with a GPU.
+population is asked for with member_offset. Sigma checks (finite, non-negative) read the values, which
+synchronises with a GPU. theta and the weights are float32 or float64, the dtypes of the kernels.
 """
 from __future__ import annotations
 
+import numbers
 import operator
 
 import torch
@@ -86,13 +87,27 @@ def _members(P, member_offset, antithetic: bool, device) -> Tensor:
     return torch.arange(offset, offset + n, dtype=torch.int64, device=device)
 
 
+def _floating(t: Tensor, what: str) -> Tensor:
+    """t, if float32 or float64: the dtypes every backend's kernels take."""
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{what} must be float32 or float64 (the dtypes of the noise kernels), got {t.dtype}")
+    return t
+
+
 def _sigma(sigma, d: int, like: Tensor) -> Tensor:
-    """sigma as a tensor of like's dtype and device: a scalar or (d,); non-negative."""
-    s = sigma if isinstance(sigma, Tensor) else torch.tensor(float(sigma))
+    """sigma as a tensor of like's dtype and device: a scalar or (d,); finite and non-negative."""
+    if isinstance(sigma, Tensor):
+        if sigma.dtype == torch.bool or sigma.is_complex():
+            raise TypeError(f"sigma must be a real tensor, got {sigma.dtype}")
+        s = sigma
+    elif isinstance(sigma, numbers.Real) and not isinstance(sigma, bool):
+        s = torch.tensor(float(sigma))
+    else:
+        raise TypeError(f"sigma must be a float or a tensor, got {type(sigma).__name__} {sigma!r:.40}")
     s = s.to(dtype=like.dtype, device=like.device)
     check_sigma(s, d, "noise")
-    if not bool((s.detach() >= 0).all()):
-        raise ValueError("sigma must be non-negative (and not NaN)")
+    if not bool(((s.detach() >= 0) & torch.isfinite(s.detach())).all()):  # one sync
+        raise ValueError("sigma must be finite and non-negative (no NaN or inf)")
     return s.reshape(()) if s.numel() == 1 else s
 
 
@@ -137,6 +152,7 @@ def perturb(theta: Tensor, sigma, seed, members, *, purpose=PURPOSE_POPULATION, 
     """
     if not isinstance(theta, Tensor) or theta.dim() != 1 or not theta.is_floating_point():
         raise TypeError("perturb: theta must be a flat (d,) floating-point tensor")
+    _floating(theta, "perturb: theta")
     d = _dim(theta.shape[0])
     member_words = _members(members, member_offset, antithetic, theta.device)
     return ops.noise_perturb(theta, _sigma(sigma, d, theta), member_words, _seed(seed), _u32(purpose, "purpose"), bool(antithetic),
@@ -146,7 +162,7 @@ def perturb(theta: Tensor, sigma, seed, members, *, purpose=PURPOSE_POPULATION, 
 def _weights(weights: Tensor, P_name: str) -> Tensor:
     if not isinstance(weights, Tensor) or weights.dim() not in (1, 2) or not weights.is_floating_point():
         raise TypeError(f"{P_name}: weights must be a (P,) or (P, d) floating-point tensor")
-    return weights
+    return _floating(weights, f"{P_name}: weights")
 
 
 def noise_weighted_sum(weights: Tensor, sigma, seed, d, *, purpose=PURPOSE_POPULATION, member_offset=0, antithetic=False,

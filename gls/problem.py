@@ -4,6 +4,7 @@ refines, and how many members one pass bounds.
 """
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -72,6 +73,8 @@ def input_region(x: torch.Tensor, eps, domain) -> tuple[torch.Tensor, torch.Tens
     """Flat box (B, N) [max(x - eps, lo), min(x + eps, hi)]; eps a float or a (B,) tensor."""
     B = x.shape[0]
     if isinstance(eps, torch.Tensor):
+        if eps.dtype == torch.bool or eps.is_complex():
+            raise TypeError(f"eps must be a real tensor, got {eps.dtype}")
         if eps.dim() == 0:
             eps = eps.reshape(1).expand(B)
         if eps.shape != (B,):
@@ -82,10 +85,9 @@ def input_region(x: torch.Tensor, eps, domain) -> tuple[torch.Tensor, torch.Tens
         if (eps < 0).any():
             raise ValueError(f"eps must be non-negative, got min {eps.min().item()}")
     else:
-        try:
-            eps = float(eps)
-        except (TypeError, ValueError):
-            raise TypeError(f"eps must be a float or a (B,) tensor, got {type(eps).__name__}") from None
+        if not _is_number(eps):  # float("0.1") would take a string
+            raise TypeError(f"eps must be a float or a (B,) tensor, got {type(eps).__name__} {eps!r:.40}")
+        eps = float(eps)
         if eps != eps or eps < 0:
             raise ValueError(f"eps must be non-negative, got {eps}")
         eps = torch.full((B,), eps, dtype=x.dtype, device=x.device)
@@ -101,12 +103,22 @@ def input_region(x: torch.Tensor, eps, domain) -> tuple[torch.Tensor, torch.Tens
     return lo, hi
 
 
+def _is_number(v) -> bool:
+    """A real number (Python, NumPy or a one-element tensor), not a string or a bool."""
+    if isinstance(v, torch.Tensor):
+        return v.numel() == 1 and not (v.dtype == torch.bool or v.is_complex())
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def domain_bounds(domain) -> tuple[float, float]:
     """(lo, hi) floats with lo <= hi; lo may be -inf and hi +inf."""
     try:
-        d_lo, d_hi = (float(v) for v in domain)
+        d_lo, d_hi = domain
     except (TypeError, ValueError):
-        raise TypeError(f"domain must be None or a pair (lo, hi) of numbers, got {domain!r}") from None
+        d_lo = d_hi = None
+    if not (_is_number(d_lo) and _is_number(d_hi)):  # float("0") would take a string
+        raise TypeError(f"domain must be None or a pair (lo, hi) of numbers, got {domain!r}")
+    d_lo, d_hi = float(d_lo), float(d_hi)
     if not d_lo <= d_hi or d_lo == float("inf") or d_hi == -float("inf"):
         raise ValueError(f"domain must be (lo, hi) with lo <= hi, got {domain}")
     return d_lo, d_hi

@@ -119,8 +119,8 @@ class PGPE:
         self.pair_chunk = pair_chunk
         self.theta = theta.detach().clone()
         self.sigma = torch.as_tensor(sigma, dtype=theta.dtype, device=theta.device).expand_as(self.theta).clone()
-        if not bool((self.sigma > 0).all()):
-            raise ValueError("PGPE needs sigma > 0")
+        if not bool(((self.sigma > 0) & torch.isfinite(self.sigma)).all()):
+            raise ValueError(f"PGPE needs a finite sigma > 0, got values in [{float(self.sigma.min())}, {float(self.sigma.max())}]")
         self.population, self.seed, self.optimizer = population, int(seed), optimizer
         self.momentum, self.adapt_sigma = momentum, adapt_sigma
         self.stdev_lr, self.stdev_max_change = stdev_lr, stdev_max_change
@@ -230,8 +230,8 @@ class RGS:
                  antithetic: bool = False, grad_clip: float | None = None, member_chunk: int | None = None):
         if samples < 1:
             raise ValueError(f"RGS needs at least one sample, got {samples}")
-        if sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        if isinstance(sigma, (str, bool)) or not math.isfinite(sigma) or sigma < 0:
+            raise ValueError(f"RGS needs a finite sigma >= 0, got {sigma!r}")
         if antithetic and samples % 2:
             raise ValueError(f"antithetic RGS needs an even number of samples, got {samples}")
         if grad_clip is not None and grad_clip <= 0:
