@@ -4,21 +4,35 @@
 // it: csrc/cpu/<op>.cpp (TORCH_LIBRARY_IMPL(gls, CPU, m)) and csrc/cuda/<op>.cu (TORCH_LIBRARY_IMPL(gls,
 // CUDA, m)); code shared by several ops sits in a header next to them. Fake (meta) kernels and autograd
 // formulas are registered from Python: gls/meta/<op>.py.
+//
+// The emulated CUDA build (gls._C_cuda_emu, GLS_CUDA_EMU: csrc/cuda compiled for the CPU by g++,
+// csrc/emu/) compiles this file too, and defines the same schemas as gls_cuda_emu::<op>.
 #include <torch/library.h>
+
+#if defined(GLS_CUDA_EMU)
+#define GLS_OPS_NAMESPACE gls_cuda_emu
+#define GLS_PY_INIT PyInit__C_cuda_emu
+#define GLS_PY_NAME "_C_cuda_emu"
+#else
+#define GLS_OPS_NAMESPACE gls
+#define GLS_PY_INIT PyInit__C
+#define GLS_PY_NAME "_C"
+#endif
+#define GLS_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)  // expands the namespace macro before TORCH_LIBRARY pastes it
 
 #ifndef GLS_NO_PYTHON  // the CMake build makes a plain library for torch.ops.load_library
 #include <Python.h>
 
 extern "C" {
 // Importing gls._C loads this library, which runs the static registrations below.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyObject* GLS_PY_INIT(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, GLS_PY_NAME, nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
 }
 #endif
 
-TORCH_LIBRARY(gls, m) {
+GLS_LIBRARY(GLS_OPS_NAMESPACE, m) {
   // ---- bound propagation (gls/reference/bound_ops.py holds the definitions) ----
   // ReLU relaxation lines from pre-activation bounds, elementwise: (a_l, c_l, a_u, c_u).
   m.def("relu_relax(Tensor l, Tensor u, str method) -> (Tensor, Tensor, Tensor, Tensor)");

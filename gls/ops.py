@@ -1,13 +1,16 @@
 """The one place that picks a backend for each op, and the table of ops.
 
 Backends: ``reference`` (plain PyTorch, gls/reference/), ``cpp`` (csrc/cpu via torch.ops.gls),
-``cuda`` (csrc/cuda via torch.ops.gls) and ``triton`` (gls_kernels/, one module per op).
+``cuda`` (csrc/cuda via torch.ops.gls), ``triton`` (gls_kernels/, one module per op), and
+``cuda-emu``: csrc/cuda's kernels run on CPU tensors through the CUDA emulation (csrc/emu, via
+torch.ops.gls_cuda_emu), for testing them without a GPU; every op with a ``cuda`` kernel has it.
 
 Choice, first match wins:
 1. the ``backend=`` keyword of the call (strict: an error if that backend cannot run the op here);
 2. the ``GLS_BACKEND`` environment variable (for every op that backend implements; other ops use
    the default below);
-3. the default: CPU tensors -> ``cpp``; CUDA tensors -> ``cuda``, else ``triton``; else ``reference``.
+3. the default: CPU tensors -> ``cpp``; CUDA tensors -> ``cuda``, else ``triton``; else ``reference``
+   (``cuda-emu`` is never a default: it is slow, and only there to run the CUDA code).
    (CUDA is preferred over Triton on GPUs because the CUDA kernels fuse the perturbation and the
    epilogue; override per call or with GLS_BACKEND=triton.)
 
@@ -16,8 +19,9 @@ reference ``def <op>`` in the module named in OPS, schema in csrc/ops.cpp, kerne
 csrc/cuda/<op>.cu and gls_kernels/<op>.py (the ``gls_triton::<op>`` custom op), metadata (input
 check, fake kernel, autograd) in gls/meta/<op>.py, tests/test_<op>.py and bench/test_<op>_bench.py.
 To add one: write those files, add its entry to OPS and a wrapper function below. This module
-registers the metadata: for ``gls::<op>`` at import when gls._C defines it, for ``gls_triton::<op>``
-when it first loads the Triton module, so every backend shares one fake kernel and one backward.
+registers the metadata: for ``gls::<op>`` and ``gls_cuda_emu::<op>`` at import when the libraries define
+them, for ``gls_triton::<op>`` when it first loads the Triton module, so every backend shares one fake
+kernel and one backward.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ import torch
 
 from gls import meta, native
 
-BACKENDS = ("reference", "cpp", "cuda", "triton")
+BACKENDS = ("reference", "cpp", "cuda", "triton", "cuda-emu")
 
 # The backend table: op name -> (reference module, backends with a kernel besides the reference).
 OPS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -61,10 +65,11 @@ def _triton_impl(op: str) -> Callable | None:
 
 
 def _register_native() -> None:
-    """Fake kernels and autograd of the gls:: ops that the loaded gls._C defines."""
-    for op in OPS:
-        if native.has_op(op):
-            meta.register(op, "gls")
+    """Fake kernels and autograd of the gls:: and gls_cuda_emu:: ops that the loaded libraries define."""
+    for namespace in native.NAMESPACES:
+        for op in OPS:
+            if native.has_op(op, namespace):
+                meta.register(op, namespace)
 
 
 _register_native()
@@ -79,8 +84,15 @@ def _candidate(op: str, backend: str, device: torch.device) -> tuple[Callable | 
     ref_module, kernels = OPS[op]
     if backend == "reference":
         return getattr(importlib.import_module(ref_module), op), ""
-    if backend not in kernels:
+    if backend not in kernels and not (backend == "cuda-emu" and "cuda" in kernels):
         return None, f"gls op {op!r} has no {backend} kernel"
+    if backend == "cuda-emu":
+        if device.type != "cpu":
+            return None, f"backend 'cuda-emu' runs on CPU tensors, got tensors on {device}"
+        if not native.has_kernel(op, "CPU", "gls_cuda_emu"):
+            why = native.EMU_LOAD_ERROR or "gls._C_cuda_emu has no kernel for it"
+            return None, f"backend 'cuda-emu' is not available for {op!r}: {why}"
+        return getattr(torch.ops.gls_cuda_emu, op), ""
     if backend in ("cpp", "cuda"):
         want = "cpu" if backend == "cpp" else "cuda"
         if device.type != want:

@@ -13,16 +13,13 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <climits>
 #include <tuple>
 #include <vector>
 
+#include "cuda_compat.cuh"
 #include "gls/bound_checks.h"
 #include "conv_windows.cuh"
 #include "tiles.cuh"
@@ -74,8 +71,8 @@ std::tuple<Tensor, Tensor, Tensor> backsub_conv_relu_cuda(const Tensor& lam, con
                                                           at::IntArrayRef dilation, bool keep_window) {
   const char* op = "backsub_conv_relu";
   const BacksubConvShape s =
-      check_backsub_conv(c10::DeviceType::CUDA, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
-  const c10::cuda::CUDAGuard guard(lam.device());
+      check_backsub_conv(kKernelDevice, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
+  GLS_DEVICE_GUARD(lam);
   const Tensor lamc = lam.contiguous(), Wc = W.contiguous(), alc = a_l.contiguous(), clc = c_l.contiguous(),
                auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous();
   const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
@@ -86,15 +83,15 @@ std::tuple<Tensor, Tensor, Tensor> backsub_conv_relu_cuda(const Tensor& lam, con
   if (rows == 0) return {out, bias, window};
   const ConvArgs args = make_args(s);
   const int threads = row_threads(std::max(s.c_in * s.h2 * s.w2, s.c_out * s.h * s.w));
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(lamc.scalar_type(), "backsub_conv_relu_cuda", [&] {
-    conv_forward_kernel<scalar_t><<<grid_dim(op, "P*B*R", rows, INT_MAX), threads, 0, stream>>>(
+    GLS_LAUNCH(grid_dim(op, "P*B*R", rows, INT_MAX), threads, 0, stream, conv_forward_kernel<scalar_t>)(
         args, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
         bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, alc.const_data_ptr<scalar_t>(),
         clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(), cuc.const_data_ptr<scalar_t>(),
         oc.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), bias.mutable_data_ptr<scalar_t>(),
         keep_window ? window.mutable_data_ptr<scalar_t>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    GLS_LAUNCH_CHECK();
   });
   return {out, bias, window};
 }
@@ -102,6 +99,6 @@ std::tuple<Tensor, Tensor, Tensor> backsub_conv_relu_cuda(const Tensor& lam, con
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("backsub_conv_relu", &backsub_conv_relu_cuda); }
+GLS_CUDA_LIBRARY_IMPL(m) { m.impl("backsub_conv_relu", &backsub_conv_relu_cuda); }
 
 }  // namespace gls

@@ -11,16 +11,13 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <climits>
 #include <tuple>
 #include <vector>
 
+#include "cuda_compat.cuh"
 #include "gls/bound_checks.h"
 #include "conv_windows.cuh"
 #include "tiles.cuh"
@@ -153,9 +150,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
     const Tensor& window, const Tensor& grad_lam, const Tensor& grad_bias, bool lam_grad, bool line_grads) {
   const char* op = "backsub_conv_relu_backward";
   const BacksubConvShape s =
-      check_backsub_conv(c10::DeviceType::CUDA, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
-  check_backsub_conv_grads(c10::DeviceType::CUDA, s, lam, window, grad_lam, grad_bias);
-  const c10::cuda::CUDAGuard guard(lam.device());
+      check_backsub_conv(kKernelDevice, lam, W, b, a_l, c_l, a_u, c_u, origin, stride, dilation);
+  check_backsub_conv_grads(kKernelDevice, s, lam, window, grad_lam, grad_bias);
+  GLS_DEVICE_GUARD(lam);
   const Tensor lamc = lam.contiguous(), Wc = W.contiguous(), alc = a_l.contiguous(), clc = c_l.contiguous(),
                auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous(), gwin = window.contiguous(),
                go = grad_lam.contiguous(), gb = grad_bias.contiguous();
@@ -177,30 +174,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
   Tensor dgwin = at::empty(gwin.sizes(), opts);
   const int threads = row_threads(std::max(s.c_in * s.h2 * s.w2, s.c_out * s.h * s.w));
   const int64_t pixels = d_al.numel(), params = s.c_out * s.c_in * s.kh * s.kw + (bc.defined() ? s.c_out : 0);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(lamc.scalar_type(), "backsub_conv_relu_backward_cuda", [&] {
     const scalar_t* up = go.numel() > 0 ? go.const_data_ptr<scalar_t>() : nullptr;  // null: lam' has no gradient
-    conv_row_backward_kernel<scalar_t><<<grid_dim(op, "P*B*R", rows, INT_MAX), threads, 0, stream>>>(
+    GLS_LAUNCH(grid_dim(op, "P*B*R", rows, INT_MAX), threads, 0, stream, conv_row_backward_kernel<scalar_t>)(
         args, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
         bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, alc.const_data_ptr<scalar_t>(),
         clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(), cuc.const_data_ptr<scalar_t>(),
         oc.const_data_ptr<int64_t>(), gwin.const_data_ptr<scalar_t>(), up, gb.const_data_ptr<scalar_t>(),
         dgwin.mutable_data_ptr<scalar_t>(), lam_grad ? d_lam.mutable_data_ptr<scalar_t>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    GLS_LAUNCH_CHECK();
     if (pixels > 0) {
       const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(pixels, kMaxThreads), 65535));
-      conv_line_grad_kernel<scalar_t><<<blocks, kMaxThreads, 0, stream>>>(
+      GLS_LAUNCH(blocks, kMaxThreads, 0, stream, conv_line_grad_kernel<scalar_t>)(
           args, pixels, oc.const_data_ptr<int64_t>(), gwin.const_data_ptr<scalar_t>(), up, gb.const_data_ptr<scalar_t>(),
           d_al.mutable_data_ptr<scalar_t>(), d_cl.mutable_data_ptr<scalar_t>(),
           d_au.mutable_data_ptr<scalar_t>(), d_cu.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      GLS_LAUNCH_CHECK();
     }
     if (params > 0) {
       const dim3 grid(grid_dim(op, "C_out*C_in*kh*kw", params, INT_MAX), grid_dim(op, "P", s.P, 65535));
-      conv_param_grad_kernel<scalar_t><<<grid, kMaxThreads, 0, stream>>>(
+      GLS_LAUNCH(grid, kMaxThreads, 0, stream, conv_param_grad_kernel<scalar_t>)(
           args, lamc.const_data_ptr<scalar_t>(), dgwin.const_data_ptr<scalar_t>(), gb.const_data_ptr<scalar_t>(),
           d_W.mutable_data_ptr<scalar_t>(), bc.defined() ? d_b.mutable_data_ptr<scalar_t>() : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      GLS_LAUNCH_CHECK();
     }
   });
   return {d_lam, d_W, d_b, d_al, d_cl, d_au, d_cu};
@@ -209,6 +206,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("backsub_conv_relu_backward", &backsub_conv_relu_backward_cuda); }
+GLS_CUDA_LIBRARY_IMPL(m) { m.impl("backsub_conv_relu_backward", &backsub_conv_relu_backward_cuda); }
 
 }  // namespace gls

@@ -8,13 +8,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <tuple>
 
+#include "cuda_compat.cuh"
 #include "gls/bound_checks.h"
 #include "gls/bound_ops.h"
 #include "tiles.cuh"
@@ -121,8 +118,8 @@ std::tuple<Tensor, Tensor> backsub_linear_relu_cuda(const Tensor& lam, const Ten
                                                     const Tensor& a_l, const Tensor& c_l, const Tensor& a_u,
                                                     const Tensor& c_u) {
   const char* op = "backsub_linear_relu";
-  const BacksubShape s = check_backsub(c10::DeviceType::CUDA, lam, W, b, a_l, c_l, a_u, c_u);
-  const c10::cuda::CUDAGuard guard(lam.device());
+  const BacksubShape s = check_backsub(kKernelDevice, lam, W, b, a_l, c_l, a_u, c_u);
+  GLS_DEVICE_GUARD(lam);
   const Tensor lamc = lam.contiguous(), Wc = W.contiguous(), alc = a_l.contiguous(), clc = c_l.contiguous(),
                auc = a_u.contiguous(), cuc = c_u.contiguous();
   const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
@@ -133,28 +130,28 @@ std::tuple<Tensor, Tensor> backsub_linear_relu_cuda(const Tensor& lam, const Ten
   const BacksubArgs args{rows, s.S, s.B, s.n_out, s.n_in, ceil_div(s.n_in, kTileN),
                          s.w_shared ? 0 : s.n_out * s.n_in, s.b_shared ? 0 : s.n_out, s.relax_shared ? 0 : s.B * s.n_in};
   Tensor partial = at::empty({std::max<int64_t>(total_rows * args.n_col_tiles, 1)}, lamc.options());
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(lamc.scalar_type(), "backsub_linear_relu_cuda", [&] {
     if (s.n_in > 0) {
       const dim3 grid(grid_dim(op, "N_in", args.n_col_tiles, 2147483647), grid_dim(op, "B*S", ceil_div(rows, kTileM), 65535),
                       grid_dim(op, "P", s.P, 65535));
-      backsub_tile_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+      GLS_LAUNCH(grid, kThreads, 0, stream, backsub_tile_kernel<scalar_t>)(
           args, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(), alc.const_data_ptr<scalar_t>(),
           clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(), cuc.const_data_ptr<scalar_t>(),
           out.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      GLS_LAUNCH_CHECK();
     }
     const int64_t warps_per_block = kThreads / 32;
-    backsub_bias_kernel<scalar_t><<<grid_dim(op, "P*B*S", ceil_div(total_rows, warps_per_block), 2147483647), kThreads, 0, stream>>>(
+    GLS_LAUNCH(grid_dim(op, "P*B*S", ceil_div(total_rows, warps_per_block), 2147483647), kThreads, 0, stream, backsub_bias_kernel<scalar_t>)(
         args, total_rows, lamc.const_data_ptr<scalar_t>(), bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr,
         partial.const_data_ptr<scalar_t>(), bias.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    GLS_LAUNCH_CHECK();
   });
   return {out, bias};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("backsub_linear_relu", &backsub_linear_relu_cuda); }
+GLS_CUDA_LIBRARY_IMPL(m) { m.impl("backsub_linear_relu", &backsub_linear_relu_cuda); }
 
 }  // namespace gls

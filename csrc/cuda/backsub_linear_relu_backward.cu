@@ -7,13 +7,10 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <tuple>
 
+#include "cuda_compat.cuh"
 #include "gls/bound_checks.h"
 #include "gls/bound_ops.h"
 #include "tiles.cuh"
@@ -55,13 +52,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backsub_backward_cuda(const T
                                                                           const Tensor& a_l, const Tensor& c_l,
                                                                           const Tensor& a_u, const Tensor& c_u) {
   const char* op = "backsub_linear_relu_backward";
-  const BacksubShape s = check_backsub(c10::DeviceType::CUDA, lam, W, c10::nullopt, a_l, c_l, a_u, c_u);
+  const BacksubShape s = check_backsub(kKernelDevice, lam, W, c10::nullopt, a_l, c_l, a_u, c_u);
   TORCH_CHECK(grad_lam.sizes() == at::IntArrayRef({s.P, s.B, s.S, s.n_in}), op, ": grad_lam must have shape (P,B,S,N_in) = (",
               s.P, ", ", s.B, ", ", s.S, ", ", s.n_in, "), got ", grad_lam.sizes());
   TORCH_CHECK(grad_bias.sizes() == lam.sizes().slice(0, 3), op, ": grad_bias must have shape (P,B,S) = ",
               lam.sizes().slice(0, 3), ", got ", grad_bias.sizes());
-  check_tensors(op, c10::DeviceType::CUDA, {{"lam", &lam}, {"grad_lam", &grad_lam}, {"grad_bias", &grad_bias}});
-  const c10::cuda::CUDAGuard guard(lam.device());
+  check_tensors(op, kKernelDevice, {{"lam", &lam}, {"grad_lam", &grad_lam}, {"grad_bias", &grad_bias}});
+  GLS_DEVICE_GUARD(lam);
   const Tensor gl = grad_lam.contiguous(), gb = grad_bias.contiguous();
   const Tensor alc = a_l.contiguous(), clc = c_l.contiguous(), auc = a_u.contiguous(), cuc = c_u.contiguous();
   Tensor dg = s.n_out > 0 ? at::matmul(lam.reshape({s.P, s.B * s.S, s.n_out}), W).reshape({s.P, s.B, s.S, s.n_in}).contiguous()
@@ -72,21 +69,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backsub_backward_cuda(const T
   if (total == 0) return {dg, d_al, d_cl, d_au, d_cu};
   constexpr int threads = 256;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cuda_tiles::ceil_div(total, threads), 65535));
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(lam.scalar_type(), "backsub_linear_relu_backward_cuda", [&] {
-    relax_grad_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
+    GLS_LAUNCH(blocks, threads, 0, stream, relax_grad_kernel<scalar_t>)(
         total, s.B, s.S, s.n_in, s.relax_shared ? 0 : s.B * s.n_in, dg.mutable_data_ptr<scalar_t>(),
         gl.const_data_ptr<scalar_t>(), gb.const_data_ptr<scalar_t>(), alc.const_data_ptr<scalar_t>(),
         clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(), cuc.const_data_ptr<scalar_t>(),
         d_al.mutable_data_ptr<scalar_t>(), d_cl.mutable_data_ptr<scalar_t>(), d_au.mutable_data_ptr<scalar_t>(),
         d_cu.mutable_data_ptr<scalar_t>());
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  GLS_LAUNCH_CHECK();
   return {dg, d_al, d_cl, d_au, d_cu};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("backsub_linear_relu_backward", &backsub_backward_cuda); }
+GLS_CUDA_LIBRARY_IMPL(m) { m.impl("backsub_linear_relu_backward", &backsub_backward_cuda); }
 
 }  // namespace gls

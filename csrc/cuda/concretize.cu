@@ -3,11 +3,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
+#include "cuda_compat.cuh"
 #include "gls/bound_checks.h"
 #include "gls/bound_ops.h"
 #include "tiles.cuh"
@@ -37,26 +34,26 @@ __global__ void concretize_kernel(int64_t rows, int64_t B, int64_t S, int64_t n,
 }
 
 Tensor concretize_cuda(const Tensor& lam, const Tensor& bias, const Tensor& x_lo, const Tensor& x_hi) {
-  const ConcretizeShape s = check_concretize(c10::DeviceType::CUDA, lam, bias, x_lo, x_hi);
-  const c10::cuda::CUDAGuard guard(lam.device());
+  const ConcretizeShape s = check_concretize(kKernelDevice, lam, bias, x_lo, x_hi);
+  GLS_DEVICE_GUARD(lam);
   const Tensor lamc = lam.contiguous(), biasc = bias.contiguous(), loc = x_lo.contiguous(), hic = x_hi.contiguous();
   Tensor out = at::empty({s.P, s.B, s.S}, lamc.options());
   const int64_t rows = s.P * s.B * s.S;
   if (rows == 0) return out;
   constexpr int threads = 256;
   const unsigned blocks = cuda_tiles::grid_dim("concretize", "P*B*S", cuda_tiles::ceil_div(rows, threads / 32), 2147483647);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(lamc.scalar_type(), "concretize_cuda", [&] {
-    concretize_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
+    GLS_LAUNCH(blocks, threads, 0, stream, concretize_kernel<scalar_t>)(
         rows, s.B, s.S, s.N, lamc.const_data_ptr<scalar_t>(), biasc.const_data_ptr<scalar_t>(),
         loc.const_data_ptr<scalar_t>(), hic.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  GLS_LAUNCH_CHECK();
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("concretize", &concretize_cuda); }
+GLS_CUDA_LIBRARY_IMPL(m) { m.impl("concretize", &concretize_cuda); }
 
 }  // namespace gls

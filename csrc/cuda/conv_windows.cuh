@@ -8,6 +8,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "cuda_compat.cuh"
 #include "gls/bound_checks.h"
 #include "tiles.cuh"
 

@@ -3,13 +3,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <tuple>
 
+#include "cuda_compat.cuh"
 #include "gls/bound_checks.h"
 #include "gls/bound_ops.h"
 #include "tiles.cuh"
@@ -92,8 +89,8 @@ __global__ void __launch_bounds__(kThreads)
 std::tuple<Tensor, Tensor> ibp_affine_cuda(const Tensor& mid, const Tensor& rad, const Tensor& W,
                                            const c10::optional<Tensor>& b) {
   const char* op = "ibp_affine";
-  IbpAffineShape s = check_ibp_affine(c10::DeviceType::CUDA, mid, rad, W, b);
-  const c10::cuda::CUDAGuard guard(mid.device());
+  IbpAffineShape s = check_ibp_affine(kKernelDevice, mid, rad, W, b);
+  GLS_DEVICE_GUARD(mid);
   const Tensor midc = mid.contiguous(), radc = rad.contiguous(), Wc = W.contiguous();
   const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
   Tensor mid_out = at::empty({s.P, s.B, s.n_out}, midc.options());
@@ -107,19 +104,19 @@ std::tuple<Tensor, Tensor> ibp_affine_cuda(const Tensor& mid, const Tensor& rad,
                      s.w_shared ? 0 : s.n_out * s.n_in, s.b_shared ? 0 : s.n_out};
   const dim3 grid(grid_dim(op, "N_out", ceil_div(s.n_out, kTileN), 2147483647), grid_dim(op, "B", ceil_div(s.B, kTileM), 65535),
                   grid_dim(op, "P", s.P, 65535));
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(midc.scalar_type(), "ibp_affine_cuda", [&] {
-    ibp_affine_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+    GLS_LAUNCH(grid, kThreads, 0, stream, ibp_affine_kernel<scalar_t>)(
         args, midc.const_data_ptr<scalar_t>(), radc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
         bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, mid_out.mutable_data_ptr<scalar_t>(),
         rad_out.mutable_data_ptr<scalar_t>());
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  GLS_LAUNCH_CHECK();
   return {mid_out, rad_out};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("ibp_affine", &ibp_affine_cuda); }
+GLS_CUDA_LIBRARY_IMPL(m) { m.impl("ibp_affine", &ibp_affine_cuda); }
 
 }  // namespace gls

@@ -8,13 +8,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
+#include "cuda_compat.cuh"
 #include "gls/noise_checks.h"
 #include "gls/philox.h"
 
@@ -78,21 +75,21 @@ __global__ void weighted_sum_kernel(const T* __restrict__ w, int64_t w_row, int6
 template <bool kSigmaTerm>
 Tensor weighted_sum_cuda(const Tensor& weights, const Tensor& sigma, const Tensor& members, int64_t d, int64_t seed, int64_t purpose,
                          bool antithetic, const char* op) {
-  check_noise_members(members, weights, c10::DeviceType::CUDA, op);
+  check_noise_members(members, weights, kKernelDevice, op);
   check_noise_dim(d, op);
   check_noise_weights(weights, members, d, antithetic, op);
   const int64_t n_members = members.size(0);
   const int64_t sigma_stride = check_noise_sigma(sigma, d, weights, op);
-  const c10::cuda::CUDAGuard guard(weights.device());
+  GLS_DEVICE_GUARD(weights);
   const Tensor w = weights.contiguous(), sg = sigma.reshape({-1}).contiguous(), m = members.contiguous();
   const int64_t w_row = w.dim() == 2 ? d : 1, w_col = w.dim() == 2 ? 1 : 0, blocks = (d + 3) / 4;
   Tensor out = at::empty({d}, w.options());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "noise_weighted_sum_cuda", [&] {
-    weighted_sum_kernel<scalar_t, kSigmaTerm><<<grid_for(blocks), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    GLS_LAUNCH(grid_for(blocks), kThreads, 0, current_stream(), weighted_sum_kernel<scalar_t, kSigmaTerm>)(
         w.const_data_ptr<scalar_t>(), w_row, w_col, sg.const_data_ptr<scalar_t>(), sigma_stride, m.const_data_ptr<int64_t>(), n_members, d,
         (uint64_t)seed, (uint32_t)purpose, antithetic, out.mutable_data_ptr<scalar_t>());
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  GLS_LAUNCH_CHECK();
   return out;
 }
 

@@ -11,6 +11,6 @@ Tensor noise_sigma_weighted_sum_cuda(const Tensor& weights, const Tensor& sigma,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("noise_sigma_weighted_sum", &noise_sigma_weighted_sum_cuda); }
+GLS_CUDA_LIBRARY_IMPL(m) { m.impl("noise_sigma_weighted_sum", &noise_sigma_weighted_sum_cuda); }
 
 }  // namespace gls

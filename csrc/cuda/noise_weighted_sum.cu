@@ -11,6 +11,6 @@ Tensor noise_weighted_sum_cuda(const Tensor& weights, const Tensor& sigma, const
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("noise_weighted_sum", &noise_weighted_sum_cuda); }
+GLS_CUDA_LIBRARY_IMPL(m) { m.impl("noise_weighted_sum", &noise_weighted_sum_cuda); }
 
 }  // namespace gls

@@ -14,20 +14,20 @@ __global__ void philox_kernel(const int64_t* __restrict__ c, const int64_t* __re
 }
 
 Tensor philox4x32_10_cuda(const Tensor& counter, const Tensor& key) {
-  check_philox_args(counter, key, c10::DeviceType::CUDA);
-  const c10::cuda::CUDAGuard guard(counter.device());
+  check_philox_args(counter, key, kKernelDevice);
+  GLS_DEVICE_GUARD(counter);
   const Tensor c = counter.contiguous(), k = key.contiguous();
   Tensor out = at::empty(c.sizes(), c.options());
   const int64_t n = c.numel() / 4;
   if (n == 0) return out;
-  philox_kernel<<<grid_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(c.const_data_ptr<int64_t>(), k.const_data_ptr<int64_t>(), n,
+  GLS_LAUNCH(grid_for(n), kThreads, 0, current_stream(), philox_kernel)(c.const_data_ptr<int64_t>(), k.const_data_ptr<int64_t>(), n,
                                                                                  out.mutable_data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  GLS_LAUNCH_CHECK();
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("philox4x32_10", &philox4x32_10_cuda); }
+GLS_CUDA_LIBRARY_IMPL(m) { m.impl("philox4x32_10", &philox4x32_10_cuda); }
 
 }  // namespace gls

@@ -2,13 +2,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <tuple>
 
+#include "cuda_compat.cuh"
 #include "gls/relax.h"
 
 namespace gls {
@@ -28,26 +25,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> relu_relax_cuda(const Tensor& l, cons
   TORCH_CHECK(code >= 0, "relu_relax: unknown method '", std::string(method), "' (expected ibp, hbox, crown-ibp, deeppoly or crown)");
   TORCH_CHECK(l.sizes() == u.sizes(), "relu_relax: l and u must have the same shape, got ", l.sizes(), " and ", u.sizes());
   TORCH_CHECK(l.scalar_type() == u.scalar_type(), "relu_relax: l and u must have the same dtype");
-  TORCH_CHECK(l.is_cuda() && u.is_cuda() && l.device() == u.device(), "relu_relax: l and u must be on the same CUDA device");
-  const c10::cuda::CUDAGuard guard(l.device());
+  TORCH_CHECK(l.device().type() == kKernelDevice && l.device() == u.device(), "relu_relax: l and u must be on the same CUDA device");
+  GLS_DEVICE_GUARD(l);
   const Tensor lc = l.contiguous(), uc = u.contiguous();
   Tensor a_l = at::empty_like(lc), c_l = at::empty_like(lc), a_u = at::empty_like(lc), c_u = at::empty_like(lc);
   const int64_t n = lc.numel();
   if (n == 0) return {a_l, c_l, a_u, c_u};
   const int threads = 256;
   const int blocks = static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 65535));
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(lc.scalar_type(), "relu_relax_cuda", [&] {
-    relu_relax_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
+    GLS_LAUNCH(blocks, threads, 0, stream, relu_relax_kernel<scalar_t>)(
         lc.const_data_ptr<scalar_t>(), uc.const_data_ptr<scalar_t>(), n, code, a_l.mutable_data_ptr<scalar_t>(),
         c_l.mutable_data_ptr<scalar_t>(), a_u.mutable_data_ptr<scalar_t>(), c_u.mutable_data_ptr<scalar_t>());
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  GLS_LAUNCH_CHECK();
   return {a_l, c_l, a_u, c_u};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(gls, CUDA, m) { m.impl("relu_relax", &relu_relax_cuda); }
+GLS_CUDA_LIBRARY_IMPL(m) { m.impl("relu_relax", &relu_relax_cuda); }
 
 }  // namespace gls

@@ -89,32 +89,41 @@ def _reference_grads(ctx, inputs, g_lam, g_bias):
     return tuple(grads)
 
 
-def _fused_available(device: torch.device) -> bool:
-    return native.has_kernel("backsub_conv_relu_backward", "CUDA" if device.type == "cuda" else "CPU")
+def _fused(namespace: str, device: torch.device):
+    """The fused backward kernel serving `namespace` on `device`, or None: gls_cuda_emu has its own (the CUDA
+    kernel, emulated); the other namespaces use gls::'s CPU or CUDA kernel."""
+    own = "gls_cuda_emu" if namespace == "gls_cuda_emu" else "gls"
+    if not native.has_kernel("backsub_conv_relu_backward", "CUDA" if device.type == "cuda" else "CPU", own):
+        return None
+    return getattr(torch.ops, own).backsub_conv_relu_backward
 
 
-def backward(ctx, g_lam, g_bias, _g_window):
-    *inputs, window = ctx.saved_tensors
-    lam, W, b, a_l, c_l, a_u, c_u, origin = inputs
-    need = ctx.needs_input_grad
-    g_bias = lam.new_zeros(lam.shape[:3]) if g_bias is None else g_bias
-    if torch.is_grad_enabled() or window.numel() == 0 or not _fused_available(lam.device):
-        if g_lam is None:  # lam' unused (a concretisation): zeros of the shape the geometry gives
-            g_lam = lam.new_zeros(fake(lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry)[0].shape)
-        return _reference_grads(ctx, inputs, g_lam, g_bias)
-    g_lam = lam.new_empty((0,)) if g_lam is None else g_lam.contiguous()  # empty: no gradient, nothing to read
-    d_lam, d_W, d_b, *d_lines = torch.ops.gls.backsub_conv_relu_backward(
-        lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry, window, g_lam, g_bias.contiguous(), need[0],
-        any(need[3:7]))
-    grads = [d_lam if need[0] else None, reduce_members(d_W, W) if need[1] else None,
-             reduce_members(d_b, b) if need[2] and b is not None else None]
-    grads += [reduce_members(d, like) if need[i] else None for i, (d, like) in
-              enumerate(zip(d_lines, (a_l, c_l, a_u, c_u)), start=3)]
-    return tuple(grads) + (None, None, None, None)
+def _backward_in(namespace: str):
+    def backward(ctx, g_lam, g_bias, _g_window):
+        *inputs, window = ctx.saved_tensors
+        lam, W, b, a_l, c_l, a_u, c_u, origin = inputs
+        need = ctx.needs_input_grad
+        g_bias = lam.new_zeros(lam.shape[:3]) if g_bias is None else g_bias
+        fused = _fused(namespace, lam.device)
+        if torch.is_grad_enabled() or window.numel() == 0 or fused is None:
+            if g_lam is None:  # lam' unused (a concretisation): zeros of the shape the geometry gives
+                g_lam = lam.new_zeros(fake(lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry)[0].shape)
+            return _reference_grads(ctx, inputs, g_lam, g_bias)
+        g_lam = lam.new_empty((0,)) if g_lam is None else g_lam.contiguous()  # empty: no gradient, nothing to read
+        d_lam, d_W, d_b, *d_lines = fused(lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry, window, g_lam,
+                                          g_bias.contiguous(), need[0], any(need[3:7]))
+        grads = [d_lam if need[0] else None, reduce_members(d_W, W) if need[1] else None,
+                 reduce_members(d_b, b) if need[2] and b is not None else None]
+        grads += [reduce_members(d, like) if need[i] else None for i, (d, like) in
+                  enumerate(zip(d_lines, (a_l, c_l, a_u, c_u)), start=3)]
+        return tuple(grads) + (None, None, None, None)
+
+    return backward
 
 
 def register(namespace: str) -> None:
     torch.library.register_fake(f"{namespace}::backsub_conv_relu")(fake)
-    torch.library.register_autograd(f"{namespace}::backsub_conv_relu", backward, setup_context=setup_context)
-    if namespace == "gls" and native.has_op("backsub_conv_relu_backward"):
-        torch.library.register_fake("gls::backsub_conv_relu_backward")(backward_fake)
+    torch.library.register_autograd(f"{namespace}::backsub_conv_relu", _backward_in(namespace),
+                                    setup_context=setup_context)
+    if namespace in native.NAMESPACES and native.has_op("backsub_conv_relu_backward", namespace):
+        torch.library.register_fake(f"{namespace}::backsub_conv_relu_backward")(backward_fake)

@@ -64,42 +64,52 @@ def epilogue_torch(lam, W, g_lam, g_bias, a_l, c_l, a_u, c_u):
     return dg, (g_lam * pos).sum(2), (h * pos).sum(2), (g_lam * neg).sum(2), (h * neg).sum(2)
 
 
-def _fused_available(device: torch.device) -> bool:
-    return native.has_kernel("backsub_linear_relu_backward", "CUDA" if device.type == "cuda" else "CPU")
+def _fused(namespace: str, device: torch.device):
+    """The fused backward kernel serving `namespace` on `device`, or None: gls_cuda_emu has its own (the CUDA
+    kernel, emulated); the other namespaces use gls::'s CPU or CUDA kernel."""
+    own = "gls_cuda_emu" if namespace == "gls_cuda_emu" else "gls"
+    if not native.has_kernel("backsub_linear_relu_backward", "CUDA" if device.type == "cuda" else "CPU", own):
+        return None
+    return getattr(torch.ops, own).backsub_linear_relu_backward
 
 
 def setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def backward(ctx, g_lam, g_bias):
-    lam, W, b, a_l, c_l, a_u, c_u = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    P, B, S, n_out = lam.shape
-    n_in = W.shape[-1]
-    g_lam = lam.new_zeros(P, B, S, n_in) if g_lam is None else g_lam
-    g_bias = lam.new_zeros(P, B, S) if g_bias is None else g_bias
-    if torch.is_grad_enabled() or not _fused_available(lam.device):
-        dg, *d_relax = epilogue_torch(lam, W, g_lam, g_bias, a_l, c_l, a_u, c_u)
-    else:
-        dg, *d_relax = torch.ops.gls.backsub_linear_relu_backward(lam, W, g_lam, g_bias, a_l, c_l, a_u, c_u)
-    grads = [None] * 7
-    if need[0]:
-        d_lam = torch.matmul(dg.reshape(P, B * S, n_in), W.transpose(-1, -2)).reshape(P, B, S, n_out)
-        grads[0] = d_lam + g_bias.unsqueeze(-1) * b[:, None, None, :] if b is not None else d_lam
-    if need[1]:
-        rows = lam.reshape(P, B * S, n_out)
-        grads[1] = reduce_members(torch.matmul(rows.transpose(-1, -2), dg.reshape(P, B * S, n_in)), W)
-    if need[2] and b is not None:
-        grads[2] = reduce_members((g_bias.unsqueeze(-1) * lam).sum((1, 2)), b)
-    for i, (d, like) in enumerate(zip(d_relax, (a_l, c_l, a_u, c_u)), start=3):
-        if need[i]:
-            grads[i] = reduce_members(d, like)
-    return tuple(grads)
+def _backward_in(namespace: str):
+    def backward(ctx, g_lam, g_bias):
+        lam, W, b, a_l, c_l, a_u, c_u = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        P, B, S, n_out = lam.shape
+        n_in = W.shape[-1]
+        g_lam = lam.new_zeros(P, B, S, n_in) if g_lam is None else g_lam
+        g_bias = lam.new_zeros(P, B, S) if g_bias is None else g_bias
+        fused = _fused(namespace, lam.device)
+        if torch.is_grad_enabled() or fused is None:
+            dg, *d_relax = epilogue_torch(lam, W, g_lam, g_bias, a_l, c_l, a_u, c_u)
+        else:
+            dg, *d_relax = fused(lam, W, g_lam, g_bias, a_l, c_l, a_u, c_u)
+        grads = [None] * 7
+        if need[0]:
+            d_lam = torch.matmul(dg.reshape(P, B * S, n_in), W.transpose(-1, -2)).reshape(P, B, S, n_out)
+            grads[0] = d_lam + g_bias.unsqueeze(-1) * b[:, None, None, :] if b is not None else d_lam
+        if need[1]:
+            rows = lam.reshape(P, B * S, n_out)
+            grads[1] = reduce_members(torch.matmul(rows.transpose(-1, -2), dg.reshape(P, B * S, n_in)), W)
+        if need[2] and b is not None:
+            grads[2] = reduce_members((g_bias.unsqueeze(-1) * lam).sum((1, 2)), b)
+        for i, (d, like) in enumerate(zip(d_relax, (a_l, c_l, a_u, c_u)), start=3):
+            if need[i]:
+                grads[i] = reduce_members(d, like)
+        return tuple(grads)
+
+    return backward
 
 
 def register(namespace: str) -> None:
     torch.library.register_fake(f"{namespace}::backsub_linear_relu")(fake)
-    torch.library.register_autograd(f"{namespace}::backsub_linear_relu", backward, setup_context=setup_context)
-    if namespace == "gls" and native.has_op("backsub_linear_relu_backward"):
-        torch.library.register_fake("gls::backsub_linear_relu_backward")(backward_fake)
+    torch.library.register_autograd(f"{namespace}::backsub_linear_relu", _backward_in(namespace),
+                                    setup_context=setup_context)
+    if namespace in native.NAMESPACES and native.has_op("backsub_linear_relu_backward", namespace):
+        torch.library.register_fake(f"{namespace}::backsub_linear_relu_backward")(backward_fake)

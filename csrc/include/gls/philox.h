@@ -27,7 +27,7 @@ struct U32x4 {
 };
 
 GLS_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) || defined(GLS_CUDA_EMU)  // the device intrinsic, also in the emulated CUDA build
   lo = a * b;
   hi = __umulhi(a, b);
 #else
