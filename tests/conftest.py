@@ -5,8 +5,10 @@ tests on every backend.
 TRITON_INTERPRET must be set before triton is first imported, so it is set here, at collection.
 
 tests/test_<op>.py names its op in a module constant OP; every test that takes `backend` then runs once
-per backend of gls.ops that implements OP here (cpp and cuda when gls._C has the kernel, triton when
-triton imports; CUDA ones marked `cuda`), and also on the reference when marked `with_reference`.
+per backend of gls.ops that implements OP here (cpp and cuda when gls._C has the kernel, cuda-emu when
+gls._C_cuda_emu has it, triton when triton imports; CUDA ones marked `cuda`), and also on the reference
+when marked `with_reference`. cuda-emu runs the CUDA kernels on the CPU (csrc/emu), so every CUDA kernel
+runs in the same tests as the others without a GPU.
 """
 import importlib.util
 import os
@@ -26,7 +28,7 @@ class Backend:
     """One backend of one op: `backend(*args)` calls gls.ops.<op>(*args, backend=name)."""
 
     op: str
-    name: str  # gls.ops backend: reference, cpp, cuda or triton
+    name: str  # gls.ops backend: reference, cpp, cuda, cuda-emu or triton
     device: str  # where its tensors live
     float32_only: bool = False  # the Triton bound kernels run in float32 only
 
@@ -37,14 +39,15 @@ class Backend:
 
     @property
     def compiled(self) -> bool:
-        return self.name in ("cpp", "cuda")
+        return self.name in ("cpp", "cuda", "cuda-emu")
 
     def torch_op(self):
-        """The torch op behind this backend (torch.ops.gls.<op> or torch.ops.gls_triton.<op>), registered."""
+        """The torch op behind this backend (torch.ops.<gls, gls_cuda_emu or gls_triton>.<op>), registered."""
         from gls import ops
 
         ops.resolve(self.op, torch.device(self.device), self.name)
-        return getattr(torch.ops.gls_triton if self.name == "triton" else torch.ops.gls, self.op)
+        namespace = {"triton": "gls_triton", "cuda-emu": "gls_cuda_emu"}.get(self.name, "gls")
+        return getattr(getattr(torch.ops, namespace), self.op)
 
     def require(self, dtype: torch.dtype) -> None:
         """Skip unless this backend runs `dtype`."""
@@ -61,10 +64,40 @@ def backend_params(op: str, *, reference: bool = False, float32_only_triton: boo
         out.append(pytest.param(Backend(op, "cpp", "cpu"), id="cpp"))
     if native.has_kernel(op, "CUDA"):
         out.append(pytest.param(Backend(op, "cuda", "cuda"), id="cuda", marks=pytest.mark.cuda))
+    if native.has_kernel(op, "CPU", "gls_cuda_emu"):
+        out.append(pytest.param(Backend(op, "cuda-emu", "cpu"), id="cuda-emu"))
     if HAS_TRITON:
         device = "cuda" if HAS_CUDA else "cpu"  # the interpreter on a CPU
         marks = [pytest.mark.cuda] if HAS_CUDA else []
         out.append(pytest.param(Backend(op, "triton", device, float32_only_triton), id="triton", marks=marks))
+    return out
+
+
+@dataclass(frozen=True)
+class HelperOp:
+    """A helper op (a fused backward kernel: gls::<op>, csrc only) on one backend: the torch op behind it
+    and the device its tensors live on."""
+
+    name: str
+    backend: str  # cpp, cuda or cuda-emu
+    device: str
+
+    @property
+    def op(self):
+        return getattr(torch.ops.gls_cuda_emu if self.backend == "cuda-emu" else torch.ops.gls, self.name)
+
+
+def helper_op_params(op: str) -> list:
+    """pytest params of every HelperOp that runs the helper op `op` here (CUDA marked `cuda`)."""
+    from gls import native
+
+    out = []
+    if native.has_kernel(op, "CPU"):
+        out.append(pytest.param(HelperOp(op, "cpp", "cpu"), id="cpp"))
+    if native.has_kernel(op, "CUDA"):
+        out.append(pytest.param(HelperOp(op, "cuda", "cuda"), id="cuda", marks=pytest.mark.cuda))
+    if native.has_kernel(op, "CPU", "gls_cuda_emu"):
+        out.append(pytest.param(HelperOp(op, "cuda-emu", "cpu"), id="cuda-emu"))
     return out
 
 

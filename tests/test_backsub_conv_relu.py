@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bound_op_cases import per_thread_count
+from conftest import helper_op_params
 from conv_windows import CASES, case_id, conv_args
 from gls import native, ops, windows
 from gls.reference import bound_ops as ref
@@ -23,6 +24,8 @@ TRITON_FLOAT32_ONLY = True
 # More than one block of threads per window (C_in*h'*w' = 8*11*11) and many rows per sample.
 LARGE = (2, 1, 2, 3, 40, 6, 8, 4, 4, (3, 3), 13, 12, (2, 2), (2, 2), True, False)
 needs_backward_op = pytest.mark.skipif(not native.has_op("backsub_conv_relu_backward"), reason="gls._C not built")
+# The helper op on every backend with a kernel for it: cpp, cuda and the emulated cuda.
+backward_ops = pytest.mark.parametrize("helper", helper_op_params("backsub_conv_relu_backward"), ids=lambda h: h.backend)
 
 
 def _interpreted_large(backend, case):
@@ -204,22 +207,21 @@ def test_errors(backend):
 
 # ---- the helper op gls::backsub_conv_relu_backward ------------------------------------------------
 
-@needs_backward_op
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@backward_ops
 @pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[5], LARGE], ids=case_id)
-def test_backward_op_matches_reference_autograd(case, device):
+def test_backward_op_matches_reference_autograd(case, helper):
     """Every output of the backward op (per member, before the sum over shared inputs)."""
-    args = _leaves(conv_args(case, torch.float64, device))
+    args = _leaves(conv_args(case, torch.float64, helper.device))
     out = ref.backsub_conv_relu(*args)
-    _backward_op_vs_reference(args, torch.randn_like(out[0]), torch.randn_like(out[1]))
+    _backward_op_vs_reference(helper.op, args, torch.randn_like(out[0]), torch.randn_like(out[1]))
 
 
-def _backward_op_vs_reference(args, g_lam, g_bias):
+def _backward_op_vs_reference(op, args, g_lam, g_bias):
     """The backward op's outputs (given the reference's kept window) against the reference's autograd;
     returns them."""
     plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
     window = ref.backsub_conv_relu(*plain, True)[2]
-    got = torch.ops.gls.backsub_conv_relu_backward(*plain, window, g_lam, g_bias, True, True)
+    got = op(*plain, window, g_lam, g_bias, True, True)
     P = args[0].shape[0]
     full = [a.expand(P, *a.shape[1:]) if i in (1, 2, 3, 4, 5, 6) and a is not None else a for i, a in enumerate(args)]
     leaves = [t for t in full[:7] if t is not None]
@@ -231,9 +233,9 @@ def _backward_op_vs_reference(args, g_lam, g_bias):
     return got
 
 
-@needs_backward_op
+@backward_ops
 @pytest.mark.parametrize("case", [CASES[2], CASES[5], LARGE], ids=case_id)
-def test_backward_op_zero_rows(case):
+def test_backward_op_zero_rows(case, helper):
     """Zero rows with zero upstream gradients contribute nothing; zero rows with gradients still do
     (d_lam = conv(dg, W) + h b, line gradients through g = 0)."""
     args = _leaves(_zero_rows(conv_args(case, torch.float64)))
@@ -242,20 +244,19 @@ def test_backward_op_zero_rows(case):
     g_lam[:, :, 0::6], g_bias[:, :, 0::6] = 0, 0  # zero rows 0, 6, ...: padding
     g_bias[:, :, 2::6] = 0  # zero rows 2, 8, ...: gradient of the window only
     g_lam[:, :, 4::6] = 0  # zero rows 4, 10, ...: gradient of the constant only
-    got = _backward_op_vs_reference(args, g_lam, g_bias)
+    got = _backward_op_vs_reference(helper.op, args, g_lam, g_bias)
     assert got[0][:, :, ::6].eq(0).all()
 
 
-@needs_backward_op
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@backward_ops
 @pytest.mark.parametrize("case", [CASES[2], CASES[5], LARGE], ids=case_id)
-def test_backward_op_computes_only_what_is_asked(case, device):
+def test_backward_op_computes_only_what_is_asked(case, helper):
     """An empty grad_lam is a zero upstream gradient that is never read (a concretisation); without
     lam_grad / line_grads those outputs are empty and the others unchanged."""
-    args = conv_args(case, torch.float64, device)
+    args = conv_args(case, torch.float64, helper.device)
     window = ref.backsub_conv_relu(*args, True)[2]
-    g_bias = torch.randn(window.shape[:3], dtype=torch.float64, device=device)
-    op = torch.ops.gls.backsub_conv_relu_backward
+    g_bias = torch.randn(window.shape[:3], dtype=torch.float64, device=helper.device)
+    op = helper.op
     full = op(*args, window, torch.zeros_like(window), g_bias, True, True)
     got = op(*args, window, window.new_empty(0), g_bias, False, False)
     assert got[0].numel() == 0 and all(t.numel() == 0 for t in got[3:])
@@ -286,11 +287,11 @@ def test_every_span_width_matches_reference(backend, dtype):
         torch.testing.assert_close(got, want, **_tol(dtype))
 
 
-@needs_backward_op
-def test_backward_op_every_span_width():
+@backward_ops
+def test_backward_op_every_span_width(helper):
     args = _leaves(_every_span_width(torch.float64))
     out = ref.backsub_conv_relu(*args)
-    _backward_op_vs_reference(args, torch.randn_like(out[0]), torch.randn_like(out[1]))
+    _backward_op_vs_reference(helper.op, args, torch.randn_like(out[0]), torch.randn_like(out[1]))
 
 
 @needs_backward_op
@@ -309,27 +310,29 @@ def test_cpu_results_do_not_depend_on_the_thread_count():
         assert torch.equal(a, b)
 
 
-@needs_backward_op
-def test_backward_op_opcheck():
-    args = conv_args(CASES[3], torch.float32)
+@backward_ops
+def test_backward_op_opcheck(helper):
+    args = conv_args(CASES[3], torch.float32, helper.device)
     out = ref.backsub_conv_relu(*args, True)
     for flags in ((True, True), (False, False)):
-        torch.library.opcheck(torch.ops.gls.backsub_conv_relu_backward.default,
-                              (*args, out[2], torch.randn_like(out[0]), torch.randn_like(out[1]), *flags))
-    torch.library.opcheck(torch.ops.gls.backsub_conv_relu_backward.default,
-                          (*args, out[2], out[0].new_empty(0), torch.randn_like(out[1]), True, False))
+        torch.library.opcheck(helper.op.default, (*args, out[2], torch.randn_like(out[0]), torch.randn_like(out[1]), *flags))
+    torch.library.opcheck(helper.op.default, (*args, out[2], out[0].new_empty(0), torch.randn_like(out[1]), True, False))
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not native.has_kernel(OP, "CUDA"), reason="no CUDA kernels built")
-def test_cuda_is_deterministic_and_the_default():
-    args = conv_args(LARGE, torch.float32, "cuda")
-    assert ops.resolve(OP, args[0].device)[0] == "cuda"
-    first = torch.ops.gls.backsub_conv_relu(*args, True)
+@pytest.mark.parametrize("helper", [p for p in helper_op_params("backsub_conv_relu_backward") if p.id != "cpp"],
+                         ids=lambda h: h.backend)
+def test_cuda_is_deterministic(helper):
+    """The CUDA kernels sum in a fixed order (no atomics): the same bits on every run, also when the
+    emulation spreads the blocks over threads in a different order each time. On a GPU, cuda is the default."""
+    args = conv_args(LARGE, torch.float32, helper.device)
+    if helper.backend == "cuda":
+        assert ops.resolve(OP, args[0].device)[0] == "cuda"
+    forward = getattr(torch.ops.gls_cuda_emu if helper.backend == "cuda-emu" else torch.ops.gls, OP)
+    first = forward(*args, True)
     g_lam, g_bias = torch.randn_like(first[0]), torch.randn_like(first[1])
-    back = torch.ops.gls.backsub_conv_relu_backward(*args, first[2], g_lam, g_bias, True, True)
+    back = helper.op(*args, first[2], g_lam, g_bias, True, True)
     for _ in range(3):
-        for a, b in zip(torch.ops.gls.backsub_conv_relu(*args, True), first):
+        for a, b in zip(forward(*args, True), first):
             assert torch.equal(a, b)
-        for a, b in zip(torch.ops.gls.backsub_conv_relu_backward(*args, first[2], g_lam, g_bias, True, True), back):
+        for a, b in zip(helper.op(*args, first[2], g_lam, g_bias, True, True), back):
             assert torch.equal(a, b)

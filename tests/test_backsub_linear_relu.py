@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bound_op_cases import assert_all_close, grads, leaf_args, relaxation
+from conftest import helper_op_params
 from gls import native
 from gls.meta import backsub_linear_relu as meta
 from gls.reference import bound_ops as ref
@@ -162,28 +163,24 @@ def test_reference_gradcheck():
     assert torch.autograd.gradcheck(ref.backsub_linear_relu, tuple(leaf_args(_gradient_case("cpu"))))
 
 
-def _backward_devices():
-    out = []
-    if native.has_kernel("backsub_linear_relu_backward", "CPU"):
-        out.append("cpu")
-    if native.has_kernel("backsub_linear_relu_backward", "CUDA"):
-        out.append(pytest.param("cuda", marks=pytest.mark.cuda))
-    return out
+# The helper op on every backend with a kernel for it: cpp, cuda and the emulated cuda.
+backward_kernels = pytest.mark.parametrize("helper", helper_op_params("backsub_linear_relu_backward"), ids=lambda h: h.backend)
 
 
-@pytest.mark.parametrize("device", _backward_devices())
+@backward_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (3, 2, 5, 33, 17), (2, 3, 1, 129, 65), (2, 3, 0, 4, 5), (2, 3, 2, 0, 5), (0, 2, 2, 3, 4)])
 @pytest.mark.parametrize("members", [(None, None), (1, 1)])  # W, relaxation: per member / shared
-def test_backward_kernel_matches_torch(device, dtype, shape, members):
+def test_backward_kernel_matches_torch(helper, dtype, shape, members):
     """The fused backward epilogue against the same formulas in torch ops (its double-backward path)."""
+    device = helper.device
     P = shape[0]
     w_m, r_m = (m if m is not None else P for m in members)
     lam, W, _, *relax = _args(*shape, w_members=w_m, b_members=None, r_members=r_m, dtype=dtype, device=device)
     lam[..., :1, :] = 0  # g == 0 rows
     g_lam = torch.randn(*shape[:3], shape[4], dtype=dtype, device=device)
     g_bias = torch.randn(shape[:3], dtype=dtype, device=device)
-    got = torch.ops.gls.backsub_linear_relu_backward(lam, W, g_lam, g_bias, *relax)
+    got = helper.op(lam, W, g_lam, g_bias, *relax)
     want = meta.epilogue_torch(lam, W, g_lam, g_bias, *relax)
     assert_all_close(tuple(got), tuple(want), dtype)
 
@@ -205,11 +202,12 @@ def test_opcheck(backend, bias):
     torch.library.opcheck(op, tuple(f64))
 
 
-@pytest.mark.parametrize("device", _backward_devices())
-def test_opcheck_backward_kernel(device):
+@backward_kernels
+def test_opcheck_backward_kernel(helper):
+    device = helper.device
     lam, W, _, *relax = leaf_args(_gradient_case(device))
     g = (torch.randn(*lam.shape[:3], W.shape[-1], dtype=lam.dtype, device=device), torch.randn(lam.shape[:3], dtype=lam.dtype, device=device))
-    torch.library.opcheck(torch.ops.gls.backsub_linear_relu_backward.default, (lam.detach(), W.detach(), *g, *(r.detach() for r in relax)))
+    torch.library.opcheck(helper.op.default, (lam.detach(), W.detach(), *g, *(r.detach() for r in relax)))
 
 
 # ---- errors ---------------------------------------------------------------------------------------
@@ -242,7 +240,7 @@ def _triton_bad_inputs():
 
 
 def test_errors(backend):
-    if backend.name == "cpp":
+    if backend.name in ("cpp", "cuda-emu"):  # the same host checks (csrc/include/gls/*_checks.h)
         for args, msg in _compiled_bad_inputs():
             with pytest.raises(RuntimeError, match=msg):
                 backend(*args)
@@ -254,14 +252,15 @@ def test_errors(backend):
         pytest.skip(f"no error table for {backend.name}")
 
 
-@pytest.mark.skipif(not native.has_kernel("backsub_linear_relu_backward", "CPU"), reason="gls._C not built")
-def test_backward_kernel_errors():
+@pytest.mark.parametrize("helper", [p for p in helper_op_params("backsub_linear_relu_backward") if p.id != "cuda"],
+                         ids=lambda h: h.backend)
+def test_backward_kernel_errors(helper):  # CPU tensors: cpp and the emulated cuda, which share the host checks
     lam, W, _, *relax = _args(2, 3, 4, 5, 6, w_members=2, b_members=None, r_members=2)
     for g, msg in [((torch.zeros(2, 3, 4, 5), torch.zeros(2, 3, 4)), "grad_lam must have shape"),
                    ((torch.zeros(2, 3, 4, 6), torch.zeros(2, 3)), "grad_bias must have shape"),
                    ((torch.zeros(2, 3, 4, 6, dtype=torch.float64), torch.zeros(2, 3, 4)), "same dtype")]:
         with pytest.raises(RuntimeError, match=msg):
-            torch.ops.gls.backsub_linear_relu_backward(lam, W, *g, *relax)
+            helper.op(lam, W, *g, *relax)
 
 
 def test_triton_dot_precision_is_validated(monkeypatch):

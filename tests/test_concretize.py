@@ -81,7 +81,7 @@ def test_opcheck(backend):
 
 def test_errors(backend):
     lam, bias, lo, hi = _args(2, 3, 4, 5, device=backend.device)
-    if backend.name == "cpp":
+    if backend.name in ("cpp", "cuda-emu"):  # the same host checks (csrc/include/gls/*_checks.h)
         cases = [((lam, bias[..., :2], lo, hi), RuntimeError, "bias must have shape"),
                  ((lam, bias, lo[:2], hi), RuntimeError, "x_lo must have shape"),
                  ((lam, bias, lo, hi[:, :3]), RuntimeError, "x_hi must have the shape"),

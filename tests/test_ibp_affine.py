@@ -135,7 +135,7 @@ def test_opcheck(backend):
 
 def test_errors(backend):
     mid, rad, W, b = _args((2, 2, 2, 2), 3, 5, 4, True, device=backend.device)
-    if backend.name == "cpp":
+    if backend.name in ("cpp", "cuda-emu"):  # the same host checks (csrc/include/gls/*_checks.h)
         cases = [((mid, rad, torch.randn(3, 4, 5), b), RuntimeError, "W has 3 population members, expected 2 or 1"),
                  ((mid, rad[:, :2], W, b), RuntimeError, "rad must have shape"),
                  ((mid, rad, W[..., :4], b), RuntimeError, "W must have N_in"),

@@ -98,7 +98,7 @@ def _error_cases(backend):
     def z(*shape, dtype=torch.float32):
         return torch.zeros(shape, dtype=dtype, device=backend.device)
 
-    if backend.name == "cpp":
+    if backend.name in ("cpp", "cuda-emu"):  # the same host checks (csrc/include/gls/*_checks.h)
         return [((z(2, 3), z(2, 3), "zonotope"), RuntimeError, "unknown method"),
                 ((z(2, 3), z(3, 2), "ibp"), RuntimeError, "same shape")]
     if backend.name == "triton":
