@@ -19,6 +19,8 @@ are shared. Definitions, per method:
 Every intermediate bound is pushed outward by a rounding margin (_margin), so float32 cancellation
 cannot make an unstable ReLU look stable; the result is the real-valued bound up to rounding.
 ``sound=True`` (gls.sound) gives bounds that are true for the real-valued network whatever the rounding.
+Both run under gls.precision.exact_float32: no TF32, no cuDNN, whatever the caller set (the margin covers
+fp32 rounding, not TF32's 1e-3).
 
 Inputs are in pixel space: the region is [max(x - eps, lo), min(x + eps, hi)] for domain = (lo, hi)
 (None: no clipping); Normalize is a layer of the network and is back-substituted through.
@@ -32,6 +34,7 @@ import torch
 from gls import ops, patches
 from gls.affine import Conv, Dense, relax_step
 from gls.net import Network, check_input, param_dtype
+from gls.precision import exact_float32
 from gls.problem import (METHODS, Bounds, count_maps, input_region, margin_spec, member_chunk_size, method_name,
                          spec_matrix)
 from gls.sound import sound_bounds
@@ -202,6 +205,7 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, *, all_rows, wi
 EXTENSIONS: dict = {}
 
 
+@exact_float32()
 def deeppoly_pass(net: Network, params: dict, x, eps, *, domain, backend=None, intersect_ibp=True):
     """DeepPoly's intermediate bounds, as compute_bounds computes them, for methods that build on them:
     (segs, x_lo, x_hi, pre, relax) with pre[k] = (l, u) (P, B, N) of ReLU k's pre-activation and relax[k]
@@ -220,6 +224,7 @@ def deeppoly_pass(net: Network, params: dict, x, eps, *, domain, backend=None, i
     return segs, x_lo, x_hi, pre, relax
 
 
+@exact_float32()
 def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None, domain=(0.0, 1.0),
                    bound="lower", backend=None, member_chunk=None, intersect_ibp=True, sound=False,
                    rows="unstable") -> Bounds:
