@@ -3,10 +3,10 @@
 Supported layers: gls.nn.Normalize, nn.Linear, nn.Conv2d (any stride, padding, dilation; groups = 1,
 zero padding), nn.ReLU, nn.Flatten (start_dim = 1), nn.BatchNorm1d/2d and nn.Identity; nested
 Sequentials are flattened. A subclass of one counts as that layer only if it computes what the layer
-computes: a subclass (or instance) with its own forward, or anything else its forward reads
-(_conv_forward, __call__, a weight property, a parametrization), or with forward hooks, is refused,
-since gls would bound the base layer instead. Anything else is refused, naming the layer and its
-position.
+computes: one that redefines forward or what forward calls or reads (__call__, _conv_forward, a weight
+made a property by a parametrization), on its class or its instance, or that has forward hooks, is
+refused, since gls would bound the plain layer instead. Anything else is refused, naming the layer,
+its class and its position.
 
 BatchNorm is always evaluated in eval form, with the model's running statistics (buffers shared by
 every member) and per-member weight and bias (parameters). One that directly follows a Linear or Conv2d
@@ -114,23 +114,24 @@ def _describe(position: str, module: nn.Module) -> str:
 
 _SUPPORTED = ("supported: Normalize, Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d (eval form), Identity and "
               "nested Sequentials, or subclasses of them that keep their forward")
-_KNOWN = (nn.Sequential, nn.Identity, nn.ReLU, nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, Normalize,
-          nn.Flatten)
-# What a known layer's forward calls or reads, besides plain attributes its __init__ sets: redefining
-# any of them changes what it computes.
-_FORWARD_READS = ("forward", "__call__", "_call_impl", "_wrapped_call_impl", "__getattr__", "__getattribute__",
-                  "_conv_forward", "__iter__", "weight", "bias", "running_mean", "running_var", "mean", "std")
+_CALL = ("forward", "__call__", "_call_impl", "_wrapped_call_impl", "__getattr__", "__getattribute__")
+_BN = ("weight", "bias", "running_mean", "running_var")
+# The known layers, each with what its forward calls or reads besides _CALL and the plain attributes
+# its __init__ sets: a module that redefines any of them computes something else.
+_KNOWN = {nn.Sequential: ("__iter__",), nn.Identity: (), nn.ReLU: (), nn.Linear: ("weight", "bias"),
+          nn.Conv2d: ("_conv_forward", "weight", "bias"), nn.BatchNorm1d: _BN, nn.BatchNorm2d: _BN,
+          Normalize: ("mean", "std"), nn.Flatten: ()}
 
 
 def _known_layer(where: str, m: nn.Module) -> type:
     """The layer gls bounds m as (a class of _KNOWN); ValueError naming `where` if m is none of them, or
-    computes something else than that layer (its own forward, a redefined method or parameter, hooks)."""
+    computes something else than that layer (its own forward, a redefined method or weight, hooks)."""
     base = next((cls for cls in _KNOWN if isinstance(m, cls)), None)
     if base is None:
         raise ValueError(f"unsupported {where}; {_SUPPORTED}")
-    mro = type(m).__mro__
-    own = [name for cls in mro[:mro.index(base)] for name in vars(cls) if name in _FORWARD_READS]
-    own += [name for name in vars(m) if name in _FORWARD_READS]  # set on the instance itself
+    reads, mro = _CALL + _KNOWN[base], type(m).__mro__
+    own = [name for cls in mro[:mro.index(base)] for name in vars(cls) if name in reads]
+    own += [name for name in vars(m) if name in reads]  # set on the instance itself
     why = [f"redefines {', '.join(dict.fromkeys(own))}"] if own else []
     if m._forward_hooks or m._forward_pre_hooks:
         why.append("has forward hooks")
