@@ -1,10 +1,19 @@
 """Soundness fuzz: random MLPs/CNNs, every method, float32 and float64, default and sound mode.
 
 Each seeded case draws a network (depth, width, weight scale from 1e-3 to 1e3, Normalize, BatchNorm
-folded or standalone, convolutions with stride/padding/dilation), a population of one or two members,
-inputs and eps, then checks every bound against the network evaluated in float64 on sampled points of
-the region (corners and uniform points) and on a PGD attack aimed at each bound (lower and upper, every
-spec row, every member).
+folded or standalone, nested Sequentials) of odd geometry: non-square maps down to 1 x 1; 1x1, 1xN and
+Nx1 kernels; strides per dimension, dilation with stride; padding past the kernel's reach (outputs
+larger than inputs) followed by strided convolutions, with and without ReLUs between; a ReLU first
+(on the domain (-1, 1)), ReLUs in a row, Identity and Flatten between ReLUs. It draws a population of
+one or two members, inputs and eps, then checks every bound against the network evaluated in float64
+on sampled points of the region (corners and uniform points) and on a PGD attack aimed at each bound
+(lower and upper, every spec row, every member).
+
+In float64 it also compares the windowed path (rows="unstable", gls.patches) with the all-rows
+reference (rows="all") for hbox, crown-ibp and deeppoly (with and without the IBP intersection): the
+bounds, and the gradient of gls.robust_loss of the lower bounds with respect to the parameters. And it
+makes a copy of the network in which one module (or the model itself) is a subclass with its own
+forward: gls must refuse it, naming the class.
 
 Tolerances, relative to the rounding scale R = |C| (|W_L| ... |W_1| max(|lo|, |hi|) + biases), the
 sum of the magnitudes the float computation adds (no cancellation can make an error larger than a
@@ -14,11 +23,15 @@ multiple of it):
   default mode is exact up to the rounding of its own dot products, which only sound mode accounts for.
   (The float32 cancellation case is pinned separately in tests/test_bounds.py; its error was 100 % of
   the output but ~1e-8 R, so no R-relative tolerance could show it.)
+* windowed vs all rows (float64): bounds within 1e-12 R, gradients within 1e-8 of the largest
+  gradient entry (the two paths differ only in the order of their roundings).
 
-The default suite runs FAST_CASES (~20 s on one core); `pytest -m slow` runs SLOW_CASES others.
+A crash counts like a violation; every seed runs and the test prints the counts and the worst gaps
+(`pytest -s`). The default suite runs FAST_CASES (a few seconds); `pytest -m slow` runs SLOW_CASES others.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -29,9 +42,11 @@ import gls
 from gls.nn import Normalize
 from tests.naive_bounds import dense_layers
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
-FAST_CASES = 10
-SLOW_CASES = 400
+FAST_CASES = 6
+SLOW_CASES = 1000
 
 
 def _bn(n: int, dim: int, gen) -> nn.Module:
@@ -57,44 +72,80 @@ def _twins(first: nn.Linear, nxt: nn.Linear, scale: float) -> None:
     nxt.weight[:, k:2 * k] = -nxt.weight[:, :k]
 
 
+def _conv(c: int, h: int, w: int, pick) -> tuple[nn.Conv2d, tuple[int, int, int]]:
+    """A convolution of odd geometry on a (c, h, w) map: 1x1, 1xN, Nx1 or square kernels, strides per
+    dimension, dilation with stride, padding up to two past the kernel's reach (outputs larger than
+    inputs, whose border rows read only padding), sometimes a stride as long as the padded map in one
+    dimension (one output row there, reading the first rows: after a padded conv, only its padding);
+    outputs kept to at most 9 x 9."""
+    while True:
+        k, s, d = pick(KERNELS), pick(STRIDES), pick(DILATIONS)
+        pad = tuple(pick([0, 1, d[j] * (k[j] - 1) + pick([1, 2])]) for j in range(2))
+        pad = tuple(max(p, -((n - d[j] * (k[j] - 1) - 1) // 2)) for j, (p, n) in enumerate(zip(pad, (h, w))))
+        axis = pick([0, 1, None, None])
+        if axis is not None:
+            s = tuple((h, w)[i] + 2 * pad[i] if i == axis else s[i] for i in range(2))
+        out = tuple((n + 2 * pad[j] - d[j] * (k[j] - 1) - 1) // s[j] + 1 for j, n in enumerate((h, w)))
+        if max(out) <= 9:
+            c_out = pick([1, 2, 3])
+            return nn.Conv2d(c, c_out, k, stride=s, padding=pad, dilation=d, bias=pick([True, False])), (c_out, *out)
+
+
+KERNELS = [(1, 1), (1, 2), (1, 3), (3, 1), (2, 2), (3, 3), (2, 3)]
+STRIDES = [(1, 1), (1, 1), (2, 2), (3, 3), (1, 2), (2, 1), (3, 1)]
+DILATIONS = [(1, 1), (1, 1), (2, 2), (1, 2)]
+# what follows a Linear/Conv: ReLUs in a row, Identity between ReLUs, or nothing (two maps in a row)
+ACTIVATIONS = [("relu",), ("relu",), ("relu", "relu"), ("relu", "identity", "relu"), ()]
+
+
+def _activation(kinds) -> list[nn.Module]:
+    return [nn.ReLU() if k == "relu" else nn.Identity() for k in kinds]
+
+
 def random_case(seed: int):
-    """(model, in_shape, P, eps) for one seed."""
+    """(model, in_shape, P, eps, domain) for one seed."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
 
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=gen))]
 
-    layers = []
+    layers, domain = [], (0.0, 1.0)
+    first = pick(["normalize", "identity", "relu", "none"])
+    if first == "relu":  # a ReLU first: the region reaches below 0
+        layers.append(nn.ReLU())
+        domain = (-1.0, 1.0)
     if pick([True, False]):  # CNN
-        c, h = pick([1, 2]), pick([5, 6, 7])
-        shape = (c, h, h)
-        layers.append(Normalize([0.4] * c, [0.3] * c) if pick([True, False]) else nn.Identity())
+        c, h, w = pick([1, 2, 3]), pick([1, 2, 3, 5, 6, 7]), pick([1, 2, 3, 5, 6, 7])
+        shape = (c, h, w)
+        if first in ("normalize", "identity"):
+            layers.append(Normalize([0.4] * c, [0.3] * c) if first == "normalize" else nn.Identity())
         for _ in range(pick([1, 2, 3])):
-            k, s, p, d = pick([2, 3]), pick([1, 2]), pick([0, 1, 2]), pick([1, 2])
-            if h + 2 * p - d * (k - 1) < 1:
-                p = d * (k - 1)
-            c_out = pick([1, 2, 4])
-            layers.append(nn.Conv2d(c, c_out, k, stride=s, padding=p, dilation=d, bias=pick([True, False])))
-            h = (h + 2 * p - d * (k - 1) - 1) // s + 1
-            c = c_out
-            if pick([True, False]):
-                layers.append(_bn(c, 2, gen))
-            layers.append(nn.ReLU())
+            conv, (c, h, w) = _conv(c, h, w, pick)
+            layers.append(conv)
             if pick([False, False, True]):
+                layers.append(_bn(c, 2, gen))  # folded into the conv
+            acts = pick(ACTIVATIONS)
+            layers += _activation(acts)
+            if acts and pick([False, False, True]):
                 layers.append(_bn(c, 2, gen))  # standalone, after the ReLU
         layers.append(nn.Flatten())
-        n = c * h * h
+        if pick([False, True]):
+            layers += _activation(pick(ACTIVATIONS[:-1]))  # ReLU, Flatten, ReLU
+        n = c * h * w
     else:
         n = pick([2, 3, 8])
         shape = (n,)
-        if pick([True, False]):
+        if first == "normalize":
             layers.append(Normalize([0.5] * n, [0.25] * n))
+    head = []
     for _ in range(pick([1, 2, 3, 6])):  # dense hidden layers (deep ones included)
-        w = pick([2, 4, 16, 32])
-        layers += [nn.Linear(n, w), *([_bn(w, 1, gen)] if pick([False, True]) else []), nn.ReLU()]
-        n = w
-    layers.append(nn.Linear(n, 3))
+        width = pick([2, 4, 16, 32])
+        head += [nn.Linear(n, width), *([_bn(width, 1, gen)] if pick([False, True]) else []),
+                 *_activation(pick(ACTIVATIONS[:-1]))]
+        n = width
+    head.append(nn.Linear(n, 3))
+    layers += [nn.Sequential(*head)] if pick([False, True]) else head  # nested Sequentials are flattened
     model = nn.Sequential(*layers).eval()
     scale = pick([1e-3, 1.0, 1.0, 30.0, 1e3])
     with torch.no_grad():
@@ -103,10 +154,22 @@ def random_case(seed: int):
                 m.weight.mul_(scale * (1 + torch.rand(1, generator=gen)))
                 if m.bias is not None:
                     m.bias.mul_(scale)
-        linears = [m for m in model if isinstance(m, nn.Linear)]
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if pick([False, True]) and len(linears) >= 2 and linears[-2].out_features >= 2:
             _twins(linears[-2], linears[-1], scale)
-    return model, shape, pick([1, 2]), pick([0.0, 1e-3, 0.05, 0.3])
+    return model, shape, pick([1, 2]), pick([0.0, 1e-3, 0.05, 0.3]), domain
+
+
+def custom_variant(model: nn.Sequential, seed: int) -> tuple[nn.Sequential, str]:
+    """A copy of model with one module (the model itself included) made a subclass of its class whose own
+    forward computes something else, and that subclass's name: gls must refuse it."""
+    gen = torch.Generator().manual_seed(seed + 2)
+    copy_ = copy.deepcopy(model)
+    modules = list(copy_.modules())
+    m = modules[int(torch.randint(len(modules), (1,), generator=gen))]
+    base = type(m)
+    m.__class__ = type(f"Custom{base.__name__}", (base,), {"forward": lambda self, x: 0.5 * base.forward(self, x)})
+    return copy_, m.__class__.__name__
 
 
 def _magnitude(model, member: dict, lo, hi, shape):
@@ -131,17 +194,43 @@ def _pgd(f, lo, hi, sign, steps=20):
     return x.detach()
 
 
+def _window_runs(net, x, eps, domain, params, C) -> dict:
+    """{(method, intersect, rows): (lower, upper, gradient of the robust loss of the lower bounds with
+    respect to the flat parameters)} in float64, through the windowed path and the all-rows reference."""
+    theta0 = net.layout.flatten(params)
+    out = {}
+    for method, intersect in WINDOWED:
+        for rows in ("unstable", "all"):
+            theta = theta0.detach().clone().requires_grad_(True)
+            bd = gls.compute_bounds(net, x, eps, method=method, spec=C, params=net.layout.unflatten(theta), domain=domain,
+                                    bound="both", intersect_ibp=intersect, rows=rows)
+            gls.robust_loss(bd.lower).sum().backward()
+            out[(method, intersect, rows)] = (bd.lower.detach(), bd.upper.detach(), theta.grad)
+    return out
+
+
+WINDOWED = (("hbox", True), ("crown-ibp", True), ("deeppoly", True), ("deeppoly", False))
+
+
 def check_case(seed: int) -> dict:
-    """Largest violations, relative to the rounding scale R, per (dtype, mode)."""
-    model, shape, P, eps = random_case(seed)
+    """For one seed: the largest violations relative to the rounding scale R per (dtype, mode); the gaps
+    between windowed and all-rows bounds (relative to R, and to the bound where it is above 1e-6 R) and
+    gradients (relative to the largest gradient) in float64; whether the custom variant was refused."""
+    model, shape, P, eps, (d_lo, d_hi) = random_case(seed)
+    variant, custom = custom_variant(model, seed)
+    try:
+        gls.Network.from_module(variant)
+        refused = False
+    except ValueError as err:
+        refused = f"({custom})" in str(err)
     gen = torch.Generator().manual_seed(seed + 1)
     B, S = 2, 3
-    x = torch.rand(B, *shape, generator=gen)
+    x = d_lo + (d_hi - d_lo) * torch.rand(B, *shape, generator=gen)
     C = torch.randn(B, S, 3, generator=gen)
     members = [dict((n, p.detach().clone() * (1 + 0.1 * i)) for n, p in model.named_parameters()) for i in range(P)]
     params32 = {n: torch.stack([m[n] for m in members]) for n in members[0]}
     net = gls.Network.from_module(model)
-    worst = {}
+    worst = {"bound_gap_R": 0.0, "bound_gap_rel": 0.0, "grad_gap": 0.0, "refused": refused}
     for dtype in (torch.float32, torch.float64):
         params = {n: t.to(dtype) for n, t in params32.items()}
         xs, Cs = x.to(dtype), C.to(dtype)
@@ -152,10 +241,15 @@ def check_case(seed: int) -> dict:
                 for intersect in ((True, False) if method in ("hbox", "deeppoly") else (True,)):
                     runs[(method, sound, intersect)] = gls.compute_bounds(
                         net, xs, eps, method=method, spec=Cs, params=params, bound="both", sound=sound,
-                        intersect_ibp=intersect)
+                        intersect_ibp=intersect, domain=(d_lo, d_hi))
+        windowed = _window_runs(net, xs, eps, (d_lo, d_hi), params, Cs) if dtype == torch.float64 else {}
+        for key, (_, _, grad) in windowed.items():
+            if key[2] == "unstable":
+                want = windowed[key[:2] + ("all",)][2]
+                worst["grad_gap"] = max(worst["grad_gap"], float((grad - want).abs().max() / want.abs().max().clamp(min=1e-300)))
         for b in range(B):
             flat = xs[b].reshape(-1).double()
-            lo, hi = (flat - eps).clamp(min=0), (flat + eps).clamp(max=1)
+            lo, hi = (flat - eps).clamp(min=d_lo), (flat + eps).clamp(max=d_hi)
             N = lo.numel()
             corners = torch.randint(0, 2, (64, N), generator=gen).double()
             pts = torch.cat([corners, torch.rand(192, N, generator=gen, dtype=torch.float64)])
@@ -181,20 +275,44 @@ def check_case(seed: int) -> dict:
                     v = torch.maximum(bd.lower[p, b].double() - vmin, vmax - bd.upper[p, b].double())
                     key = (str(dtype).split(".")[-1], "sound" if sound else "default")
                     worst[key] = max(worst.get(key, -math.inf), float((v / R).max()))
+                for key, (lower, upper, _) in windowed.items():
+                    if key[2] == "unstable":
+                        all_lower, all_upper, _ = windowed[key[:2] + ("all",)]
+                        for got, want in ((lower[p, b], all_lower[p, b]), (upper[p, b], all_upper[p, b])):
+                            gap = (got - want).abs()
+                            worst["bound_gap_R"] = max(worst["bound_gap_R"], float((gap / R).max()))
+                            big = want.abs() > 1e-6 * R
+                            if big.any():
+                                worst["bound_gap_rel"] = max(worst["bound_gap_rel"], float((gap / want.abs())[big].max()))
     return worst
 
 
 LIMITS = {("float32", "default"): 1e-6, ("float64", "default"): 1e-14,
           ("float32", "sound"): 1e-13, ("float64", "sound"): 1e-13}
+GAP_LIMITS = {"bound_gap_R": 1e-12, "grad_gap": 1e-8}  # windowed vs all rows, float64: rounding only
 
 
 def _run(seeds):
-    bad = []
+    """Every seed's checks; crashes are caught and counted so one does not hide the others. Prints the
+    counts and the worst gaps (pytest -s shows them), then asserts none is out of bounds."""
+    bad, crashes, kept, worst = [], [], [], {}
     for seed in seeds:
-        for key, v in check_case(seed).items():
-            if v > LIMITS[key]:
+        try:
+            res = check_case(seed)
+        except Exception as err:  # a crash is a finding like a violation: collect, report all
+            crashes.append((seed, f"{type(err).__name__}: {err}"[:300]))
+            continue
+        if not res.pop("refused"):
+            kept.append(seed)
+        for key, v in res.items():
+            worst[key] = max(worst.get(key, -math.inf), v)
+            if v > {**LIMITS, **GAP_LIMITS}.get(key, math.inf):
                 bad.append((seed, key, v))
-    assert not bad, f"violations (seed, (dtype, mode), violation / R): {bad}"
+    print(f"\nsoundness fuzz: {len(seeds)} nets, {len(bad)} out of bounds, {len(crashes)} crashes, {len(kept)} "
+          f"custom subclasses accepted; worst: " + ", ".join(f"{k} {v:.3g}" for k, v in sorted(worst.items(), key=str)))
+    assert not crashes, f"crashes (seed, error): {crashes}"
+    assert not kept, f"custom subclasses accepted (seeds): {kept}"
+    assert not bad, f"out of bounds (seed, key, value; violations / R, gaps): {bad}"
 
 
 def test_fuzz_soundness():
