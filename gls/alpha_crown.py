@@ -49,7 +49,7 @@ def alpha_crown_bounds(model, x, eps, *, labels=None, spec=None, params=None, do
     if patience is not None and not (isinstance(patience, int) and patience >= 1):
         raise ValueError(f"patience must be a positive int or None, got {patience!r}")
     net = Network.from_module(model)
-    params, P = net.resolve_params(params)
+    params, _ = net.resolve_params(params)
     x = check_input(x, param_dtype(params, x))
     deep = compute_bounds(net, x, eps, method="deeppoly", labels=labels, spec=spec, params=params, domain=domain,
                           bound=bound, backend=backend, intersect_ibp=intersect_ibp, sound=sound)
@@ -61,7 +61,7 @@ def alpha_crown_bounds(model, x, eps, *, labels=None, spec=None, params=None, do
     else:
         work, xw = params, x
     setup = _Setup(net, work, xw, eps, labels, spec, domain, bound, backend, intersect_ibp)
-    slopes, best = _optimise(setup, iterations, lr, lr_decay, patience)
+    slopes = _optimise(setup, iterations, lr, lr_decay, patience)
     if sound:
         C = _spec(labels, spec, x.double(), setup.C.shape[-1], bound)  # the caller's spec, not its float32 copy
         lb = deeppoly_lower_with_slopes(net, params, x, eps, C, domain=domain, intersect_ibp=intersect_ibp,
@@ -109,7 +109,7 @@ class _Setup:
 
 
 def _optimise(setup: _Setup, iterations, lr, lr_decay, patience):
-    """Adam on the slopes (intermediate bounds detached); the best slopes and bound of every row."""
+    """Adam on the slopes (intermediate bounds detached); the slopes of every row's best bound."""
     detached = _Detached(setup)
     alpha = [a.requires_grad_() for a in setup.initial()]
     best_alpha = [a.detach().clone() for a in alpha]
@@ -137,7 +137,7 @@ def _optimise(setup: _Setup, iterations, lr, lr_decay, patience):
             with torch.no_grad():
                 for a in alpha:
                     a.clamp_(0.0, 1.0)
-    return best_alpha, best
+    return best_alpha
 
 
 class _Detached(_Setup):
