@@ -2,6 +2,7 @@
 #   make train   the default certified-training run (extra options: make train ARGS="--method rgs ...")
 #   make test    the test suite
 #   make bench   the benchmarks and their report
+#   make gpu-check  build and check the CUDA kernels on this machine's GPU (emulated, tiny, without one)
 # Each target creates or reuses the virtual environment $(VENV), installs what is missing, builds
 # gls._C (C++ ops; CUDA ops when a GPU is visible or GLS_WITH_CUDA=1), then runs.
 PYTHON ?= python3
@@ -15,7 +16,7 @@ export PYTHONUNBUFFERED := 1
 DEPS := "torch==2.14.1" "triton>=3.8" "numpy>=2" ninja pytest pytest-benchmark scipy matplotlib tqdm onnx onnxruntime
 SOURCES := setup.py $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup train test bench clean FORCE
+.PHONY: setup train test bench gpu-check clean FORCE
 
 setup: $(VENV)/.built
 
@@ -50,6 +51,10 @@ test: setup
 bench: setup
 	$(PY) -m pytest bench --benchmark-only --benchmark-json=bench/results/run.json -p no:cacheprovider $(ARGS)
 	$(PY) -m bench.report bench/results/run.json
+
+# On a GPU machine whose Python already has torch, `python -m bench.gpu_check` runs the same without .venv.
+gpu-check: setup
+	$(PY) -m bench.gpu_check $(ARGS)
 
 clean:
 	rm -rf $(VENV) build gls/_C*.so *.egg-info

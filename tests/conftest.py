@@ -123,6 +123,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+_EMULATED: dict[str, dict[str, int]] = {}  # test module -> outcome -> count, of the emulated-CUDA tests
+
+
+def _runs_emulated_cuda(report) -> bool:
+    return "cuda-emu" in report.nodeid or "emulated_cuda" in report.nodeid or "test_cuda_emu.py" in report.nodeid
+
+
+def pytest_runtest_logreport(report):
+    if _runs_emulated_cuda(report) and (report.when == "call" or report.outcome != "passed"):
+        counts = _EMULATED.setdefault(report.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py"), {})
+        counts[report.outcome] = counts.get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The emulated-CUDA tests executed per op (tests/test_<op>.py) and per whole-computation module."""
+    if not _EMULATED:
+        return
+    terminalreporter.write_sep("-", "CUDA kernels run through the emulation (cuda-emu), per test module")
+    for module, counts in sorted(_EMULATED.items()):
+        terminalreporter.write_line(f"{module.removeprefix('test_'):<32} " + ", ".join(
+            f"{counts.get(k, 0)} {k}" for k in ("passed", "failed", "skipped")))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread, for the training-layer modules (pytestmark = usefixtures("one_thread")): on a

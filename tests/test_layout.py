@@ -252,3 +252,14 @@ def test_triton_modules_are_ops_or_helpers():
             assert not defined, f"helper {path.name} must not define an op"
         else:
             assert defined == {path.stem} and "triton" in ops.OPS[path.stem][1], path.name
+
+
+def test_cuda_files_reach_the_toolchain_only_through_cuda_compat():
+    """csrc/cuda is compiled by nvcc (gls._C) and, unchanged, for the CUDA emulation (gls._C_cuda_emu):
+    launches, guards, streams, the device type and registrations go through csrc/cuda/cuda_compat.cuh."""
+    forbidden = re.compile(r"<<<|c10::cuda|c10/cuda|TORCH_LIBRARY_IMPL|DeviceType::CUDA|is_cuda\(\)")
+    for path in sorted((ROOT / "csrc" / "cuda").glob("*.cu*")):
+        if path.name == "cuda_compat.cuh":
+            continue
+        hits = [line.strip() for line in path.read_text().splitlines() if forbidden.search(line)]
+        assert not hits, f"{path.relative_to(ROOT)} bypasses cuda_compat.cuh: {hits}"

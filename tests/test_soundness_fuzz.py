@@ -27,7 +27,9 @@ multiple of it):
   gradient entry (the two paths differ only in the order of their roundings).
 
 A crash counts like a violation; every seed runs and the test prints the counts and the worst gaps
-(`pytest -s`). The default suite runs FAST_CASES (a few seconds); `pytest -m slow` runs SLOW_CASES others.
+(`pytest -s`). The default suite runs FAST_CASES (a few seconds), and EMULATED_CASES with every op on the
+CUDA kernels (the cuda-emu backend); `pytest -m slow` runs SLOW_CASES others. `make gpu-check` runs
+summarise() with the bounds on a GPU.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 import gls
+from gls import native
 from gls.nn import Normalize
 from tests.naive_bounds import dense_layers
 
@@ -46,6 +49,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
 FAST_CASES = 6
+EMULATED_CASES = 6
 SLOW_CASES = 1000
 
 
@@ -212,10 +216,11 @@ def _window_runs(net, x, eps, domain, params, C) -> dict:
 WINDOWED = (("hbox", True), ("crown-ibp", True), ("deeppoly", True), ("deeppoly", False))
 
 
-def check_case(seed: int) -> dict:
+def check_case(seed: int, device: str = "cpu") -> dict:
     """For one seed: the largest violations relative to the rounding scale R per (dtype, mode); the gaps
     between windowed and all-rows bounds (relative to R, and to the bound where it is above 1e-6 R) and
-    gradients (relative to the largest gradient) in float64; whether the custom variant was refused."""
+    gradients (relative to the largest gradient) in float64; whether the custom variant was refused.
+    The bounds are computed on `device` (make gpu-check: a GPU); the network is evaluated on the CPU."""
     model, shape, P, eps, (d_lo, d_hi) = random_case(seed)
     variant, custom = custom_variant(model, seed)
     try:
@@ -230,25 +235,28 @@ def check_case(seed: int) -> dict:
     members = [dict((n, p.detach().clone() * (1 + 0.1 * i)) for n, p in model.named_parameters()) for i in range(P)]
     params32 = {n: torch.stack([m[n] for m in members]) for n in members[0]}
     net = gls.Network.from_module(model)
+    bound_net = net if device == "cpu" else gls.Network.from_module(copy.deepcopy(model).to(device))
     worst = {"bound_gap_R": 0.0, "bound_gap_rel": 0.0, "grad_gap": 0.0, "refused": refused}
     for dtype in (torch.float32, torch.float64):
-        params = {n: t.to(dtype) for n, t in params32.items()}
-        xs, Cs = x.to(dtype), C.to(dtype)
-        ref_params = {n: t.double() for n, t in params.items()}  # the real network: these numbers, exactly
+        params = {n: t.to(device, dtype) for n, t in params32.items()}
+        xs, Cs = x.to(device, dtype), C.to(device, dtype)
+        ref_params = {n: t.double().cpu() for n, t in params.items()}  # the real network: these numbers, exactly
         runs = {}
         for method in METHODS:
             for sound in (False, True):
                 for intersect in ((True, False) if method in ("hbox", "deeppoly") else (True,)):
                     runs[(method, sound, intersect)] = gls.compute_bounds(
-                        net, xs, eps, method=method, spec=Cs, params=params, bound="both", sound=sound,
+                        bound_net, xs, eps, method=method, spec=Cs, params=params, bound="both", sound=sound,
                         intersect_ibp=intersect, domain=(d_lo, d_hi))
-        windowed = _window_runs(net, xs, eps, (d_lo, d_hi), params, Cs) if dtype == torch.float64 else {}
+        windowed = _window_runs(bound_net, xs, eps, (d_lo, d_hi), params, Cs) if dtype == torch.float64 else {}
         for key, (_, _, grad) in windowed.items():
             if key[2] == "unstable":
                 want = windowed[key[:2] + ("all",)][2]
                 worst["grad_gap"] = max(worst["grad_gap"], float((grad - want).abs().max() / want.abs().max().clamp(min=1e-300)))
+        runs = {key: (bd.lower.double().cpu(), bd.upper.double().cpu()) for key, bd in runs.items()}
+        windowed = {key: tuple(t.double().cpu() for t in v) for key, v in windowed.items()}
         for b in range(B):
-            flat = xs[b].reshape(-1).double()
+            flat = xs[b].reshape(-1).double().cpu()
             lo, hi = (flat - eps).clamp(min=d_lo), (flat + eps).clamp(max=d_hi)
             N = lo.numel()
             corners = torch.randint(0, 2, (64, N), generator=gen).double()
@@ -271,8 +279,8 @@ def check_case(seed: int) -> dict:
                     vals.append(spec_values(found))
                 vals = torch.cat(vals)
                 vmin, vmax = vals.min(0).values, vals.max(0).values
-                for (method, sound, intersect), bd in runs.items():
-                    v = torch.maximum(bd.lower[p, b].double() - vmin, vmax - bd.upper[p, b].double())
+                for (method, sound, intersect), (lower, upper) in runs.items():
+                    v = torch.maximum(lower[p, b] - vmin, vmax - upper[p, b])
                     key = (str(dtype).split(".")[-1], "sound" if sound else "default")
                     worst[key] = max(worst.get(key, -math.inf), float((v / R).max()))
                 for key, (lower, upper, _) in windowed.items():
@@ -292,13 +300,13 @@ LIMITS = {("float32", "default"): 1e-6, ("float64", "default"): 1e-14,
 GAP_LIMITS = {"bound_gap_R": 1e-12, "grad_gap": 1e-8}  # windowed vs all rows, float64: rounding only
 
 
-def _run(seeds):
-    """Every seed's checks; crashes are caught and counted so one does not hide the others. Prints the
-    counts and the worst gaps (pytest -s shows them), then asserts none is out of bounds."""
+def summarise(seeds, device: str = "cpu") -> dict:
+    """Every seed's checks on `device`; crashes are caught and counted so one does not hide the others.
+    {ok, line (the counts and worst gaps), crashes, out_of_bounds, accepted, worst}."""
     bad, crashes, kept, worst = [], [], [], {}
     for seed in seeds:
         try:
-            res = check_case(seed)
+            res = check_case(seed, device)
         except Exception as err:  # a crash is a finding like a violation: collect, report all
             crashes.append((seed, f"{type(err).__name__}: {err}"[:300]))
             continue
@@ -308,15 +316,30 @@ def _run(seeds):
             worst[key] = max(worst.get(key, -math.inf), v)
             if v > {**LIMITS, **GAP_LIMITS}.get(key, math.inf):
                 bad.append((seed, key, v))
-    print(f"\nsoundness fuzz: {len(seeds)} nets, {len(bad)} out of bounds, {len(crashes)} crashes, {len(kept)} "
-          f"custom subclasses accepted; worst: " + ", ".join(f"{k} {v:.3g}" for k, v in sorted(worst.items(), key=str)))
-    assert not crashes, f"crashes (seed, error): {crashes}"
-    assert not kept, f"custom subclasses accepted (seeds): {kept}"
-    assert not bad, f"out of bounds (seed, key, value; violations / R, gaps): {bad}"
+    line = (f"soundness fuzz: {len(seeds)} nets, {len(bad)} out of bounds, {len(crashes)} crashes, {len(kept)} "
+            f"custom subclasses accepted; worst: " + ", ".join(f"{k} {v:.3g}" for k, v in sorted(worst.items(), key=str)))
+    return {"ok": not (bad or crashes or kept), "line": line, "crashes": crashes, "out_of_bounds": bad, "accepted": kept,
+            "worst": {str(k): v for k, v in worst.items()}}
+
+
+def _run(seeds):
+    """summarise(seeds), printed (pytest -s shows it), then asserted."""
+    res = summarise(seeds)
+    print("\n" + res["line"])
+    assert not res["crashes"], f"crashes (seed, error): {res['crashes']}"
+    assert not res["accepted"], f"custom subclasses accepted (seeds): {res['accepted']}"
+    assert not res["out_of_bounds"], f"out of bounds (seed, key, value; violations / R, gaps): {res['out_of_bounds']}"
 
 
 def test_fuzz_soundness():
     _run(range(FAST_CASES))
+
+
+@pytest.mark.skipif(not native.EMU_AVAILABLE, reason="gls._C_cuda_emu not built")
+def test_fuzz_soundness_on_emulated_cuda(monkeypatch):
+    """The same checks with every gls op of the bounds on the CUDA kernels (run by the CUDA emulation)."""
+    monkeypatch.setenv("GLS_BACKEND", "cuda-emu")
+    _run(range(EMULATED_CASES))
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ constexpr c10::DeviceType kKernelDevice = c10::DeviceType::CPU;  // the emulatio
 inline int current_stream() { return 0; }                         // one in-order stream: launches run at once
 // kernel<<<grid, block, dynamic_shared, stream>>>(args...) as GLS_LAUNCH(grid, block, dynamic_shared, stream, kernel)(args...)
 #define GLS_LAUNCH(grid, block, dynamic_shared, stream, ...) \
-  ::gls_emu::launcher(#__VA_ARGS__, grid, block, dynamic_shared, __VA_ARGS__)
+  (void)(stream), ::gls_emu::launcher(#__VA_ARGS__, grid, block, dynamic_shared, __VA_ARGS__)
 #define GLS_DEVICE_GUARD(tensor) (void)(tensor)
 #define GLS_LAUNCH_CHECK() (void)0  // the emulated launch throws on error
 #define GLS_CUDA_LIBRARY_IMPL(m) TORCH_LIBRARY_IMPL(gls_cuda_emu, CPU, m)
