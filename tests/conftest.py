@@ -55,17 +55,24 @@ class Backend:
             pytest.skip(f"the {self.name} kernel of {self.op} runs in float32 only")
 
 
+def _compiled(op: str) -> list[tuple[str, str, list]]:
+    """(backend, device, marks) of each compiled backend with a kernel for `op` here."""
+    from gls import native
+
+    out = [("cpp", "cpu", [])] if native.has_kernel(op, "CPU") else []
+    if native.has_kernel(op, "CUDA"):
+        out.append(("cuda", "cuda", [pytest.mark.cuda]))
+    if native.has_kernel(op, "CPU", "gls_cuda_emu"):
+        out.append(("cuda-emu", "cpu", []))
+    return out
+
+
 def backend_params(op: str, *, reference: bool = False, float32_only_triton: bool = False) -> list:
     """pytest params of every Backend that runs `op` here."""
     from gls import native
 
     out = [pytest.param(Backend(op, "reference", "cpu"), id="reference")] if reference else []
-    if native.has_kernel(op, "CPU"):
-        out.append(pytest.param(Backend(op, "cpp", "cpu"), id="cpp"))
-    if native.has_kernel(op, "CUDA"):
-        out.append(pytest.param(Backend(op, "cuda", "cuda"), id="cuda", marks=pytest.mark.cuda))
-    if native.has_kernel(op, "CPU", "gls_cuda_emu"):
-        out.append(pytest.param(Backend(op, "cuda-emu", "cpu"), id="cuda-emu"))
+    out += [pytest.param(Backend(op, name, device), id=name, marks=marks) for name, device, marks in _compiled(op)]
     if HAS_TRITON:
         device = "cuda" if HAS_CUDA else "cpu"  # the interpreter on a CPU
         marks = [pytest.mark.cuda] if HAS_CUDA else []
@@ -89,16 +96,7 @@ class HelperOp:
 
 def helper_op_params(op: str) -> list:
     """pytest params of every HelperOp that runs the helper op `op` here (CUDA marked `cuda`)."""
-    from gls import native
-
-    out = []
-    if native.has_kernel(op, "CPU"):
-        out.append(pytest.param(HelperOp(op, "cpp", "cpu"), id="cpp"))
-    if native.has_kernel(op, "CUDA"):
-        out.append(pytest.param(HelperOp(op, "cuda", "cuda"), id="cuda", marks=pytest.mark.cuda))
-    if native.has_kernel(op, "CPU", "gls_cuda_emu"):
-        out.append(pytest.param(HelperOp(op, "cuda-emu", "cpu"), id="cuda-emu"))
-    return out
+    return [pytest.param(HelperOp(op, name, device), id=name, marks=marks) for name, device, marks in _compiled(op)]
 
 
 def pytest_generate_tests(metafunc):

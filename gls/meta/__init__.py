@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import importlib
 
+import torch
+
+from gls import native
+
 
 def module(op: str):
     """The metadata module of `op` (gls.meta.<op>)."""
@@ -24,3 +28,12 @@ def needs(op: str) -> tuple[str, ...]:
 def register(op: str, namespace: str) -> None:
     """Register the fake kernel and autograd of `op` for `namespace::op` (once per pair: torch refuses twice)."""
     module(op).register(namespace)
+
+
+def fused_kernel(helper: str, namespace: str, device: torch.device):
+    """The fused backward kernel `helper` serving `namespace` on `device`, or None: gls_cuda_emu has its
+    own (the CUDA kernel, emulated); the other namespaces use gls::'s CPU or CUDA kernel."""
+    own = "gls_cuda_emu" if namespace == "gls_cuda_emu" else "gls"
+    if not native.has_kernel(helper, "CUDA" if device.type == "cuda" else "CPU", own):
+        return None
+    return getattr(getattr(torch.ops, own), helper)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from gls import native
+from gls.meta import fused_kernel
 from gls.meta._population import reduce_members
 from gls.reference import bound_ops as ref
 
@@ -89,22 +90,13 @@ def _reference_grads(ctx, inputs, g_lam, g_bias):
     return tuple(grads)
 
 
-def _fused(namespace: str, device: torch.device):
-    """The fused backward kernel serving `namespace` on `device`, or None: gls_cuda_emu has its own (the CUDA
-    kernel, emulated); the other namespaces use gls::'s CPU or CUDA kernel."""
-    own = "gls_cuda_emu" if namespace == "gls_cuda_emu" else "gls"
-    if not native.has_kernel("backsub_conv_relu_backward", "CUDA" if device.type == "cuda" else "CPU", own):
-        return None
-    return getattr(torch.ops, own).backsub_conv_relu_backward
-
-
 def _backward_in(namespace: str):
     def backward(ctx, g_lam, g_bias, _g_window):
         *inputs, window = ctx.saved_tensors
         lam, W, b, a_l, c_l, a_u, c_u, origin = inputs
         need = ctx.needs_input_grad
         g_bias = lam.new_zeros(lam.shape[:3]) if g_bias is None else g_bias
-        fused = _fused(namespace, lam.device)
+        fused = fused_kernel("backsub_conv_relu_backward", namespace, lam.device)
         if torch.is_grad_enabled() or window.numel() == 0 or fused is None:
             if g_lam is None:  # lam' unused (a concretisation): zeros of the shape the geometry gives
                 g_lam = lam.new_zeros(fake(lam, W, b, a_l, c_l, a_u, c_u, origin, *ctx.geometry)[0].shape)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from gls import native
+from gls.meta import fused_kernel
 from gls.meta._population import reduce_members
 
 
@@ -64,15 +65,6 @@ def epilogue_torch(lam, W, g_lam, g_bias, a_l, c_l, a_u, c_u):
     return dg, (g_lam * pos).sum(2), (h * pos).sum(2), (g_lam * neg).sum(2), (h * neg).sum(2)
 
 
-def _fused(namespace: str, device: torch.device):
-    """The fused backward kernel serving `namespace` on `device`, or None: gls_cuda_emu has its own (the CUDA
-    kernel, emulated); the other namespaces use gls::'s CPU or CUDA kernel."""
-    own = "gls_cuda_emu" if namespace == "gls_cuda_emu" else "gls"
-    if not native.has_kernel("backsub_linear_relu_backward", "CUDA" if device.type == "cuda" else "CPU", own):
-        return None
-    return getattr(torch.ops, own).backsub_linear_relu_backward
-
-
 def setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
@@ -85,7 +77,7 @@ def _backward_in(namespace: str):
         n_in = W.shape[-1]
         g_lam = lam.new_zeros(P, B, S, n_in) if g_lam is None else g_lam
         g_bias = lam.new_zeros(P, B, S) if g_bias is None else g_bias
-        fused = _fused(namespace, lam.device)
+        fused = fused_kernel("backsub_linear_relu_backward", namespace, lam.device)
         if torch.is_grad_enabled() or fused is None:
             dg, *d_relax = epilogue_torch(lam, W, g_lam, g_bias, a_l, c_l, a_u, c_u)
         else:
