@@ -122,6 +122,9 @@ def test_commands_are_entry_modules_of_the_application(command):
 SOURCES = sorted({p for pkg in (*PACKAGES, "tests", "bench") for p in (ROOT / pkg).rglob("*.py")})
 
 
+EXTENSIONS = {"_C", "_C_cuda_emu"}  # the compiled libraries: their names start with _ by convention
+
+
 def _private_uses(path: Path) -> list[str]:
     """`from <gls module> import _x` and `<gls module>._x` (through any import alias) in `path`."""
     tree = ast.parse(path.read_text(), str(path))
@@ -134,7 +137,7 @@ def _private_uses(path: Path) -> list[str]:
                     alias[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
         elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in PACKAGES:
             for a in node.names:
-                if a.name.startswith("_") and a.name != "_C":
+                if a.name.startswith("_") and a.name not in EXTENSIONS:
                     found.append(f"from {node.module} import {a.name}")
                 if f"{node.module}.{a.name}" in MODULES:
                     alias[a.asname or a.name] = f"{node.module}.{a.name}"
@@ -148,7 +151,7 @@ def _private_uses(path: Path) -> list[str]:
 
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                and node.attr != "_C" and (mod := module_of(node.value))):
+                and node.attr not in EXTENSIONS and (mod := module_of(node.value))):
             found.append(f"{mod}.{node.attr} (line {node.lineno})")
         elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "setattr"
               and len(node.args) >= 2 and (mod := module_of(node.args[0])) and isinstance(node.args[1], ast.Constant)

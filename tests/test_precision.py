@@ -40,17 +40,20 @@ def test_the_fast_settings_are_not_exact(fast_settings):
     _assert_caller_settings()
 
 
+def _wrap_every_op(monkeypatch, before_call):
+    """Every op wrapper of gls.ops (what gls.bounds and gls.patches call) runs before_call() first."""
+    for name in ops.OPS:
+        def wrapped(*args, _op=getattr(ops, name), **kwargs):
+            before_call()
+            return _op(*args, **kwargs)
+        monkeypatch.setattr(ops, name, wrapped)
+
+
 @pytest.mark.parametrize("sound", [False, True])
 @pytest.mark.parametrize("method", METHODS)
 def test_exact_inside_every_op_and_restored_after(fast_settings, monkeypatch, method, sound):
     seen = []
-    call = ops._call
-
-    def recording(*args):
-        seen.append(precision.in_force())
-        return call(*args)
-
-    monkeypatch.setattr(ops, "_call", recording)
+    _wrap_every_op(monkeypatch, lambda: seen.append(precision.in_force()))
     model, x, y = _net_and_batch()
     gls.compute_bounds(model, x, 0.1, method=method, labels=y, sound=sound)
     if not sound:  # gls.sound computes in float64 torch ops of its own
@@ -59,11 +62,11 @@ def test_exact_inside_every_op_and_restored_after(fast_settings, monkeypatch, me
 
 
 def test_restored_after_an_exception(fast_settings, monkeypatch):
-    def failing(*args):
+    def failing():
         assert precision.in_force()
         raise RuntimeError("a kernel failed")
 
-    monkeypatch.setattr(ops, "_call", failing)
+    _wrap_every_op(monkeypatch, failing)
     model, x, y = _net_and_batch()
     with pytest.raises(RuntimeError, match="a kernel failed"):
         gls.compute_bounds(model, x, 0.1, method="deeppoly", labels=y)
