@@ -3,6 +3,7 @@ relaxation's definition: values, gradients, opcheck, errors."""
 import pytest
 import torch
 
+from conftest import backend_params
 from gls.reference import bound_ops as ref
 
 OP = "relu_relax"
@@ -135,3 +136,16 @@ def test_triangle_line_stays_above_relu_at_float32_extremes(backend, method):
     assert (a_u * U + c_u >= U * (1 - tol)).all()
     assert (a_u * L + c_u >= -tol * (L.abs() * a_u + c_u.abs())).all()
     assert (a_l * L + c_l <= 0).all() and (a_l * U + c_l <= U).all()
+
+
+@pytest.mark.parametrize("cuda_backend", [p for p in backend_params(OP) if p.id in ("cuda", "cuda-emu")])
+def test_grid_stride_loop_past_the_grid_cap(cuda_backend):
+    """The CUDA kernel caps its grid at 65535 blocks of 256 threads and strides over the rest: one more
+    element than that cap (and a ragged tail) still gets its lines."""
+    n = 65535 * 256 + 37
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    l, u = torch.minimum(a, b), torch.maximum(a, b)
+    got = cuda_backend(l.to(cuda_backend.device), u.to(cuda_backend.device), "deeppoly")
+    for g, w in zip(got, ref.relu_relax(l, u, "deeppoly")):
+        torch.testing.assert_close(g.cpu(), w, rtol=1e-6, atol=1e-7)
