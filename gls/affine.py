@@ -1,18 +1,34 @@
 """Population-batched affine maps of the network IR: forward, interval step and back-substitution.
 
 Activations are kept flat, (P|1, B, N) (a leading 1 = shared by every member, as the input is), and
-back-substitution coefficients are (P, B, S, N_out) -> (P, B, S, N_in). Dense (Linear) goes through
-gls.ops; Conv and Diag (elementwise scaling: Normalize, a BatchNorm that follows no Linear/Conv) are
-plain PyTorch here, Conv batched over the population as a grouped convolution (groups = P).
+back-substitution coefficients are (P, B, S, N_out) -> (P, B, S, N_in). The interval step of Dense
+(Linear) and Conv goes the way gls.population_paths picks per layer and call (stacked filters, members
+folded into the batch, a grouped convolution, im2col + bmm, a loop, or gls.ops.ibp_affine); their
+forward map is one call for every member. Diag (elementwise scaling: Normalize, a BatchNorm that follows
+no Linear/Conv) and back-substitution through Conv (a grouped transposed convolution) are plain PyTorch.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
 from gls import ops
+from gls import population_paths as paths
+
+
+def _one_call(gx: int, gw: int) -> str:
+    """The population path that maps every member in one call (shared inputs: stacked filters)."""
+    return "stacked" if gx < gw else "folded" if gw < gx else "grouped"
+
+
+def _shared(W, b):
+    """(W, b) with the population axis cut to 1 where every member has the same weights (expanded: stride 0)."""
+    if W.shape[0] > 1 and W.stride(0) == 0 and (b is None or b.stride(0) == 0):
+        return W[:1], None if b is None else b[:1]
+    return W, b
 
 
 class Dense:
@@ -31,7 +47,12 @@ class Dense:
         return self.apply(x, self.W, self.b)
 
     def ibp(self, mid, rad, backend=None):
-        return ops.ibp_affine(mid, rad, self.W, self.b, backend=backend)
+        """Interval step; an explicit backend (keyword or GLS_BACKEND) runs gls.ops.ibp_affine on it."""
+        if backend is not None or os.environ.get("GLS_BACKEND"):
+            return ops.ibp_affine(mid, rad, self.W, self.b, backend=backend)
+        W, b = _shared(self.W, self.b)
+        choice = paths.choose(f"linear {self.n_in}->{self.n_out}", mid, rad, W, None)
+        return paths.interval(choice.path, choice.pairing, mid, rad, W, b, None)
 
     def back(self, lam):
         """Coefficients on the input and the constant lam . b collected on the way."""
@@ -60,24 +81,25 @@ class Conv:
             self.in_shape[1 + i] - ((self.out_shape[1 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k[i] - 1) + 1)
             for i in range(2))
 
+    @property
+    def geometry(self) -> paths.Geometry:
+        return paths.Geometry(self.stride, self.padding, self.dilation, self.in_shape, self.out_shape)
+
     def apply(self, x, weight, bias):
-        """x (P|1, B, N_in) through this convolution with `weight`, `bias` in place of W, b -> (P, B, N_out)."""
-        P, (c_out, c_in) = weight.shape[0], weight.shape[1:3]
-        B = x.shape[1]
-        w = weight.reshape(P * c_out, c_in, *weight.shape[-2:])
-        bias = None if bias is None else bias.reshape(P * c_out)
-        if x.shape[0] == 1:  # input shared by the population: one ordinary convolution, P*C_out filters
-            y = F.conv2d(x[0].reshape(B, *self.in_shape), w, bias, self.stride, self.padding, self.dilation)
-        else:
-            xs = x.transpose(0, 1).reshape(B, P * c_in, *self.in_shape[1:])
-            y = F.conv2d(xs, w, bias, self.stride, self.padding, self.dilation, groups=P)
-        return y.reshape(B, P, self.n_out).transpose(0, 1).contiguous()
+        """x (P|1, B, N_in) through this convolution with `weight`, `bias` in place of W, b -> (P, B, N_out),
+        one convolution for every member (stacked filters when the input is shared, groups = P otherwise)."""
+        return paths.run(_one_call(x.shape[0], weight.shape[0]), x, weight, bias, self.geometry)
 
     def forward(self, x):
         return self.apply(x, self.W, self.b)
 
     def ibp(self, mid, rad, backend=None):
-        return self.apply(mid, self.W, self.b), self.apply(rad, self.W.abs(), None)
+        """Interval step along the path gls.population_paths picks (no gls op: backend unused)."""
+        c_out, c_in, kh, kw = self.W.shape[1:]
+        layer = f"conv {c_in}->{c_out} {kh}x{kw}/{self.stride[0]} on {self.in_shape[1]}x{self.in_shape[2]}"
+        W, b = _shared(self.W, self.b)
+        choice = paths.choose(layer, mid, rad, W, self.geometry)
+        return paths.interval(choice.path, choice.pairing, mid, rad, W, b, self.geometry)
 
     def back(self, lam):
         P, B, S = lam.shape[:3]

@@ -1,0 +1,119 @@
+"""Fit gls.population_paths' cost model on this machine: time every (path, pairing) on the interval steps of
+bench.workload's networks, fit each one's constants by non-negative least squares, print the COSTS entry.
+
+    python -m bench.fit_population_paths [--threads 2] [--rounds 3] [--out fit.json]
+
+Layers: every Linear/Conv interval step of mlp (B = 64), cnn3 (B = 8, 64) and cnn7 (B = 4) as the
+IBP pass meets them (the first one with its input shared by the members), populations 16 and 64 (cnn7:
+16), and shared weights (folded) at P = 16; random centres and radii. A time is the best of `rounds` calls after
+one warm-up. The model, per (path, pairing): t = c_call * calls + c_mac * multiply-adds + c_elem *
+elements moved (gls.population_paths.features). Paste the printed dict into COSTS[<device type>].
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from scipy.optimize import nnls
+
+import gls
+from gls import population_paths as pp
+from gls.affine import Conv, Dense
+from bench import workload
+
+GRID = [("mlp", 64, (16, 64)), ("cnn3", 8, (16, 64)), ("cnn3", 64, (16, 64)), ("cnn7", 4, (16,))]
+
+
+def _best(fn, rounds: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def layers(name: str):
+    """(label, W (1, ...), b, geometry or None, first) of every interval step of the network's IBP pass."""
+    module, x, _, _ = workload.build(name, 1, torch.device("cpu"))
+    net = gls.Network.from_module(module)
+    segs = net.plan(net.params(), x.shape[1:], torch.float32)
+    ops = [op for seg in segs[:-1] for op in seg] + list(segs[-1][:-1])
+    out, first = [], True
+    for op in ops:
+        if isinstance(op, (Conv, Dense)):
+            geo = op.geometry if isinstance(op, Conv) else None
+            out.append((f"{name} {type(op).__name__} {tuple(op.W.shape[1:])}", op.W.detach(), op.b.detach(), geo, first))
+            first = False
+    return out
+
+
+def measure(rounds: int):
+    rows = []
+    with torch.inference_mode():
+        for name, B, pops in GRID:
+            for label, W, b, geo, first in layers(name):
+                n_in = W.shape[-1] if geo is None else W.shape[2] * geo.in_shape[1] * geo.in_shape[2]
+                for P in pops:
+                    shapes = [(1 if first else P, P)] + ([(P, 1)] if P == 16 and not first else [])
+                    for gx, gw in shapes:
+                        # members as views into one (gw, d + 1) tensor: W not contiguous, as in a population
+                        flat = torch.empty(gw, W[0].numel() + 1)
+                        w = flat[:, 1:].view(gw, *W.shape[1:])
+                        w.copy_(W.expand(gw, *W.shape[1:]) * (1 + 0.01 * torch.randn(gw, *W.shape[1:])))
+                        bb = b.expand(gw, -1).contiguous()
+                        mid, rad = torch.randn(gx, B, n_in), torch.rand(gx, B, n_in)
+                        for path, pairing in pp.candidates(gx, gw, geo is None):
+                            t = _best(lambda: pp.interval(path, pairing, mid, rad, w, bb, geo), rounds)  # noqa: B023
+                            f = pp.features(path, pairing, gx, gw, B, tuple(w.shape), geo, w.is_contiguous())
+                            rows.append(dict(layer=label, kind="linear" if geo is None else "conv", B=B, gx=gx, gw=gw,
+                                             path=path, pairing=pairing, seconds=t, features=f))
+                            print(f"{label} B={B} x{gx} w{gw} {path}/{pairing}: {t * 1e3:.2f} ms", flush=True)
+    return rows
+
+
+def _key(row) -> tuple[str, str, str]:
+    return row["kind"], row["path"], row["pairing"]
+
+
+def fit(rows):
+    """{(kind, path, pairing): (c_call, c_mac, c_elem)} by non-negative least squares on relative error."""
+    out = {}
+    for key in sorted({_key(r) for r in rows}):
+        sel = [r for r in rows if _key(r) == key]
+        A = np.array([r["features"] for r in sel], dtype=float)
+        t = np.array([r["seconds"] for r in sel])
+        coef, _ = nnls(A / t[:, None], np.ones(len(t)))  # each row scaled by its time: relative error
+        pred = A @ coef
+        worst = float(np.max(np.abs(pred / t - 1)))
+        out[key] = tuple(float(f"{c:.4g}") for c in coef)
+        print(f"{key}: {out[key]}  (worst relative error {worst:.0%} over {len(t)} layers)")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=None, help="also write the timings and the fit as JSON here")
+    parser.add_argument("--timings", default=None, help="fit the timings of an earlier --out file, measure nothing")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.timings:
+        with open(args.timings) as f:
+            rows = json.load(f)["rows"]
+    else:
+        rows = measure(args.rounds)
+    costs = fit(rows)
+    print("COSTS entry:", "{" + ", ".join(f"{k!r}: {v!r}" for k, v in costs.items()) + "}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(rows=rows, costs={"/".join(k): v for k, v in costs.items()}), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""How P members' weights meet their inputs: the ways to run a population's affine layer, and the choice.
+
+An affine layer of a population maps x (Gx, B, n_in) with weights w (Gw, ...) (Gx, Gw in {1, Q}: 1 =
+shared by every member, as the input of the first layer is) to (Q, B, n_out). The ways ("paths"):
+
+* ``stacked`` (input shared by groups of members, Gx < Gw): one convolution of the shared input with
+  the members' filters stacked on the output-channel axis (groups = Gx); for a Linear layer one GEMM.
+* ``folded`` (weights shared, Gw < Gx): the members folded into the batch, one convolution / GEMM.
+* ``grouped``: inputs and weights expanded to Q, one convolution with groups = Q / one batched GEMM.
+* ``bmm`` (convolutions): im2col (F.unfold) and one batched GEMM over the members.
+* ``loop``: one convolution per member; for a Linear layer one gls.ops.ibp_affine call per member.
+* ``op`` (Linear only): gls.ops.ibp_affine, the fused kernel of the backend (reads W once for both). It
+  copies a W that is not contiguous (a population's members are views into one (P, d) tensor), which
+  for CNN7's 32768 x 512 layer costs more than the product; one call per member needs no copy.
+
+An interval step needs x W^T + b for the centre and |x| |W|^T for the radius. ``paired`` runs both as
+one call on a population of 2Q ((mid, W) and (rad, |W|)), ``separate`` as two calls.
+
+Every path gives the same numbers up to the summation order (tests/test_population_paths.py forces
+each one). Which runs is chosen per layer and per call by a cost model: for each (path, paired) a
+time t = c_call * calls + c_mac * multiply-adds + c_elem * elements moved, with constants fitted by
+least squares to timings of the layers of gls's benchmark networks on this machine's kind (``fit``;
+COSTS holds them per device type, with how they were measured). Where a device type has no fitted
+constants (the GPU entries are left to a GPU check: ``python -m gls.population_paths`` there prints
+them), the choice is the one-convolution form, paired for the radius. ``force`` imposes a path,
+``recording`` collects the choices, and the logger ``gls.population_paths`` logs each at DEBUG level.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from gls import ops
+
+log = logging.getLogger("gls.population_paths")
+
+CONV_PATHS = ("stacked", "folded", "grouped", "bmm", "loop")
+DENSE_PATHS = ("stacked", "folded", "grouped", "op", "loop")
+FUSED = ("op", "loop")  # Linear paths through gls.ops.ibp_affine (mid and rad in one call: "paired")
+PAIRINGS = ("separate", "paired")
+
+
+class Geometry(NamedTuple):
+    """A convolution's stride, padding, dilation and per-sample shapes (C, H, W); None for a Linear layer."""
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    in_shape: tuple
+    out_shape: tuple
+
+
+class Choice(NamedTuple):
+    """One decision: the layer, the structure (Gx, Gw, B), the path and pairing, and the predicted times."""
+    layer: str
+    gx: int
+    gw: int
+    batch: int
+    path: str
+    pairing: str
+    predicted: dict  # (path, pairing) -> seconds, {} where no cost model applies or the choice was forced
+
+    def __str__(self):
+        alt = ", ".join(f"{p}/{q} {t * 1e3:.3g} ms" for (p, q), t in sorted(self.predicted.items(), key=lambda kv: kv[1]))
+        return (f"{self.layer}: inputs x{self.gx}, weights x{self.gw}, B = {self.batch} -> {self.path}/{self.pairing}"
+                + (f" (predicted: {alt})" if alt else ""))
+
+
+# ---- the paths ------------------------------------------------------------------------------------
+
+
+def _groups(gx: int, gw: int, path: str) -> tuple[int, int, int]:
+    """(G, R, M): G one-call groups; each group's R inputs meet its M weights (one of R, M is 1)."""
+    q = max(gx, gw)
+    if q % gx or q % gw or (gx != q and gw != q):
+        raise ValueError(f"population sizes do not match: inputs x{gx}, weights x{gw}")
+    if path == "grouped":
+        return q, 1, 1
+    g = min(gx, gw)
+    return g, gx // g, gw // g
+
+
+def applicable(path: str, gx: int, gw: int, dense: bool) -> bool:
+    """Whether `path` applies to inputs x gx and weights x gw (stacked: input shared by groups of
+    members; folded: weights shared by groups of inputs)."""
+    if path == "stacked":
+        return gx < gw
+    if path == "folded":
+        return gw < gx
+    return path in (DENSE_PATHS if dense else CONV_PATHS)
+
+
+def _conv_one(x, w, b, geo: Geometry, G, R, M):
+    """One grouped convolution: G groups, each R inputs x M weights. x (G*R, B, n_in) -> (G*R*M, B, n_out)."""
+    c_in, h, wd = geo.in_shape
+    c_out = w.shape[1]
+    B = x.shape[1]
+    xin = x.reshape(G, R * B, c_in, h, wd).transpose(0, 1).reshape(R * B, G * c_in, h, wd)
+    bias = None if b is None else b.reshape(-1)
+    y = F.conv2d(xin, w.reshape(-1, *w.shape[2:]), bias, geo.stride, geo.padding, geo.dilation, G)
+    n_out = math.prod(geo.out_shape)
+    y = y.reshape(R, B, G, M, n_out).permute(2, 3, 0, 1, 4)  # members in (g, m, r) order: one of M, R is 1
+    return y.reshape(G * M * R, B, n_out).contiguous()
+
+
+def _conv_bmm(x, w, b, geo: Geometry, G, R, M):
+    """im2col + one batched GEMM (G batches of (M C_out, K) @ (K, R B L))."""
+    c_in, h, wd = geo.in_shape
+    c_out, k = w.shape[1], tuple(w.shape[-2:])
+    B = x.shape[1]
+    cols = F.unfold(x.reshape(-1, c_in, h, wd), k, geo.dilation, geo.padding, geo.stride)  # (G R B, K, L)
+    K, L = cols.shape[1:]
+    cols = cols.reshape(G, R * B, K, L).transpose(1, 2).reshape(G, K, R * B * L)
+    y = torch.bmm(w.reshape(G, M * c_out, K), cols)  # (G, M C_out, R B L)
+    y = y.reshape(G, M, c_out, R, B, L).permute(0, 1, 3, 4, 2, 5).reshape(G * M * R, B, c_out, L)
+    if b is not None:
+        y = y + _members(b, G * M * R)[:, None, :, None]
+    return y.reshape(G * M * R, B, c_out * L)
+
+
+def _conv_loop(x, w, b, geo: Geometry, G, R, M):
+    """One convolution per member."""
+    c_in, h, wd = geo.in_shape
+    B, Q = x.shape[1], G * R * M
+    xs, ws = _members(x, Q), _members(w, Q)
+    bs = None if b is None else _members(b, Q)
+    out = [F.conv2d(xs[q].reshape(B, c_in, h, wd), ws[q], None if bs is None else bs[q], geo.stride, geo.padding,
+                    geo.dilation) for q in range(Q)]
+    return torch.stack(out).reshape(Q, B, -1)
+
+
+def _dense_one(x, w, b, G, R, M):
+    """One (batched) GEMM: G groups of (R B, N) @ (N, M N_out)."""
+    B, n_out = x.shape[1], w.shape[1]
+    y = torch.matmul(x.reshape(G, R * B, -1), w.reshape(G, M * n_out, -1).transpose(-1, -2))
+    y = y.reshape(G, R, B, M, n_out).permute(0, 3, 1, 2, 4).reshape(G * M * R, B, n_out)
+    return y.contiguous() if b is None else y + _members(b, G * M * R).unsqueeze(-2)
+
+
+def _members(t: torch.Tensor, q: int) -> torch.Tensor:
+    """t (1 or g, ...) spread to q members (member j of q takes t[j // (q / g)])."""
+    g = t.shape[0]
+    return t if g == q else (t.expand(q, *t.shape[1:]) if g == 1 else t.repeat_interleave(q // g, 0))
+
+
+def run(path: str, x, w, b, geo: Geometry | None):
+    """The affine map of every member along `path` (not ``op``): x (Gx, B, n_in), w (Gw, ...), b (Gw, n_out)
+    or None -> (max(Gx, Gw), B, n_out). geo None: a Linear layer (w (Gw, N_out, N_in))."""
+    gx, gw = x.shape[0], w.shape[0]
+    if geo is None and path in FUSED:
+        raise ValueError(f"path {path!r} runs the interval step (interval()), not a single map")
+    if not applicable(path, gx, gw, geo is None):
+        raise ValueError(f"path {path!r} does not apply to inputs x{gx}, weights x{gw} "
+                         f"({'Linear' if geo is None else 'Conv'} layer)")
+    G, R, M = _groups(gx, gw, path)
+    if path == "grouped":
+        q = G
+        x, w, b = _members(x, q), _members(w, q), None if b is None else _members(b, q)
+    if geo is None:
+        return _dense_one(x, w, b, G, R, M)
+    if b is not None and b.shape[0] != w.shape[0]:
+        b = _members(b, w.shape[0])
+    return {"stacked": _conv_one, "folded": _conv_one, "grouped": _conv_one, "bmm": _conv_bmm,
+            "loop": _conv_loop}[path](x, w, b, geo, G, R, M)
+
+
+def interval(path: str, pairing: str, mid, rad, w, b, geo: Geometry | None, backend=None):
+    """(mid W^T + b, rad |W|^T) of every member along `path`, the two products in one call (paired)
+    or two (separate); op and loop of a Linear layer call gls.ops.ibp_affine on `backend`."""
+    if geo is None and path in FUSED:
+        if path == "op":
+            return ops.ibp_affine(mid, rad, w, b, backend=backend)
+        q = max(mid.shape[0], rad.shape[0], w.shape[0])
+        mids, rads, ws = _members(mid, q), _members(rad, q), _members(w, q)
+        bs = None if b is None else _members(b, q)
+        outs = [ops.ibp_affine(mids[j:j + 1], rads[j:j + 1], ws[j:j + 1], None if bs is None else bs[j:j + 1],
+                               backend=backend) for j in range(q)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+    if pairing == "separate":
+        return run(path, mid, w, b, geo), run(path, rad, w.abs(), None, geo)
+    g = max(mid.shape[0], rad.shape[0])
+    x2 = torch.cat([_members(mid, g), _members(rad, g)])
+    w2 = torch.cat([w, w.abs()])
+    b2 = None if b is None else torch.cat([_members(b, w.shape[0]), torch.zeros_like(_members(b, w.shape[0]))])
+    out = run(path, x2, w2, b2, geo)
+    return out.chunk(2)
+
+
+# ---- the cost model -------------------------------------------------------------------------------
+
+
+def features(path: str, pairing: str, gx: int, gw: int, B: int, w_shape, geo: Geometry | None,
+             w_contiguous: bool = True) -> tuple[float, ...]:
+    """(calls, multiply-adds, elements moved) of an interval step along (path, pairing); a W that is not
+    contiguous is copied by the one-call paths (not by the loops, whose members are contiguous blocks)."""
+    q = max(gx, gw)
+    if geo is None:
+        n_out, n_in = w_shape[-2:]
+        k, n_in_px, n_out_px = n_in, n_in, n_out
+    else:
+        k = math.prod(w_shape[2:])  # C_in kh kw
+        n_in_px, n_out_px = math.prod(geo.in_shape), math.prod(geo.out_shape)
+    macs = 2 * q * B * n_out_px * k
+    w_elems = 2 * gw * math.prod(w_shape[1:])
+    x_read = 2 * (q if path == "grouped" else gx) * B * n_in_px
+    moved = x_read + 2 * 2 * q * B * n_out_px + w_elems  # outputs are written, then reordered
+    if path == "bmm":
+        L = n_out_px // w_shape[1]
+        moved += 2 * 2 * gx * B * k * L  # the columns: written by unfold, reordered
+    calls = {"loop": q if geo is None else 2 * q, "op": 1}.get(path, 2 if pairing == "separate" else 1)
+    if pairing == "paired" and path not in FUSED:
+        moved += x_read + w_elems  # the concatenated inputs and weights
+    if not w_contiguous and path != "loop":
+        moved += w_elems  # read and written once more
+    return float(calls), float(macs), float(moved)
+
+
+# Fitted constants (seconds per call, per multiply-add, per element moved) per (kind, path, pairing),
+# per device type. cpu: `python -m bench.fit_population_paths` (its docstring gives the layers and
+# sizes) on the 2-core AMD EPYC development machine, 2 torch threads, best of 3, load average 5-6 from
+# other work (single timings were off by up to 10x, so the fit's worst relative errors are large).
+# cuda: not fitted yet, left to a GPU check (then the one-call default applies).
+COSTS: dict[str, dict[tuple[str, str, str], tuple[float, float, float]] | None] = {
+    "cpu": {
+        ('conv', 'bmm', 'paired'): (0.06211, 9.376e-12, 8.108e-09),
+        ('conv', 'bmm', 'separate'): (0.03107, 0.0, 8.811e-09),
+        ('conv', 'folded', 'paired'): (0.01197, 2.191e-11, 5.187e-09),
+        ('conv', 'folded', 'separate'): (0.007077, 3.177e-11, 3.394e-11),
+        ('conv', 'grouped', 'paired'): (0.02805, 8.685e-12, 6.082e-09),
+        ('conv', 'grouped', 'separate'): (0.009882, 2.253e-11, 3.143e-09),
+        ('conv', 'loop', 'paired'): (0.0004489, 1.536e-11, 1.204e-08),
+        ('conv', 'loop', 'separate'): (0.001279, 1.417e-11, 3.988e-09),
+        ('conv', 'stacked', 'paired'): (0.04434, 1.984e-10, 0.0),
+        ('conv', 'stacked', 'separate'): (0.03893, 1.018e-10, 0.0),
+        ('linear', 'folded', 'paired'): (0.05034, 0.0, 4.097e-09),
+        ('linear', 'folded', 'separate'): (0.02034, 0.0, 3.885e-09),
+        ('linear', 'grouped', 'paired'): (0.0, 0.0, 1.043e-09),
+        ('linear', 'grouped', 'separate'): (0.0, 0.0, 7.248e-10),
+        ('linear', 'loop', 'paired'): (0.01244, 1.784e-10, 7.03e-10),
+        ('linear', 'op', 'paired'): (0.01312, 7.752e-11, 1.475e-09),
+        ('linear', 'stacked', 'paired'): (0.02645, 0.0, 4.824e-09),
+        ('linear', 'stacked', 'separate'): (0.02386, 0.0, 4.317e-09),
+    },
+    "cuda": None,
+}
+
+_force: contextvars.ContextVar = contextvars.ContextVar("gls_population_paths_force", default=None)
+_record: contextvars.ContextVar = contextvars.ContextVar("gls_population_paths_record", default=None)
+
+
+@contextlib.contextmanager
+def force(path: str | None = None, pairing: str | None = None):
+    """Run every layer along `path` where it applies (elsewhere the model's choice) and with `pairing`.
+
+    For tests and measurements: `with force("loop", "separate"): gls.compute_bounds(...)`."""
+    if path is not None and path not in set(CONV_PATHS) | set(DENSE_PATHS):
+        raise ValueError(f"unknown path {path!r}; expected one of {sorted(set(CONV_PATHS) | set(DENSE_PATHS))}")
+    if pairing is not None and pairing not in PAIRINGS:
+        raise ValueError(f"unknown pairing {pairing!r}; expected one of {PAIRINGS}")
+    token = _force.set((path, pairing))
+    try:
+        yield
+    finally:
+        _force.reset(token)
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect the Choice of every interval step taken inside the block: `with recording() as choices:`."""
+    choices: list[Choice] = []
+    token = _record.set(choices)
+    try:
+        yield choices
+    finally:
+        _record.reset(token)
+
+
+def predict(device_type: str, path: str, pairing: str, gx, gw, B, w_shape, geo, w_contiguous=True) -> float | None:
+    """Predicted seconds of an interval step along (path, pairing), or None without fitted constants."""
+    table = COSTS.get(device_type)
+    key = ("linear" if geo is None else "conv", path, pairing)
+    if not table or key not in table:
+        return None
+    f = features(path, pairing, gx, gw, B, w_shape, geo, w_contiguous)
+    return sum(c * v for c, v in zip(table[key], f))
+
+
+def candidates(gx: int, gw: int, dense: bool) -> list[tuple[str, str]]:
+    """The (path, pairing) pairs that apply (the fused Linear paths pair by construction)."""
+    paths = [p for p in (DENSE_PATHS if dense else CONV_PATHS) if applicable(p, gx, gw, dense)]
+    return [(p, q) for p in paths for q in PAIRINGS if not (dense and p in FUSED and q == "separate")]
+
+
+def choose(layer: str, mid, rad, w, geo: Geometry | None) -> Choice:
+    """The (path, pairing) for this interval step: forced, else the cheapest predicted, else the default."""
+    gx, gw, B = max(mid.shape[0], rad.shape[0]), w.shape[0], mid.shape[1]
+    dense = geo is None
+    cands = candidates(gx, gw, dense)
+    forced_path, forced_pairing = _force.get() or (None, None)
+    predicted = {}
+    if forced_path is not None and any(p == forced_path for p, _ in cands):
+        pairing = "paired" if dense and forced_path in FUSED else forced_pairing or "separate"
+        pick = (forced_path, pairing)
+    else:
+        if forced_pairing is not None:
+            cands = [c for c in cands if c[1] == forced_pairing or dense and c[0] in FUSED]
+        for p, q in cands:
+            t = predict(mid.device.type, p, q, gx, gw, B, w.shape, geo, w.is_contiguous())
+            if t is not None:
+                predicted[(p, q)] = t
+        if predicted:
+            pick = min(predicted, key=predicted.get)
+        else:  # no cost model for this device type: one call for all members (op for a Linear layer)
+            one = "stacked" if gx < gw else "folded" if gw < gx else "grouped"
+            pick = ("op", "paired") if dense else (one, forced_pairing or "separate")
+    choice = Choice(layer, gx, gw, B, pick[0], pick[1], predicted)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s", choice)
+    rec = _record.get()
+    if rec is not None:
+        rec.append(choice)
+    return choice
