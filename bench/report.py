@@ -37,7 +37,16 @@ RATIO_TARGETS = [
      "back-substitution >= 60 % of the torch.matmul FLOP/s, MLP"),
     ("rgs", dict(N=16), "one-pass", "separate", 3.0, None,
      "RGS, N = 16 in one pass >= 3x faster than 16 separate passes"),
+    ("bounds", dict(model="cnn7", method="ibp", B=4, P=16), "gls", "lirpa", 3.0, "cpu",
+     "cnn7 IBP (B = 4, P = 16) >= 3x auto_LiRPA's per-member loop"),
+    ("bounds", dict(model="cnn3", method="ibp", B=64, P=64), "gls", "lirpa", 3.0, "cpu",
+     "cnn3 IBP (B = 64, P = 64) >= 3x auto_LiRPA's per-member loop"),
+    ("bounds", dict(model="cnn3", method="crown-ibp", B=8, P=64), "gls", "lirpa", 3.0, "cpu",
+     "cnn3 CROWN-IBP (B = 8, P = 64) >= 3x auto_LiRPA's per-member loop"),
+    ("pgpe_members", {}, "gls", "loop", 1.0, None,
+     "PGPE step, CNN7, IBP, P = 64: one pass >= the same step member by member"),
 ]
+NEVER_LOSES = ("bounds", "gls", ("loop", "reference"))  # suite, candidate, baselines it must not lose to
 PGPE_MEMORY_TARGET = 1e9  # bytes (1 GB): peak extra memory of a CNN7, P = 256 PGPE step
 
 
@@ -125,12 +134,29 @@ def targets(suites, device_type: str) -> list[str]:
             lines.append(f"| {what} | not measured in this run | - |")
         for name, r in found:
             lines.append(f"| {what} | {r:.3g} ({name}; target {goal:g}) | {'yes' if r >= goal else 'no'} |")
+    lines += never_loses(suites)
     for model, impl, value, how in pgpe_memory(suites, "cnn7", 256):
         met = "-" if not impl.startswith("gls") else ("yes" if value < PGPE_MEMORY_TARGET else "no")
         lines.append(f"| PGPE step, CNN7, P = 256, {impl}: peak extra memory (target < 1 GB for gls; naive "
                      f"about 17 GB) | {value / 1e9:.2f} GB ({how}) | {met} |")
     if not pgpe_memory(suites, "cnn7", 256):
         lines.append("| PGPE step, CNN7, P = 256: peak extra memory < 1 GB | not measured in this run | - |")
+    return lines
+
+
+def never_loses(suites) -> list[str]:
+    """Target rows: every cell of the population suite where the batched pass is slower than a baseline it
+    must not lose to, and the lowest such ratio (target >= 1)."""
+    suite, cand, bases = NEVER_LOSES
+    found = [(c["extra_info"]["case"], b["extra_info"]["impl"], r) for case in suites.get(suite, {}).values()
+             for c, b, r in ratios(case) if c["extra_info"]["impl"] == cand and b["extra_info"]["impl"] in bases]
+    if not found:
+        return [f"| {suite}: {cand} never slower than {' or '.join(bases)} | not measured in this run | - |"]
+    lines = [f"| {suite}: {cand} slower than {base} in {name} | {r:.3g} (target 1) | no |"
+             for name, base, r in sorted(found, key=lambda f: f[2]) if r < 1]
+    name, base, r = min(found, key=lambda f: f[2])
+    lines.append(f"| {suite}: lowest ratio of {cand} to {' / '.join(bases)} over {len(found)} comparisons "
+                 f"| {r:.3g} ({name}, vs {base}; target 1) | {'yes' if r >= 1 else 'no'} |")
     return lines
 
 

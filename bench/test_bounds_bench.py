@@ -1,9 +1,13 @@
-"""Population bound throughput: gls's batched pass vs a loop of P single-network calls vs the reference.
+"""Population bound throughput: gls's batched pass vs a loop of P single-network calls, the reference
+backend and auto_LiRPA's loop over the members.
 
 impl `gls` bounds all P members in one `gls.compute_bounds` call (default backends); `loop` makes P
 calls with one member each (what a user without population batching does); `reference` is the
-batched pass on the plain-PyTorch ops (`backend="reference"`). Throughput = bounded samples x members
-per second. At P = 1 the loop is the gls call itself, so it is not run.
+batched pass on the plain-PyTorch ops (`backend="reference"`); `lirpa` is auto_LiRPA 0.7.1 bounding
+one member at a time (one BoundedModule, each member's weights copied in; ibp = "IBP", crown-ibp =
+"CROWN-IBP", deeppoly = "CROWN"), skipped with the reason when auto_LiRPA is not installed (it is
+not a dependency; bench/test_peer_bench.py says how to install it). Throughput = bounded samples x
+members per second. At P = 1 the loops are the single call itself, so they are not run.
 
 Sizes. full (GPU): batch 64, P in {1, 16, 64, 256}, every model and method. quick (CPU, keeps the
 suite inside 10 minutes on 2 cores): batch 64 where it is cheap (IBP, CROWN-IBP on the MLP), smaller
@@ -16,6 +20,9 @@ DeepPoly back-substitutes a row per unstable neuron of every layer, each row cos
 layer's multiply-adds: at batch 64 that is ~0.4 TFLOP for one CNN3 member and ~1e17 FLOP for CNN7.
 """
 from __future__ import annotations
+
+import copy
+import warnings
 
 import pytest
 import torch
@@ -35,7 +42,9 @@ QUICK = [  # (model, method, batch, populations)
     ("cnn7", "ibp", 4, (1, 16)),
 ]
 FULL = [(m, meth, 64, FULL_P) for m in ("mlp", "cnn3", "cnn7") for meth in ("ibp", "crown-ibp", "deeppoly")]
-IMPLS = ("gls", "loop", "reference")
+IMPLS = ("gls", "loop", "reference", "lirpa")
+LOOPS = ("loop", "lirpa")
+LIRPA_METHOD = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "deeppoly": "CROWN"}
 ROUNDS = {"quick": 2, "full": 5}
 
 
@@ -44,7 +53,7 @@ def pytest_generate_tests(metafunc):
         return
     grid = FULL if bench_size(metafunc.config) == "full" else QUICK
     cases = [pytest.param(m, meth, B, P, impl, id=f"{m}-{meth}-B{B}-P{P}-{impl}")
-             for m, meth, B, pops in grid for P in pops for impl in IMPLS if not (impl == "loop" and P == 1)]
+             for m, meth, B, pops in grid for P in pops for impl in IMPLS if not (impl in LOOPS and P == 1)]
     metafunc.parametrize(("model", "method", "B", "P", "impl"), cases)
 
 
@@ -53,12 +62,14 @@ def test_population_bounds(benchmark, request, device, model, method, B, P, impl
     net = gls.Network.from_module(module)
     rounds = ROUNDS[bench_size(request.config)]
     why = workload.skip_reason(net, x.shape[1:], method, P, B, device, calls=rounds + 1,
-                               members_per_call=1 if impl == "loop" else P,
-                               extra_bytes=4 * 2 * P * net.layout.numel if impl == "loop" else 0)
+                               members_per_call=1 if impl in LOOPS else P,
+                               extra_bytes=4 * 2 * P * net.layout.numel if impl in LOOPS else 0)
     if why:
         pytest.skip(why)
     params = net.layout.unflatten(workload.population(net, workload.flat_params(module), P))
-    if impl == "loop":
+    if impl == "lirpa":
+        run = _lirpa_loop(module, net, params, P, x, y, eps, method)
+    elif impl == "loop":
         members = [{k: v[p:p + 1] for k, v in params.items()} for p in range(P)]
 
         def run():
@@ -77,3 +88,33 @@ def test_population_bounds(benchmark, request, device, model, method, B, P, impl
         pytest.skip(f"out of GPU memory: {exc}")
     record(benchmark, request, suite="bounds", role="candidate" if impl == "gls" else "baseline",
            items=B * P, unit="bounds")
+
+
+def _lirpa_loop(module, net, params, P, x, y, eps, method):
+    """auto_LiRPA bounding the members one at a time (skips when auto_LiRPA is not installed)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import auto_LiRPA as lirpa
+    except ImportError as exc:
+        pytest.skip(f"auto_LiRPA is not installed ({exc}); see bench/test_peer_bench.py")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bounded = lirpa.BoundedModule(copy.deepcopy(module), torch.zeros_like(x[:1]), verbose=0)
+    weights = list(bounded.parameters())  # the order of the Sequential's parameters, as net.layout's
+    members = [[params[n][p] for n in net.layout.names] for p in range(P)]
+    spec = gls.margin_spec(y, workload.NUM_CLASSES)
+    box = lirpa.BoundedTensor(x, lirpa.PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1),
+                                                          x_U=(x + eps).clamp(0, 1)))
+
+    def run():
+        out = []
+        for member in members:
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():  # as a user runs it
+                for w, m in zip(weights, member):
+                    w.copy_(m)
+                warnings.simplefilter("ignore")
+                out.append(bounded.compute_bounds(x=(box,), C=spec, method=LIRPA_METHOD[method], bound_upper=False)[0])
+        return out
+
+    return run

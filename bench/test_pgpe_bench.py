@@ -15,6 +15,11 @@ linearly in P from the populations measured, and marks the figure as extrapolate
 Sizes (d = 29,930 for CNN3, 89,610 for the MLP, 17.2 M for CNN7): full: batch 64 (CNN7: 8),
 P in {16, 64, 256}; quick (CPU): batch 8 (CNN7: 1), P in {16, 64} (CNN7: {2, 8}: a CNN7 population
 of 64 alone is 4.4 GB, and CPU time is the limit).
+
+`test_pgpe_members` (suite pgpe_members): one PGPE step of CNN7 with IBP at P = 64 (batch 4 quick, 8
+full), `gls` (candidate, all members in one pass) against `loop` (baseline): the same optimiser, noise
+and loss, the loss evaluated one member per gls.compute_bounds call. The naive step is not run there:
+its (P/2, d) noise and (P, d) population would add 6.6 GB.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ ROUNDS = {"quick": 2, "full": 5}
 
 
 def pytest_generate_tests(metafunc):
-    if "impl" not in metafunc.fixturenames:
+    if metafunc.function.__name__ != "test_pgpe_step":
         return
     cases = [pytest.param(m, meth, B, P, impl, id=f"{m}-{meth}-B{B}-P{P}-{impl}")
              for m, meth, B, pops in GRID[bench_size(metafunc.config)] for P in pops for impl in IMPLS
@@ -105,3 +110,30 @@ def test_pgpe_step(benchmark, request, device, model, method, B, P, impl):
     record(benchmark, request, suite="pgpe", role="candidate" if impl.startswith("gls") else "baseline", items=P,
            unit="members", d=d, peak_bytes=peak, memory_measure=how,
            note=f"memory: {how}; items = population members evaluated per step")
+
+
+MEMBERS_CASE = {"quick": ("cnn7", "ibp", 4, 64), "full": ("cnn7", "ibp", 8, 64)}
+
+
+@pytest.mark.parametrize("impl", ["gls", "loop"])
+def test_pgpe_members(benchmark, request, device, impl):
+    model, method, B, P = MEMBERS_CASE[bench_size(request.config)]
+    module, x, y, eps = workload.build(model, B, device)
+    net = gls.Network.from_module(module)
+    rounds = ROUNDS[bench_size(request.config)]
+    why = workload.skip_reason(net, x.shape[1:], method, P, B, device, calls=rounds + 1,
+                               members_per_call=P if impl == "gls" else 1, extra_bytes=4 * 2 * P * net.layout.numel)
+    if why:
+        pytest.skip(why)
+    loss = workload.population_loss(net, x, y, eps, method)
+    if impl == "loop":
+        batched = loss
+
+        def loss(theta_pop):  # noqa: F811 - the same loss, one member per call
+            return torch.cat([batched(theta_pop[p:p + 1]) for p in range(theta_pop.shape[0])])
+    opt = PGPE(workload.flat_params(module), sigma=SIGMA, lr=LR, population=P, seed=0)
+    counter = iter(range(10**9))
+    with torch.no_grad():
+        measure(benchmark, lambda: opt.step(loss, next(counter)), device, rounds=rounds)
+    record(benchmark, request, suite="pgpe_members", role="candidate" if impl == "gls" else "baseline", items=P,
+           unit="members", model=model, method=method, B=B, P=P)
