@@ -245,14 +245,14 @@ class BlockRunner {
     const unsigned mask = fibres_[base + first].mask;
     for (unsigned l = 0; l < kWarpSize; ++l) {
       const bool named = mask >> l & 1u;
-      const std::string who = "warp " + std::to_string(w) + " lane " + std::to_string(l);
-      if (named && l >= lanes) return fail("a warp-synchronous call with mask " + hex(mask) + " names " + who + ", which does not exist (" + std::to_string(n_) + " threads a block)");
+      const auto who = [&] { return "warp " + std::to_string(w) + " lane " + std::to_string(l); };  // for errors only
+      if (named && l >= lanes) return fail("a warp-synchronous call with mask " + hex(mask) + " names " + who() + ", which does not exist (" + std::to_string(n_) + " threads a block)");
       if (l >= lanes) continue;
       const Fibre& f = fibres_[base + l];
-      if (f.state == State::kWarpWait && f.mask != mask) return fail(who + " passed mask " + hex(f.mask) + " where lane " + std::to_string(first) + " passed " + hex(mask));
-      if (!named && f.state == State::kWarpWait) return fail(who + " is not in the mask " + hex(mask) + " of the call it waits in");
-      if (named && f.state == State::kDone) return fail("a warp-synchronous call with mask " + hex(mask) + " waits for " + who + ", which has exited");
-      if (named && f.state == State::kBlockWait) return fail("divergent synchronisation: " + who + " waits at __syncthreads while its warp's mask " + hex(mask) + " waits for it in a warp-synchronous call");
+      if (f.state == State::kWarpWait && f.mask != mask) return fail(who() + " passed mask " + hex(f.mask) + " where lane " + std::to_string(first) + " passed " + hex(mask));
+      if (!named && f.state == State::kWarpWait) return fail(who() + " is not in the mask " + hex(mask) + " of the call it waits in");
+      if (named && f.state == State::kDone) return fail("a warp-synchronous call with mask " + hex(mask) + " waits for " + who() + ", which has exited");
+      if (named && f.state == State::kBlockWait) return fail("divergent synchronisation: " + who() + " waits at __syncthreads while its warp's mask " + hex(mask) + " waits for it in a warp-synchronous call");
     }
     for (unsigned l = 0; l < lanes; ++l)
       if (mask >> l & 1u) fibres_[base + l].state = State::kReady;
