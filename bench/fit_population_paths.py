@@ -81,18 +81,36 @@ def _key(row) -> tuple[str, str, str]:
 
 
 def fit(rows):
-    """{(kind, path, pairing): (c_call, c_mac, c_elem)} by non-negative least squares on relative error."""
+    """{(kind, path, pairing): (c_call, c_mac, c_elem)} by non-negative least squares on the times
+    (absolute error: the long layers, which decide a pass's time, weigh most; fitting relative errors
+    instead let noisy short layers make im2col look fast, and its picks took 4x the best here)."""
     out = {}
     for key in sorted({_key(r) for r in rows}):
         sel = [r for r in rows if _key(r) == key]
         A = np.array([r["features"] for r in sel], dtype=float)
         t = np.array([r["seconds"] for r in sel])
-        coef, _ = nnls(A / t[:, None], np.ones(len(t)))  # each row scaled by its time: relative error
-        pred = A @ coef
-        worst = float(np.max(np.abs(pred / t - 1)))
+        coef, _ = nnls(A, t)
+        worst = float(np.max(np.abs(A @ coef / t - 1)))
         out[key] = tuple(float(f"{c:.4g}") for c in coef)
         print(f"{key}: {out[key]}  (worst relative error {worst:.0%} over {len(t)} layers)")
     return out
+
+
+def regret(rows, costs) -> str:
+    """Summed over the measured layers: the time of the model's picks, of the fastest path, of one call."""
+    layers = {}
+    for r in rows:
+        layers.setdefault((r["layer"], r["B"], r["gx"], r["gw"]), []).append(r)
+    picked = best = one = 0.0
+    for (_, _, gx, gw), rs in layers.items():
+        pick = min(rs, key=lambda r: float(np.dot(costs[_key(r)], r["features"])))
+        default = ("op", "paired") if rs[0]["kind"] == "linear" else \
+            ("stacked" if gx < gw else "folded" if gw < gx else "grouped", "separate")
+        picked += pick["seconds"]
+        best += min(r["seconds"] for r in rs)
+        one += next(r["seconds"] for r in rs if (r["path"], r["pairing"]) == default)
+    return (f"over {len(layers)} layers: the model's picks {picked:.2f} s, the fastest measured {best:.2f} s, "
+            f"one call for all members {one:.2f} s")
 
 
 def main(argv=None):
@@ -109,6 +127,7 @@ def main(argv=None):
     else:
         rows = measure(args.rounds)
     costs = fit(rows)
+    print(regret(rows, costs))
     print("COSTS entry:", "{" + ", ".join(f"{k!r}: {v!r}" for k, v in costs.items()) + "}")
     if args.out:
         with open(args.out, "w") as f:
