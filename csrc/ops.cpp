@@ -1,8 +1,8 @@
 // Schemas of every gls op (TORCH_LIBRARY) and the Python module entry point of gls._C.
 //
 // Implementations register themselves per dispatch key next to their kernels, one file per op named for
-// it: csrc/cpu/<op>.cpp (TORCH_LIBRARY_IMPL(gls, CPU, m)) and csrc/cuda/<op>.cu (TORCH_LIBRARY_IMPL(gls,
-// CUDA, m)); code shared by several ops sits in a header next to them. Fake (meta) kernels and autograd
+// it: csrc/cpu/<op>.cpp (TORCH_LIBRARY_IMPL(gls, CPU, m)) and csrc/cuda/<op>.cu (GLS_CUDA_LIBRARY_IMPL(m)
+// of csrc/cuda/cuda_compat.cuh); code shared by several ops sits in a header next to them. Fake (meta) kernels and autograd
 // formulas are registered from Python: gls/meta/<op>.py.
 //
 // The emulated CUDA build (gls._C_cuda_emu, GLS_CUDA_EMU: csrc/cuda compiled for the CPU by g++,
