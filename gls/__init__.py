@@ -1,5 +1,6 @@
-"""gls: population-batched bound propagation (IBP, hBox, CROWN-IBP, DeepPoly) and Gaussian Loss
-Smoothing certified training. See docs/design.md; the public names are re-exported here."""
+"""gls: population-batched bound propagation (IBP, hBox, CROWN-IBP, DeepPoly, alpha-CROWN), Gaussian Loss
+Smoothing certified training, and ONNX/VNN-LIB in and out. See docs/design.md; the public names are
+re-exported here."""
 from gls import nn, noise
 from gls.alpha_crown import alpha_crown_bounds  # registers compute_bounds(method="alpha-crown")
 from gls.bounds import METHODS, Bounds, compute_bounds, margin_spec
