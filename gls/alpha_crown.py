@@ -26,12 +26,14 @@ import torch
 
 from gls.bounds import EXTENSIONS, compute_bounds, deeppoly_pass
 from gls.net import Network, check_input, param_dtype
+from gls.precision import exact_float32
 from gls.problem import Bounds, spec_matrix
 from gls.sound import deeppoly_lower_with_slopes
 
 NAME = "alpha-crown"
 
 
+@exact_float32()  # as compute_bounds: no TF32 inside the optimisation and the final evaluation either
 def alpha_crown_bounds(model, x, eps, *, labels=None, spec=None, params=None, domain=(0.0, 1.0), bound="lower",
                        backend=None, intersect_ibp=True, sound=False, iterations: int = 20, lr: float = 0.5,
                        lr_decay: float = 0.98, patience: int | None = 10) -> Bounds:
