@@ -43,10 +43,11 @@ def _attack(f, lo, hi, sign, steps=20):
 def _violations(seed):
     """Largest violation / R per (dtype, mode) of alpha-crown's bounds, and whether any bound is looser than
     DeepPoly's of the same dtype and mode."""
-    model, shape, P, eps = random_case(seed)
+    model, shape, P, eps, domain = random_case(seed)
+    d_lo, d_hi = domain
     gen = torch.Generator().manual_seed(seed + 1)
     B, S = 2, 3
-    x = torch.rand(B, *shape, generator=gen)
+    x = d_lo + (d_hi - d_lo) * torch.rand(B, *shape, generator=gen)
     C = torch.randn(B, S, 3, generator=gen)
     base = {n: p.detach() for n, p in model.named_parameters()}
     params32 = {n: torch.stack([t * (1 + 0.1 * i) for i in range(P)]) for n, t in base.items()}
@@ -57,7 +58,7 @@ def _violations(seed):
         xs, Cs = x.to(dtype), C.to(dtype)
         runs = {}
         for sound in (False, True):
-            kw = dict(spec=Cs, params=params, bound="both", sound=sound)
+            kw = dict(spec=Cs, params=params, bound="both", sound=sound, domain=domain)
             a = alpha_crown_bounds(net, xs, eps, **kw)
             d = gls.compute_bounds(net, xs, eps, method="deeppoly", **kw)
             if (a.lower < d.lower).any() or (a.upper > d.upper).any():
@@ -66,7 +67,7 @@ def _violations(seed):
         ref = {n: t.double() for n, t in params.items()}
         for b in range(B):
             flat = xs[b].reshape(-1).double()
-            lo, hi = (flat - eps).clamp(min=0), (flat + eps).clamp(max=1)
+            lo, hi = (flat - eps).clamp(min=d_lo), (flat + eps).clamp(max=d_hi)
             N = lo.numel()
             pts = torch.cat([torch.randint(0, 2, (64, N), generator=gen).double(),
                              torch.rand(192, N, generator=gen, dtype=torch.float64)])
