@@ -17,13 +17,14 @@ An interval step needs x W^T + b for the centre and |x| |W|^T for the radius. ``
 one call on a population of 2Q ((mid, W) and (rad, |W|)), ``separate`` as two calls.
 
 Every path gives the same numbers up to the summation order (tests/test_population_paths.py forces
-each one). Which runs is chosen per layer and per call by a cost model: for each (path, paired) a
-time t = c_call * calls + c_mac * multiply-adds + c_elem * elements moved, with constants fitted by
-least squares to timings of the layers of gls's benchmark networks on this machine's kind (``fit``;
-COSTS holds them per device type, with how they were measured). Where a device type has no fitted
-constants (the GPU entries are left to a GPU check: ``python -m gls.population_paths`` there prints
-them), the choice is the one-convolution form, paired for the radius. ``force`` imposes a path,
-``recording`` collects the choices, and the logger ``gls.population_paths`` logs each at DEBUG level.
+each one). Which runs is chosen per layer and per call by a cost model: for each (kind, path, pairing)
+a time t = c_call * calls + c_mac * multiply-adds + c_elem * elements moved (``features``), with
+constants fitted by least squares to timings of the layers of gls's benchmark networks on this
+machine's kind (``python -m bench.fit_population_paths``; COSTS holds them per device type, with how
+they were measured). Where a device type has no fitted constants (the GPU entries are left to a GPU
+check, which runs the same script), the choice is one call for all members (``op`` for a Linear
+layer), centre and radius separate. ``force`` imposes a path, ``recording`` collects the choices, and
+the logger ``gls.population_paths`` logs each at DEBUG level.
 """
 from __future__ import annotations
 
