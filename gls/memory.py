@@ -1,7 +1,9 @@
-"""Memory planned, not discovered: the peak memory of one training or certification step from the shapes.
+"""Memory planned, not discovered: the peak memory of one training or certification step.
 
-A step's peak is estimated from the network's layer widths, the members and samples of one pass,
-the relaxation and whether autograd keeps the pass's tensors for a backward pass (RGS and plain
+A step's peak is estimated from the network's geometry (layer widths, and the windows a back-substituted
+row of a convolution keeps: gls.patches), the members and samples of one pass, the relaxation, the
+unstable neurons of the batch (:func:`unstable_counts`, one IBP pass: hBox/DeepPoly back-substitute
+only those rows) and whether autograd keeps the pass's tensors for a backward pass (RGS and plain
 gradients do; PGPE, validation and certification run without autograd, so only the tensors alive at
 the same time count). :func:`plan_training` then picks the largest member and sample chunks whose
 step fits the budget (``--max-memory``), or raises :class:`MemoryPlanError` with one line saying
@@ -9,8 +11,8 @@ what would fit; :func:`cert_batch` does the same for the samples of a certificat
 
 The per-method cost model is :func:`bound_elements`, in one place: when a relaxation's
 implementation changes (for example a cheaper conv back-substitution) only that function changes.
-It is an upper estimate: every ReLU is counted as unstable, which is what untrained networks and
-large radii give, and what DeepPoly/hBox's refinement costs at worst.
+Without unstable counts every ReLU is counted unstable: what IBP-initialised networks and large radii
+give, and the most a pass can need. bench/memory_plan.py checks the model against measured peaks.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from gls.affine import Conv, Dense, Diag
-from gls.bounds import CHUNK_ELEMENTS  # rows back-substituted at a time without autograd
-from gls.problem import CPU_ROWS_PER_PASS, method_name
+from gls.bounds import CHUNK_ELEMENTS, ibp_boxes  # CHUNK_ELEMENTS: coefficients back-substituted at a time
+from gls.net import Network
+from gls.problem import CPU_ROWS_PER_PASS, input_region, method_name
 
 FLOAT_BYTES = 4  # float32
 SAFE_FRACTION = {"cpu": 0.7, "cuda": 0.85}  # default --max-memory: this share of the free memory
@@ -34,17 +37,24 @@ class MemoryPlanError(ValueError):
 
 @dataclass(frozen=True)
 class NetShape:
-    """What the cost model needs of a network: per segment between ReLUs, (kind, n_in, n_out) of each
-    affine op (kind "dense", "conv" or "diag": an elementwise scaling), and the number of weights d."""
+    """What the cost model needs of a network: per segment between ReLUs, (kind, n_in, n_out, geometry)
+    of each affine op (kind "dense", "conv" or "diag": an elementwise scaling; geometry of a conv
+    (in_shape, out_shape, kernel, stride, dilation), else None), and the number of weights d."""
 
-    segments: tuple[tuple[tuple[str, int, int], ...], ...]
+    segments: tuple[tuple[tuple, ...], ...]
     d: int
 
     @classmethod
     def of(cls, net, in_shape) -> "NetShape":
         segs = net.plan(net.params(), tuple(in_shape), torch.float32)
         kind = {Dense: "dense", Conv: "conv", Diag: "diag"}
-        return cls(tuple(tuple((kind[type(op)], op.n_in, op.n_out) for op in seg) for seg in segs), net.layout.numel)
+
+        def op_shape(op):
+            geom = None
+            if isinstance(op, Conv):
+                geom = (op.in_shape, op.out_shape, tuple(op.W.shape[-2:]), tuple(op.stride), tuple(op.dilation))
+            return kind[type(op)], op.n_in, op.n_out, geom
+        return cls(tuple(tuple(op_shape(op) for op in seg) for seg in segs), net.layout.numel)
 
     @property
     def relu_widths(self) -> list[int]:
@@ -52,7 +62,7 @@ class NetShape:
 
     @property
     def outputs(self) -> int:
-        return sum(n_out for seg in self.segments for _, _, n_out in seg)
+        return sum(op[2] for seg in self.segments for op in seg)
 
     @property
     def classes(self) -> int:
@@ -63,73 +73,125 @@ class NetShape:
         Linear/Conv precedes it, since IBP is exact there)."""
         if method not in ("hbox", "deeppoly"):
             return []
-        maps = sum(kind != "diag" for kind, _, _ in self.segments[0])
+        maps = sum(op[0] != "diag" for op in self.segments[0])
         return list(range(0 if maps > 1 else 1, len(self.segments) - 1))
+
+    def row_blocks(self, k: int) -> list[tuple[int, int]]:
+        """The tensors gls.bounds._backsub makes for one row from segs[k]'s output to the input, in order,
+        as (coefficients per row, how many numbers per coefficient autograd keeps of it), following the
+        window geometry of gls.patches: a row starting at a convolution's neuron is a (C, 1, 1) window;
+        through a convolution (the fused op, which under autograd also keeps its window g) it grows to
+        (h - 1) * stride + dilation * (kh - 1) + 1 and is cut to the map (a new tensor; the uncut one is
+        then not kept) once no smaller than it; dense rows enter a convolution as whole-map windows (a
+        view); a Linear makes rows dense. A first segment of elementwise maps and one convolution is
+        concretised by the convolution's op itself (gls.patches.first_conv_bound)."""
+        segs = self.segments
+        last = segs[k][-1] if segs[k] else None
+        size = (last[3][1][0], 1, 1) if last is not None and last[0] == "conv" else None  # (C, h, w) or dense
+        blocks = [(size[0] if size else (last[2] if last else 0), 1)]
+        for j in range(k, -1, -1):
+            seg = segs[j]
+            if size is None and seg and seg[-1][0] == "conv":
+                size = seg[-1][3][1]
+            first_conv = j == 0 and size is not None and seg and all(op[0] == "diag" for op in seg[:-1])
+            for kind, n_in, n_out, geom in reversed(seg):
+                if kind == "conv" and size is not None:
+                    (c_in, H, W), _, (kh, kw), (sh, sw), (dh, dw) = geom
+                    h, w = (size[1] - 1) * sh + dh * (kh - 1) + 1, (size[2] - 1) * sw + dw * (kw - 1) + 1
+                    size = (c_in, h, w)
+                    if h * w >= H * W and not first_conv:
+                        blocks += [(c_in * h * w, 1), (c_in * H * W, 1)]
+                        size = (c_in, H, W)
+                    else:
+                        blocks.append((c_in * h * w, 1 if first_conv else 2))  # a bound: only g is kept
+                    if first_conv:
+                        return blocks
+                elif kind == "diag":
+                    blocks.append((math.prod(size) if size else n_in, 2))
+                else:
+                    size = None
+                    blocks.append((n_in, DENSE_KEEP))
+        return blocks
+
+
+def unstable_counts(model, x, eps, *, domain=(0.0, 1.0), params=None) -> tuple[int, ...]:
+    """Per ReLU layer, the most IBP-unstable neurons of any (member, sample) of x (B, ...): the rows
+    hBox/DeepPoly back-substitute for that layer (gls.bounds._refine pads every (member, sample) of a
+    pass to it). One IBP pass without autograd: cheap next to the bound pass it plans."""
+    net = Network.from_module(model)
+    with torch.no_grad():
+        params, P = net.resolve_params(params)
+        x_lo, x_hi = input_region(x, eps, domain)
+        boxes, _ = ibp_boxes(net.plan(params, x.shape[1:], x.dtype), x_lo, x_hi, P, None)
+        return tuple(int(((l < 0) & (u > 0)).sum(-1).max()) if l.numel() else 0 for l, u in boxes)
 
 
 # ---- the cost model: float32 numbers per member and sample (and per back-substituted row) --------
-# Counted from what gls.bounds / gls.affine allocate and what autograd saves; checked against measured
-# peaks by tests/memory_probe.py, and OVERHEAD covers what the counts miss (allocator slack,
-# temporaries of the backward pass): with it every case of that grid is estimated at 1.08-2.9 times
-# its measured peak (at 1.5, two cases were 5 % under).
-OVERHEAD = 1.7
+# Counted from what gls.bounds / gls.patches allocate and what autograd saves (row_blocks); the
+# constants were fitted to the peak RSS rise measured by bench/memory_plan.py (see its report).
+STEP_ALIVE = 1.6  # without autograd: numbers alive per coefficient of the largest step's input and output
+GRAD_KEEP = 1.2  # with autograd: numbers per coefficient autograd keeps (row_blocks' counts)
+GRAD_BLOCKS = 1.0  # with autograd: gradients of the largest block the backward holds at once
+DENSE_KEEP = 3  # with autograd: numbers per coefficient a dense step keeps and its backward holds
+WEIGHT_COPIES = {False: 2.0, True: 6.0}  # numbers per weight and member a pass holds (layouts of the weights
+# for each op, |W| of the interval steps; with autograd their gradients and what the steps save)
 
 
-def _op_block(kind: str, n_in: int, n_out: int) -> int:
-    """Coefficients one back-substitution step through an affine op keeps per row under autograd: the
-    new block; for a conv also the window the fused gls.ops.backsub_conv_relu keeps for its backward;
-    for a diag its product."""
-    return n_in + (n_in if kind in ("diag", "conv") else 0)
+def _rows(shape: NetShape, method: str, rows: int, unstable) -> list[tuple[int, int]]:
+    """(start layer, rows per member and sample) of every back-substitution of a pass: the spec's rows
+    from the output, and for hBox/DeepPoly twice the unstable neurons of each refined layer."""
+    out = [(len(shape.segments) - 1, rows)]
+    widths = shape.relu_widths
+    counts = widths if unstable is None else unstable
+    return out + [(k, 2 * min(counts[k], widths[k])) for k in shape.refined_layers(method) if counts[k] > 0]
 
 
-def _fused_relu(seg) -> bool:
-    """A segment that is one Linear or Conv: the ReLU before it is relaxed inside the fused step
-    (gls.ops.backsub_linear_relu / backsub_conv_relu)."""
-    return len(seg) == 1 and seg[0][0] in ("dense", "conv")
-
-
-def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, grad: bool) -> int:
+def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, grad: bool, unstable=None) -> int:
     """Float32 numbers held at the peak of one bound pass: p members, b samples, `rows` spec rows.
 
-    With ``grad`` autograd keeps every intermediate for the backward pass, so the terms add up; without
-    it only what is alive at once counts (the boxes and relaxation lines of every layer, and the largest
-    back-substitution step). Per method:
+    unstable: per ReLU layer the most IBP-unstable neurons of a (member, sample) (unstable_counts of the
+    batch); None counts every neuron, the most a pass can need. Per method:
 
     * ibp: with autograd, per affine op its centre and radius with their layout copies and gradients
       (6 vectors), per ReLU the box before and after and the next op's input copies (10 vectors);
       without, the boxes of every ReLU and two vectors of the widest layer.
-    * crown-ibp adds the four relaxation lines per ReLU and the back-substitution of the spec: per
-      affine op a (p, b, rows, n) coefficient block (_op_block), per ReLU the block, its line selection
-      and product (3 blocks), except a ReLU relaxed inside a fused step (_fused_relu).
-    * hbox / deeppoly add, for every refined ReLU layer of width N, the back-substitution of 2N rows
-      (its lower and upper bounds, all neurons counted unstable) through the layers below; without
-      autograd these go CHUNK_ELEMENTS coefficients at a time.
-    * with autograd, the backward pass holds two gradients of the largest block at once.
+    * crown-ibp adds the four relaxation lines per ReLU and the back-substitution of the spec rows,
+      hbox / deeppoly that of 2 x unstable rows per refined layer; each row's tensors are row_blocks.
+      With autograd every block is kept (row_blocks says how much of each, GRAD_KEEP) and the backward
+      pass adds the gradients of the largest (GRAD_BLOCKS); without, only the largest step's input and
+      output are alive (STEP_ALIVE), for at most CHUNK_ELEMENTS coefficients of refined rows at a time
+      (gls.bounds._refine).
     """
     segs, relus = shape.segments, shape.relu_widths
     ibp = 6 * shape.outputs + 10 * sum(relus) if grad else 0
-    widest_out = max(n for seg in segs for _, _, n in seg)
+    widest_out = max(op[2] for seg in segs for op in seg)
     if method == "ibp":
         return p * b * (ibp + 2 * widest_out if grad else 4 * widest_out + 2 * sum(relus))
-
-    def kept(k: int, r: int) -> int:
-        """Coefficients of r rows back-substituted from segment k to the input, every block kept."""
-        relaxed = sum(n for n, seg in zip(relus[:k], segs[1:k + 1]) if not _fused_relu(seg))
-        return r * (sum(_op_block(*op) for seg in segs[:k + 1] for op in seg) + 3 * relaxed)
-
-    def widest(k: int) -> int:
-        return max(max(n_in, n_out) for seg in segs[:k + 1] for _, n_in, n_out in seg)
-
+    last, n_input = len(segs) - 1, segs[0][0][1] if segs[0] else relus[0]
+    kept = block = 0
+    for k, r in _rows(shape, method, rows, unstable):
+        blocks = shape.row_blocks(k)
+        sizes = [n for n, _ in blocks]
+        if grad:
+            kept += r * sum(n * keep for n, keep in blocks)
+            block = max(block, r * max(sizes))
+        else:
+            if k != last:  # refined rows go CHUNK_ELEMENTS coefficients at a time (lower and upper: 2 per neuron)
+                most = max(max(sizes), relus[k], n_input)  # as gls.patches.row_cost counts them
+                r = min(r, 2 * max(1, CHUNK_ELEMENTS // (2 * p * b * most)))
+            block = max(block, r * max(x + y for x, y in zip(sizes, sizes[1:] + [0])))
     lines = 4 * sum(relus)
-    last = len(segs) - 1
-    total, block = kept(last, rows), rows * widest(last)
-    for k in shape.refined_layers(method):
-        total += kept(k, 2 * relus[k])
-        chunk_rows = 2 * relus[k] if grad else min(2 * relus[k], max(1, CHUNK_ELEMENTS // (p * b * widest(k))))
-        block = max(block, chunk_rows * widest(k))
     if grad:
-        return p * b * (ibp + lines + total + 2 * block)
-    return p * b * (2 * sum(relus) + lines + 4 * block)
+        return int(p * b * (ibp + lines + GRAD_KEEP * kept + GRAD_BLOCKS * block))
+    return int(p * b * (2 * sum(relus) + lines + STEP_ALIVE * block))
+
+
+def pass_bytes(shape: NetShape, method: str, p: int, b: int, *, grad: bool, unstable=None, rows=None) -> int:
+    """Estimated peak bytes of one bound pass (margin lower bounds unless `rows` spec rows are given), and
+    with `grad` its backward pass: the bound tensors and, with autograd, the weights' gradient."""
+    rows = shape.classes - 1 if rows is None else rows
+    weights = p * shape.d * WEIGHT_COPIES[grad]
+    return int(FLOAT_BYTES * (bound_elements(shape, method, p, b, rows, grad=grad, unstable=unstable) + weights))
 
 
 @dataclass(frozen=True)
@@ -149,27 +211,30 @@ def _members_per_bound_pass(p: int, b: int, grad: bool, device: torch.device, me
 
 
 def step_bytes(shape: NetShape, *, method: str, relaxation: str, population: int, member_chunk: int,
-               sample_chunk: int, robust: bool = True, device: torch.device = torch.device("cpu")) -> int:
+               sample_chunk: int, robust: bool = True, device: torch.device = torch.device("cpu"),
+               unstable=None) -> int:
     """Estimated peak bytes of one training step with `member_chunk` members x `sample_chunk` samples per
-    pass (method pgpe | rgs | grad). Weights: the population (P, d), and with autograd its gradient and
-    the chunk's gradient; the centre, its optimiser state and the PGPE sigma/velocity/noise sums (~6 d)."""
+    pass (method pgpe | rgs | grad). Weights: the population (P, d), what a pass holds per member
+    (WEIGHT_COPIES), the centre, its optimiser state and the PGPE sigma/velocity/noise sums (~6 d).
+    unstable: unstable_counts of the batch at the step's eps (None: every neuron unstable)."""
     grad = method != "pgpe"
     p, b = member_chunk, sample_chunk
     forward = p * b * shape.outputs * (3 if grad else 1)
     bounds = 0
     if robust:
         pb = _members_per_bound_pass(p, b, grad, device, relaxation)
-        bounds = bound_elements(shape, relaxation, pb, b, shape.classes - 1, grad=grad)
-    weights = shape.d * (population + (2 * p if grad else p) + 6)
-    return int(OVERHEAD * FLOAT_BYTES * (forward + bounds + weights))
+        bounds = bound_elements(shape, relaxation, pb, b, shape.classes - 1, grad=grad, unstable=unstable)
+    weights = shape.d * (population + p * WEIGHT_COPIES[grad] + 6)
+    return int(FLOAT_BYTES * (forward + bounds + weights))
 
 
 def cert_bytes(shape: NetShape, method: str, batch: int, device: torch.device = torch.device("cpu"),
-               sound: bool = False) -> int:
+               sound: bool = False, unstable=None) -> int:
     """Estimated peak bytes of certifying `batch` samples of one network (no autograd). Sound mode
     (gls.sound) computes the same tensors in float64: twice the bytes (not checked against measured peaks)."""
     width = 2 * FLOAT_BYTES if sound else FLOAT_BYTES
-    return int(OVERHEAD * width * bound_elements(shape, method, 1, batch, shape.classes - 1, grad=False))
+    return int(width * (bound_elements(shape, method, 1, batch, shape.classes - 1, grad=False, unstable=unstable)
+                        + shape.d * WEIGHT_COPIES[False]))
 
 
 def available_bytes(device: torch.device) -> int:
@@ -193,12 +258,14 @@ def default_budget(device: torch.device) -> int:
     return int(SAFE_FRACTION.get(device.type, 0.7) * available_bytes(device))
 
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+_UNITS = {"b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+SIZE_FORMS = "a number with a unit, such as 400GB, 1.5 GiB, 800M or 4096B (binary: 1 GB = 2^30 bytes)"
 
 
 def parse_size(text) -> int:
-    """Bytes from "24GB", "512 MiB", "1.5g" or a plain number of bytes (binary units: 1 GB = 2^30)."""
+    """Bytes from "24GB", "512 MiB", "1.5g" or "4096B" (binary units: 1 GB = 2^30). A bare number is
+    refused: "400" meant 400 GB to whoever typed it and would have been read as 400 bytes."""
     s = str(text).strip().lower().replace(" ", "")
     num = s.rstrip("kmgtib")
     unit = s[len(num):]
@@ -206,8 +273,10 @@ def parse_size(text) -> int:
         value = float(num)
     except ValueError:
         value = math.nan
-    if unit not in _UNITS or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"expected a memory size such as 24GB or 512MB, got {text!r}")
+    if not unit and math.isfinite(value):
+        raise ValueError(f"memory size {text!r} has no unit; expected {SIZE_FORMS}")
+    if unit not in _UNITS or not math.isfinite(value) or value <= 0 or int(value * _UNITS[unit]) < 1:
+        raise ValueError(f"expected a memory size: {SIZE_FORMS}; got {text!r}")
     return int(value * _UNITS[unit])
 
 
@@ -226,18 +295,18 @@ def _candidates(n: int, step: int = 1) -> list[int]:
 
 def plan_training(shape: NetShape, *, method: str, relaxation: str, population: int, batch: int, budget: int,
                   member_chunk: int | None = None, sample_chunk: int | None = None, robust: bool = True,
-                  device: torch.device = torch.device("cpu")) -> StepPlan:
+                  device: torch.device = torch.device("cpu"), unstable=None) -> StepPlan:
     """The chunks whose step fits `budget` bytes with the most members x samples per pass (the fewest
     passes); at equal size the whole mini-batch is kept and members are split (either changes the numbers
     only by float rounding). Chunks given by the caller are kept. PGPE member chunks are whole
-    antithetic pairs (even)."""
+    antithetic pairs (even). unstable: unstable_counts of the batch (None: every neuron unstable)."""
     pair = 2 if method == "pgpe" else 1
     members = [member_chunk] if member_chunk else _candidates(population, pair)
     samples = [sample_chunk] if sample_chunk else _candidates(batch)
 
     def cost(m, s):
         return step_bytes(shape, method=method, relaxation=relaxation, population=population, member_chunk=m,
-                          sample_chunk=s, robust=robust, device=device)
+                          sample_chunk=s, robust=robust, device=device, unstable=unstable)
 
     options = sorted(((m * s, m, s) for m in members for s in samples), key=lambda t: (-t[0], -t[2]))
     for _, m, s in options:
@@ -250,32 +319,32 @@ def plan_training(shape: NetShape, *, method: str, relaxation: str, population: 
     members_flag = "--pair-chunk" if method == "pgpe" else "--member-chunk"
     if member_chunk or sample_chunk:  # the chunks asked for do not fit: say which would
         free = plan_training(shape, method=method, relaxation=relaxation, population=population, batch=batch,
-                             budget=budget, robust=robust, device=device)
+                             budget=budget, robust=robust, device=device, unstable=unstable)
         raise MemoryPlanError(f"one step ({what}) with {m} member(s) x {s} sample(s) per pass needs about "
                               f"{gib(smallest)}, more than --max-memory {gib(budget)}; what fits: "
                               f"{members_flag} {free.member_chunk // pair} --sample-chunk {free.sample_chunk} "
                               f"({gib(free.bytes)})")
     raise MemoryPlanError(f"one step ({what}) needs about {gib(smallest)} even with {m} member(s) x 1 sample per "
                           f"pass, more than --max-memory {gib(budget)}; what fits: --max-memory {gib(smallest)} or "
-                          f"more, or {fitting_hint(shape, method, relaxation, population, budget, device)}")
+                          f"more, or {fitting_hint(shape, method, relaxation, population, budget, device, unstable)}")
 
 
 def fitting_hint(shape: NetShape, method: str, relaxation: str, population: int, budget: int,
-                 device: torch.device) -> str:
+                 device: torch.device, unstable=None) -> str:
     """A cheaper relaxation whose smallest step fits, for the refusal message (else: a smaller network)."""
     for cheaper in ("crown-ibp", "ibp"):
         if cheaper != relaxation and step_bytes(shape, method=method, relaxation=cheaper, population=population,
                                                 member_chunk=2 if method == "pgpe" else 1, sample_chunk=1,
-                                                device=device) <= budget:
+                                                device=device, unstable=unstable) <= budget:
             return f"--relaxation {cheaper}"
     return "a smaller --net or --width"
 
 
 def cert_batch(shape: NetShape, method: str, batch: int, budget: int,
-               device: torch.device = torch.device("cpu"), sound: bool = False) -> int:
+               device: torch.device = torch.device("cpu"), sound: bool = False, unstable=None) -> int:
     """The largest number of samples (<= batch) certified in one pass within `budget` bytes."""
     for s in _candidates(batch):
-        if cert_bytes(shape, method, s, device, sound) <= budget:
+        if cert_bytes(shape, method, s, device, sound, unstable) <= budget:
             return s
-    need = cert_bytes(shape, method, 1, device, sound)
+    need = cert_bytes(shape, method, 1, device, sound, unstable)
     raise MemoryPlanError(f"certifying one sample with {method} needs about {gib(need)}, more than --max-memory {gib(budget)}")

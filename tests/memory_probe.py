@@ -3,7 +3,9 @@
 tracemalloc does not see tensor storage, so each measurement runs in a fresh subprocess: after a warm-up
 step at 1 member x 1 sample (the libraries and kernels are then loaded), the process's peak resident set
 is reset (``/proc/self/clear_refs``; importing torch can peak higher than a small step), and the peak
-after the step (VmHWM) minus the resident set before it is the step's peak.
+after the step (VmHWM) minus the resident set before it is the step's peak. The estimate uses the
+unstable counts of the step's own batch (gls.memory.unstable_counts). bench/memory_plan.py does the
+same for bound passes over the networks, methods and batch sizes of the planner's report.
 
 ``python tests/memory_probe.py`` prints the estimate next to the measurement for a grid of small sizes.
 """
@@ -55,16 +57,21 @@ def hwm():
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 step(2 if a.get("method") == "pgpe" else 1, 1)
+torch.manual_seed(1)
+x_plan = torch.rand(a["B"], 1, 28, 28)
+counts = memory.unstable_counts(model, x_plan, a["eps"])  # the batch step() draws next (same seed)
+torch.manual_seed(1)
 before = rss()
 with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM): imports may have peaked higher
     f.write("5")
 step(a["P"], a["B"])
 peak = hwm()
 if a["kind"] == "cert":
-    est = memory.cert_bytes(shape, a["relaxation"], a["B"])
+    est = memory.cert_bytes(shape, a["relaxation"], a["B"], unstable=counts)
 else:
     est = memory.step_bytes(shape, method=a["method"], relaxation=a["relaxation"], population=a["P"],
-                            member_chunk=a.get("member_chunk") or a["P"], sample_chunk=a.get("sample_chunk") or a["B"])
+                            member_chunk=a.get("member_chunk") or a["P"], sample_chunk=a.get("sample_chunk") or a["B"],
+                            unstable=counts)
 print(json.dumps({"measured": max(peak - before, 0), "estimate": est}))
 """
 

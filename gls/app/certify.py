@@ -218,7 +218,7 @@ def main(argv=None) -> int:
                    help="CPU threads for torch (default 1, as in training: on a shared machine torch's busy-waiting "
                         "threads ran many times slower than one thread; 0 = torch's default)")
     p.add_argument("--max-memory", default=None,
-                   help="memory a certification pass may use, e.g. 8GB (default: 70%% of the available RAM)")
+                   help="memory a certification pass may use, with a unit: 8GB, 1.5GiB, 800M (default: 70%% of the available RAM)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.add_argument("--no-sound", dest="sound", action="store_false",
                    help="float32 bounds instead of sound ones (faster; may be off by rounding)")
