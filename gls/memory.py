@@ -43,6 +43,7 @@ class NetShape:
 
     segments: tuple[tuple[tuple, ...], ...]
     d: int
+    inputs: int  # features of one input: the width of a ReLU that no affine op precedes
 
     @classmethod
     def of(cls, net, in_shape) -> "NetShape":
@@ -54,11 +55,17 @@ class NetShape:
             if isinstance(op, Conv):
                 geom = (op.in_shape, op.out_shape, tuple(op.W.shape[-2:]), tuple(op.stride), tuple(op.dilation))
             return kind[type(op)], op.n_in, op.n_out, geom
-        return cls(tuple(tuple(op_shape(op) for op in seg) for seg in segs), net.layout.numel)
+        return cls(tuple(tuple(op_shape(op) for op in seg) for seg in segs), net.layout.numel, math.prod(in_shape))
 
     @property
     def relu_widths(self) -> list[int]:
-        return [seg[-1][2] for seg in self.segments[:-1]]
+        """The width of each ReLU layer; an empty segment (a ReLU first, or ReLUs in a row) keeps the width
+        before it."""
+        widths, width = [], self.inputs
+        for seg in self.segments[:-1]:
+            width = seg[-1][2] if seg else width
+            widths.append(width)
+        return widths
 
     @property
     def outputs(self) -> int:

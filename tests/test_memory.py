@@ -1,6 +1,7 @@
 """gls.memory: the estimate against measured peaks, the chunks it picks, and the refusal."""
 import pytest
 import torch
+from torch import nn
 
 import gls.app.train as train
 from gls import memory
@@ -71,6 +72,20 @@ def test_unstable_counts_are_those_of_ibp():
     assert plans == sorted(plans) and plans[0] < plans[-1]
     assert memory.pass_bytes(shape, "crown-ibp", 1, 4, grad=True, unstable=(0, 0)) == \
         memory.pass_bytes(shape, "crown-ibp", 1, 4, grad=True)  # crown-ibp refines nothing
+
+
+@pytest.mark.parametrize("layers", [
+    [nn.ReLU(), nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)],  # a ReLU first
+    [nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.ReLU(), nn.Identity(), nn.ReLU(), nn.Linear(6, 3)],  # ReLUs in a row
+], ids=["relu-first", "relus-in-a-row"])
+def test_empty_segments_are_planned(layers):
+    """A ReLU with no affine op before it has the width before it (the planner read seg[-1] of the empty
+    segment: IndexError), and every method's step is planned."""
+    shape = memory.NetShape.of(Network.from_module(nn.Sequential(*layers)), (2, 2, 2))
+    assert all(w in (8, 6) for w in shape.relu_widths) and shape.relu_widths[-1] == 6
+    for method in ("ibp", "crown-ibp", "hbox", "deeppoly"):
+        assert memory.step_bytes(shape, method="grad", relaxation=method, population=1, member_chunk=1,
+                                 sample_chunk=4) > 0
 
 
 def test_cnn7_deeppoly_gradient_step_is_planned_near_its_measured_peak():
