@@ -86,6 +86,10 @@ def test_population_bounds(benchmark, request, device, model, method, B, P, impl
     except torch.cuda.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         pytest.skip(f"out of GPU memory: {exc}")
+    except RuntimeError as exc:  # the peer's own failure (auto_LiRPA 0.7.1 CROWN on cnn3 at B = 1) is a skip
+        if impl != "lirpa":
+            raise
+        pytest.skip(f"auto_LiRPA fails on this case: {exc}")
     record(benchmark, request, suite="bounds", role="candidate" if impl == "gls" else "baseline",
            items=B * P, unit="bounds")
 

@@ -223,7 +223,7 @@ def features(path: str, pairing: str, gx: int, gw: int, B: int, w_shape, geo: Ge
 
 # Fitted constants (seconds per call, per multiply-add, per element moved) per (kind, path, pairing),
 # per device type. cpu: `python -m bench.fit_population_paths` (its docstring gives the layers and
-# sizes) on the 2-core AMD EPYC development machine, 2 torch threads, the best of 3 in each of two runs
+# sizes) on the 2-core Intel Xeon development machine, 2 torch threads, the best of 3 in each of two runs
 # at load average 5-6 from other work (single timings were off by up to 10x, so the fit's relative
 # errors on short layers are large). Over the 24 layers measured, the picks took 3.90 s against 3.70 s
 # for the fastest path of each and 4.83 s for one call for all members.
