@@ -121,22 +121,22 @@ def test_pgpe_members(benchmark, request, device, impl):
     model, method, B, P = MEMBERS_CASE[bench_size(request.config)]
     module, x, y, eps = workload.build(model, B, device)
     net = gls.Network.from_module(module)
-    rounds = ROUNDS[bench_size(request.config)]
+    rounds = MEMBERS_ROUNDS[bench_size(request.config)]
     # both hold the (P, d) population and its noise; an IBP pass holds activations, not copies of the
     # weights, so the one-member pass estimate plus the population is what both need
-    why = workload.skip_reason(net, x.shape[1:], method, P, B, device, calls=rounds,
+    why = workload.skip_reason(net, x.shape[1:], method, P, B, device, calls=rounds + 1,
                                members_per_call=1, extra_bytes=4 * 2 * P * net.layout.numel)
     if why:
         pytest.skip(why)
-    loss = workload.population_loss(net, x, y, eps, method)
-    if impl == "loop":
-        batched = loss
-
-        def loss(theta_pop):  # noqa: F811 - the same loss, one member per call
+    batched = workload.population_loss(net, x, y, eps, method)
+    if impl == "gls":
+        loss = batched
+    else:  # the same loss, one member per call
+        def loss(theta_pop):
             return torch.cat([batched(theta_pop[p:p + 1]) for p in range(theta_pop.shape[0])])
     opt = PGPE(workload.flat_params(module), sigma=SIGMA, lr=LR, population=P, seed=0)
     counter = iter(range(10**9))
     with torch.no_grad():
-        measure(benchmark, lambda: opt.step(loss, next(counter)), device, rounds=MEMBERS_ROUNDS[bench_size(request.config)])
+        measure(benchmark, lambda: opt.step(loss, next(counter)), device, rounds=rounds)
     record(benchmark, request, suite="pgpe_members", role="candidate" if impl == "gls" else "baseline", items=P,
            unit="members", model=model, method=method, B=B, P=P)
