@@ -57,6 +57,29 @@ def dense_layers(model: nn.Sequential, member: dict, in_shape):
     return layers
 
 
+def rounding_scale(model: nn.Sequential, member: dict, lo, hi, in_shape):
+    """|W_L| ... |W_1| max(|lo|, |hi|) + |biases|: the rounding scale of the logits, (K,) float64 (the sum of
+    the magnitudes a float computation adds: no cancellation can make an error larger than a multiple of it)."""
+    m = torch.maximum(lo.abs(), hi.abs())
+    for layer in dense_layers(model, member, in_shape):
+        if layer[0] == "affine":
+            m = layer[1].abs() @ m + layer[2].abs()
+    return m
+
+
+def pgd(f, lo, hi, sign, steps=20):
+    """Points of [lo, hi] (n, N) pushing sign * f(points) (n,) down; f is differentiable."""
+    x = lo + torch.rand_like(lo) * (hi - lo)
+    step = (hi - lo) / 4
+    for _ in range(steps):
+        x.requires_grad_(True)
+        g, = torch.autograd.grad((sign * f(x)).sum(), x)
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x - step * g.sign(), lo), hi)
+        step = step * 0.85
+    return x.detach()
+
+
 def relax(l, u, method):
     """Lines (a_l, c_l, a_u, c_u) per neuron, written out case by case."""
     n = len(l)

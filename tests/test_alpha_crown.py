@@ -10,34 +10,12 @@ from torch import nn
 import gls
 from gls.alpha_crown import alpha_crown_bounds
 from gls.app import certify, data, models
-from tests.naive_bounds import dense_layers
+from tests.naive_bounds import pgd, rounding_scale
 from tests.test_soundness_fuzz import LIMITS, random_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CASES = 12
-
-
-def _magnitude(model, member, lo, hi, shape):
-    """|W_L| ... |W_1| max(|lo|, |hi|) + |biases|: the rounding scale of the logits (as the fuzz's)."""
-    m = torch.maximum(lo.abs(), hi.abs())
-    for layer in dense_layers(model, member, shape):
-        if layer[0] == "affine":
-            m = layer[1].abs() @ m + layer[2].abs()
-    return m
-
-
-def _attack(f, lo, hi, sign, steps=20):
-    """PGD: points of [lo, hi] (n, N) pushing sign * f (n,) down."""
-    x = lo + torch.rand_like(lo) * (hi - lo)
-    step = (hi - lo) / 4
-    for _ in range(steps):
-        x.requires_grad_(True)
-        g, = torch.autograd.grad((sign * f(x)).sum(), x)
-        with torch.no_grad():
-            x = torch.minimum(torch.maximum(x - step * g.sign(), lo), hi)
-        step = step * 0.85
-    return x.detach()
 
 
 def _violations(seed):
@@ -74,7 +52,7 @@ def _violations(seed):
             pts = lo + pts * (hi - lo)
             for p in range(P):
                 one = {n: t[p:p + 1] for n, t in ref.items()}
-                R = (C[b].double().abs() @ _magnitude(model, {n: t[p] for n, t in ref.items()}, lo, hi, shape))
+                R = (C[b].double().abs() @ rounding_scale(model, {n: t[p] for n, t in ref.items()}, lo, hi, shape))
                 R = R.clamp(min=1e-300)
 
                 def spec_values(z, rows=None):
@@ -84,7 +62,7 @@ def _violations(seed):
                 vals = [spec_values(pts)]
                 rows = torch.arange(S).repeat_interleave(4)
                 for sign in (1.0, -1.0):
-                    found = _attack(lambda z: spec_values(z, rows), lo.expand(len(rows), N).clone(),
+                    found = pgd(lambda z: spec_values(z, rows), lo.expand(len(rows), N).clone(),
                                     hi.expand(len(rows), N).clone(), sign)
                     vals.append(spec_values(found))
                 vals = torch.cat(vals)

@@ -43,7 +43,7 @@ from torch import nn
 import gls
 from gls import native
 from gls.nn import Normalize
-from tests.naive_bounds import dense_layers
+from tests.naive_bounds import pgd, rounding_scale
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -176,28 +176,6 @@ def custom_variant(model: nn.Sequential, seed: int) -> tuple[nn.Sequential, str]
     return copy_, m.__class__.__name__
 
 
-def _magnitude(model, member: dict, lo, hi, shape):
-    """|W_L| ... |W_1| max(|lo|, |hi|) + biases: the rounding scale of the logits, (K,) float64."""
-    m = torch.maximum(lo.abs(), hi.abs())
-    for layer in dense_layers(model, member, shape):
-        if layer[0] == "affine":
-            m = layer[1].abs() @ m + layer[2].abs()
-    return m
-
-
-def _pgd(f, lo, hi, sign, steps=20):
-    """Points of [lo, hi] (n, N) pushing sign * f(points) (n,) down; f is differentiable."""
-    x = lo + torch.rand_like(lo) * (hi - lo)
-    alpha = (hi - lo) / 4
-    for t in range(steps):
-        x.requires_grad_(True)
-        g, = torch.autograd.grad((sign * f(x)).sum(), x)
-        with torch.no_grad():
-            x = torch.minimum(torch.maximum(x - alpha * g.sign(), lo), hi)
-        alpha = alpha * 0.85
-    return x.detach()
-
-
 def _window_runs(net, x, eps, domain, params, C) -> dict:
     """{(method, intersect, rows): (lower, upper, gradient of the robust loss of the lower bounds with
     respect to the flat parameters)} in float64, through the windowed path and the all-rows reference."""
@@ -265,7 +243,7 @@ def check_case(seed: int, device: str = "cpu") -> dict:
             for p in range(P):
                 member = {n: t[p] for n, t in ref_params.items()}
                 one = {n: t[p:p + 1] for n, t in ref_params.items()}
-                R = (C[b].double().abs() @ _magnitude(model, member, lo, hi, shape)).clamp(min=1e-300)  # (S,)
+                R = (C[b].double().abs() @ rounding_scale(model, member, lo, hi, shape)).clamp(min=1e-300)  # (S,)
 
                 def spec_values(z, rows=None):
                     out = net.forward(z.reshape(-1, *shape), one)[0] @ C[b].double().T
@@ -274,7 +252,7 @@ def check_case(seed: int, device: str = "cpu") -> dict:
                 vals = [spec_values(pts)]
                 for sign in (1.0, -1.0):
                     rows = torch.arange(S).repeat_interleave(4)
-                    found = _pgd(lambda z: spec_values(z, rows), lo.expand(len(rows), N).clone(),
+                    found = pgd(lambda z: spec_values(z, rows), lo.expand(len(rows), N).clone(),
                                  hi.expand(len(rows), N).clone(), sign)
                     vals.append(spec_values(found))
                 vals = torch.cat(vals)
