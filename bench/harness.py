@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from typing import Callable
 
 import pytest
@@ -22,6 +23,18 @@ from gls.app.timing import best_of
 
 HAS_CUDA = torch.cuda.is_available()
 SIZES = ("quick", "full")
+
+
+def auto_lirpa():
+    """The peer auto_LiRPA (its import warnings silenced), or pytest.skip saying it is not installed: it is
+    no dependency of gls (bench/test_peer_bench.py's docstring says how to install it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import auto_LiRPA
+    except ImportError as exc:
+        pytest.skip(f"auto_LiRPA is not installed ({exc}); see bench/test_peer_bench.py's docstring")
+    return auto_LiRPA
 
 
 def bench_size(config) -> str:

@@ -35,22 +35,12 @@ import gls
 from gls.alpha_crown import alpha_crown_bounds
 from gls.problem import input_region
 from bench import trained, workload
-from bench.harness import bench_size, best_time, measure, record
+from bench.harness import auto_lirpa, bench_size, best_time, measure, record
 
 SETTINGS = {"iteration": 20, "lr_alpha": 0.5, "lr_decay": 0.98, "early_stop_patience": 10}
 NETS = ("random-mlp", "random-cnn", "trained-cnn3")
 SPEED_IMPLS = ("gls", "lirpa")
 ROUNDS = {"quick": 1, "full": 3}
-
-
-def _lirpa():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import auto_LiRPA
-    except ImportError as exc:
-        pytest.skip(f"auto_LiRPA is not installed ({exc}); see bench/test_peer_bench.py's docstring")
-    return auto_LiRPA
 
 
 def _mask_alpha(lower, upper, lb_lower_d, ub_lower_d, leaky_alpha=0):
@@ -111,7 +101,7 @@ def _lirpa_runner(model, x, y, eps, domain, fixed=True):
     the issue). Without them auto_LiRPA 0.7.1 recomputes every intermediate bound with the current slopes
     at each iteration, i.e. optimises the intermediate bounds too (its fix_interm_bounds option acts only
     on bounds passed in), a stronger and costlier algorithm."""
-    lirpa = _lirpa()
+    lirpa = auto_lirpa()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bounded = lirpa.BoundedModule(copy.deepcopy(model), torch.zeros_like(x[:1]), verbose=0,

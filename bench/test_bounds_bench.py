@@ -29,7 +29,7 @@ import torch
 
 import gls
 from bench import workload
-from bench.harness import bench_size, measure, record
+from bench.harness import auto_lirpa, bench_size, measure, record
 
 FULL_P = (1, 16, 64, 256)
 QUICK = [  # (model, method, batch, populations)
@@ -96,12 +96,7 @@ def test_population_bounds(benchmark, request, device, model, method, B, P, impl
 
 def _lirpa_loop(module, net, params, P, x, y, eps, method):
     """auto_LiRPA bounding the members one at a time (skips when auto_LiRPA is not installed)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import auto_LiRPA as lirpa
-    except ImportError as exc:
-        pytest.skip(f"auto_LiRPA is not installed ({exc}); see bench/test_peer_bench.py")
+    lirpa = auto_lirpa()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bounded = lirpa.BoundedModule(copy.deepcopy(module), torch.zeros_like(x[:1]), verbose=0)

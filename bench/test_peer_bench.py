@@ -23,7 +23,7 @@ import torch
 import gls
 from gls.app import data, models
 from bench import trained, workload
-from bench.harness import bench_size, measure, peak_extra_bytes, record
+from bench.harness import auto_lirpa, bench_size, measure, peak_extra_bytes, record
 
 CASES = [  # (method, P, B, grad)
     ("deeppoly", 8, 32, False),
@@ -37,16 +37,6 @@ ROUNDS = {"quick": 10, "full": 10}  # best of 10, gls and the peer alike: on a s
 # other load can slow several rounds in a row (seen on the 2-core EPYC: the same step 35-57 ms)
 
 
-def _lirpa():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import auto_LiRPA
-    except ImportError as exc:
-        pytest.skip(f"auto_LiRPA is not installed ({exc}); see this module's docstring")
-    return auto_LiRPA
-
-
 def pytest_generate_tests(metafunc):
     if metafunc.function.__name__ == "test_peer_bounds":
         metafunc.parametrize(("method", "P", "B", "grad", "impl"),
@@ -56,7 +46,7 @@ def pytest_generate_tests(metafunc):
 
 def _lirpa_loop(model, members, x, y, eps, method, grad):
     """One member at a time through auto_LiRPA: (run, closing) callables."""
-    lirpa = _lirpa()
+    lirpa = auto_lirpa()
     net = copy.deepcopy(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

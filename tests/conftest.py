@@ -69,8 +69,6 @@ def _compiled(op: str) -> list[tuple[str, str, list]]:
 
 def backend_params(op: str, *, reference: bool = False, float32_only_triton: bool = False) -> list:
     """pytest params of every Backend that runs `op` here."""
-    from gls import native
-
     out = [pytest.param(Backend(op, "reference", "cpu"), id="reference")] if reference else []
     out += [pytest.param(Backend(op, name, device), id=name, marks=marks) for name, device, marks in _compiled(op)]
     if HAS_TRITON:
