@@ -4,8 +4,8 @@ Both run alpha-CROWN with the same settings (20 iterations, Adam, lr 0.5, decay 
 early stop after 10 iterations without gain, intermediate bounds fixed at their CROWN/DeepPoly values),
 on networks without input normalisation (auto_LiRPA 0.7.1's CROWN can be unsound with a Normalize
 before a padded convolution: /work/shared/vendor/README.md), over the same input box and margin
-specification. The trained cnn3 (bench/trained.py) has its Normalize layer removed and gets normalised
-inputs, box and domain instead: the same function on the same region.
+specification. The trained cnn3 and MLP (bench/trained.py) have their Normalize layer removed and get
+normalised inputs, box and domain instead: the same function on the same region.
 
 auto_LiRPA 0.7.1 under torch 2.14 needs a patch to optimise at all (the vendor README): its two slope
 clamps in BoundRelu._relu_mask_alpha give no gradient at 0 and 1, where every slope starts. This
@@ -38,7 +38,7 @@ from bench import trained, workload
 from bench.harness import auto_lirpa, bench_size, best_time, measure, record
 
 SETTINGS = {"iteration": 20, "lr_alpha": 0.5, "lr_decay": 0.98, "early_stop_patience": 10}
-NETS = ("random-mlp", "random-cnn", "trained-cnn3")
+NETS = ("random-mlp", "random-cnn", "trained-mlp", "trained-cnn3")
 SPEED_IMPLS = ("gls", "lirpa")
 ROUNDS = {"quick": 1, "full": 3}
 
@@ -74,13 +74,14 @@ def _patched():
 def _problem(name: str, B: int, device):
     """(model without normalisation, x, labels, eps, domain) in the space the model reads."""
     x, y = trained.mnist_test(B)
-    if name == "trained-cnn3":
-        model = trained.load("cnn3")
+    if name.startswith("trained-"):
+        base = name.removeprefix("trained-")
+        model = trained.load(base)
         norm = model[0]
         mean, std = float(norm.mean), float(norm.std)
         model = nn.Sequential(*list(model)[1:]).eval()
         x_n = (x - mean) / std
-        return model.to(device), x_n.to(device), y.to(device), trained.EPS["cnn3"] / std, ((0 - mean) / std, (1 - mean) / std)
+        return model.to(device), x_n.to(device), y.to(device), trained.EPS[base] / std, ((0 - mean) / std, (1 - mean) / std)
     torch.manual_seed(0)
     if name == "random-mlp":
         model = nn.Sequential(nn.Flatten(), nn.Linear(784, 200), nn.ReLU(), nn.Linear(200, 200), nn.ReLU(),
