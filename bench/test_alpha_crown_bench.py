@@ -3,7 +3,7 @@
 Both run alpha-CROWN with the same settings (20 iterations, Adam, lr 0.5, decay 0.98, keep the best,
 early stop after 10 iterations without gain, intermediate bounds fixed at their CROWN/DeepPoly values),
 on networks without input normalisation (auto_LiRPA 0.7.1's CROWN can be unsound with a Normalize
-before a padded convolution: /work/shared/vendor/README.md), over the same input box and margin
+before a padded convolution, as the README of the vendored peer archive says), over the same input box and margin
 specification. The trained cnn3 and MLP (bench/trained.py) have their Normalize layer removed and get
 normalised inputs, box and domain instead: the same function on the same region.
 

@@ -9,9 +9,9 @@ is kept (the slopes are stored densely, (P, B, S, N) per ReLU, only the unstable
 is the elementwise max with DeepPoly's own bound, so it is never looser. Defaults are auto_LiRPA 0.7.1's
 (iterations 20, Adam lr 0.5, lr decay 0.98 per iteration, early stop after 10 iterations without gain).
 
-The slopes enter the bound through torch.where, never a clamp: torch 2.14's clamp gives no gradient at
-its bounds, where every slope starts (/work/shared/vendor/README.md). They are kept in [0, 1] by
-clipping after each Adam step.
+The slopes enter the bound through torch.where, never a clamp: torch 2.14's clamp(x, 0, 1) gives no
+gradient where x is exactly 0 or 1, where every DeepPoly slope starts (it is why auto_LiRPA 0.7.1's
+alpha-CROWN does not move under torch 2.14). They are kept in [0, 1] by clipping after each Adam step.
 
 sound=True optimises in float32, then evaluates the chosen slopes with gls.sound's float64 back-
 substitution and rounding allowance (its argument holds for any lower line a z with a in [0, 1]: the
