@@ -186,7 +186,8 @@ def _parse(module: nn.Module, prefix: str = "", seen: dict | None = None) -> lis
     return out
 
 
-def _conv_padding(m: nn.Conv2d) -> tuple[int, int]:
+def conv_padding(m: nn.Conv2d) -> tuple[int, int]:
+    """A Conv2d's padding as numbers ('same' is symmetric here: odd reach; the parser refuses the rest)."""
     if m.padding == "valid":
         return (0, 0)
     if m.padding == "same":
@@ -271,7 +272,7 @@ class Network:
                 else:
                     if len(shape) != 3 or shape[0] != m.in_channels:
                         raise ValueError(f"{where} expects per-sample inputs (C={m.in_channels}, H, W), gets {shape}")
-                    pad = _conv_padding(m)
+                    pad = conv_padding(m)
                     hw = [(shape[1 + j] + 2 * pad[j] - m.dilation[j] * (m.kernel_size[j] - 1) - 1) // m.stride[j] + 1 for j in range(2)]
                     if min(hw) < 1:
                         raise ValueError(f"{where}: input {shape} is smaller than the kernel")

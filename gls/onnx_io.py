@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gls.net import Network
+from gls.net import Network, conv_padding
 from gls.nn import Normalize
 
 OPSET = 13
@@ -70,7 +70,7 @@ def to_onnx(model: nn.Sequential, in_shape, path: str | os.PathLike | None = Non
             nodes.append(helper.make_node("Gemm", ins, [out], name=tag, transB=1))
             shape = (m.out_features,)
         elif layer.kind == "conv":
-            pad = _padding(m)
+            pad = conv_padding(m)
             ins = [cur, const(f"{tag}.weight", m.weight)] + ([const(f"{tag}.bias", m.bias)] if m.bias is not None else [])
             nodes.append(helper.make_node("Conv", ins, [out], name=tag, kernel_shape=list(m.kernel_size),
                                           strides=list(m.stride), pads=[pad[0], pad[1], pad[0], pad[1]],
@@ -100,15 +100,6 @@ def to_onnx(model: nn.Sequential, in_shape, path: str | os.PathLike | None = Non
     if path is not None:
         onnx.save(proto, str(path))
     return proto
-
-
-def _padding(m: nn.Conv2d) -> tuple[int, int]:
-    """A Conv2d's padding as numbers ('same' is symmetric here: gls.net refuses the asymmetric case)."""
-    if m.padding == "valid":
-        return (0, 0)
-    if m.padding == "same":
-        return tuple(d * (k - 1) // 2 for d, k in zip(m.dilation, m.kernel_size))
-    return tuple(m.padding)
 
 
 # ------------------------------------------------------------------------------------------ import
