@@ -200,6 +200,19 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, *, all_rows, wi
     return l.scatter(-1, idx, l_new), u.scatter(-1, idx, u_new)
 
 
+def _relaxations(segs, boxes, method, x_lo, x_hi, in_shape, backend, *, all_rows, intersect_ibp):
+    """([(l, u)] pre-activation bounds, [(a_l, c_l, a_u, c_u)] lines) of every ReLU layer: IBP's boxes,
+    refined by back-substitution for hbox/deeppoly (not the first layer when one Linear/Conv precedes it)."""
+    pre, relax = [], []
+    for k, (l, u) in enumerate(boxes):
+        if method in ("hbox", "deeppoly") and (k > 0 or count_maps(segs[0]) > 1):
+            l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, all_rows=all_rows or not intersect_ibp,
+                           windows=not all_rows, intersect_ibp=intersect_ibp)
+        pre.append((l, u))
+        relax.append(ops.relu_relax(l, u, method, backend=backend))
+    return pre, relax
+
+
 # Methods built on this module, method name -> function with compute_bounds's keywords (member_chunk and rows
 # aside); gls.alpha_crown registers "alpha-crown" (it imports this module, so this one cannot import it).
 EXTENSIONS: dict = {}
@@ -214,13 +227,8 @@ def deeppoly_pass(net: Network, params: dict, x, eps, *, domain, backend=None, i
     x_lo, x_hi = input_region(x, eps, domain)
     segs = net.plan(params, x.shape[1:], x.dtype)
     boxes, _ = ibp_boxes(segs, x_lo, x_hi, P, backend)
-    pre, relax = [], []
-    for k, (l, u) in enumerate(boxes):
-        if k > 0 or count_maps(segs[0]) > 1:
-            l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, x.shape[1:], backend, all_rows=not intersect_ibp,
-                           windows=True, intersect_ibp=intersect_ibp)
-        pre.append((l, u))
-        relax.append(ops.relu_relax(l, u, "deeppoly", backend=backend))
+    pre, relax = _relaxations(segs, boxes, "deeppoly", x_lo, x_hi, x.shape[1:], backend, all_rows=False,
+                              intersect_ibp=intersect_ibp)
     return segs, x_lo, x_hi, pre, relax
 
 
@@ -301,12 +309,8 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
                             l_last.reshape(P * B, N), u_last.reshape(P * B, N),  # members ride the batch axis
                             backend=backend).reshape(P, B, S2)
     else:
-        relax = []
-        for k, (l, u) in enumerate(boxes):
-            if method in ("hbox", "deeppoly") and (k > 0 or count_maps(segs[0]) > 1):
-                l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, x.shape[1:], backend, all_rows=all_rows or not intersect_ibp,
-                               windows=not all_rows, intersect_ibp=intersect_ibp)
-            relax.append(ops.relu_relax(l, u, method, backend=backend))
+        _, relax = _relaxations(segs, boxes, method, x_lo, x_hi, x.shape[1:], backend, all_rows=all_rows,
+                                intersect_ibp=intersect_ibp)
         lb = _backsub(lam, segs, relax, len(boxes), x_lo, x_hi, backend, windows=not all_rows)
     if bound == "lower":
         return Bounds(lb, None)
