@@ -146,6 +146,13 @@ class _Pass:
                 l, u = l.clamp(min=0), u.clamp(min=0)
         self.relax = []
 
+    @classmethod
+    def of(cls, segs, lo, hi, P, rows):
+        """A pass whose rounding allowance covers its longest dot product (the input, `rows` specification
+        rows, every op's widths)."""
+        dims = [lo.shape[-1], rows] + [d for seg in segs for op in seg for d in (op.n_in, op.n_out)]
+        return cls(segs, lo, hi, P, _gamma(max(dims) + 2))
+
     def lower(self, lam, upto):
         """Sound lower bound of lam . (output of segs[upto]) over the input region."""
         G = self.G
@@ -225,6 +232,15 @@ def _refine(ps: _Pass, k: int, method: str, intersect_ibp: bool) -> tuple[torch.
     return l.index_copy(-1, idx, l_bs), u.index_copy(-1, idx, u_bs)
 
 
+def _relax_layers(ps: _Pass, method: str, intersect_ibp: bool) -> None:
+    """Every ReLU layer's rigorous bounds in ps.pre (refined for hbox/deeppoly, but not the first layer
+    when one Linear/Conv precedes it) and its lines in ps.relax."""
+    for k in range(len(ps.segs) - 1):
+        if method in ("hbox", "deeppoly") and (k > 0 or count_maps(ps.segs[0]) > 1):
+            ps.pre[k] = _refine(ps, k, method, intersect_ibp)
+        ps.relax.append(_lines(*ps.pre[k], method))
+
+
 def _region(x: torch.Tensor, eps, domain) -> tuple[torch.Tensor, torch.Tensor]:
     """The input box in float64, every bound moved one float outward before clipping (point 1)."""
     input_region(x, eps, domain)  # the checks
@@ -267,17 +283,13 @@ def sound_bounds(net, params: dict, x: torch.Tensor, eps, *, method: str, labels
             S = C.shape[1]
             if bound == "both":
                 C = torch.cat([C, -C], dim=1)
-            dims = [lo.shape[-1], C.shape[1]] + [d for seg in segs for op in seg for d in (op.n_in, op.n_out)]
-            ps = _Pass(segs, lo, hi, Pc, _gamma(max(dims) + 2))
+            ps = _Pass.of(segs, lo, hi, Pc, C.shape[1])
             lam = C.unsqueeze(0).expand(Pc, *C.shape).contiguous()
             last = len(segs) - 1
             if method == "ibp":
                 lb = ps.ibp_lower(lam)
             else:
-                for k in range(last):
-                    if method in ("hbox", "deeppoly") and (k > 0 or count_maps(segs[0]) > 1):
-                        ps.pre[k] = _refine(ps, k, method, intersect_ibp)
-                    ps.relax.append(_lines(*ps.pre[k], method))
+                _relax_layers(ps, method, intersect_ibp)
                 lb = ps.lower(lam, last)
             parts.append(lb)
         lb = _to_dtype_down(torch.cat(parts), dtype)
@@ -302,13 +314,9 @@ def deeppoly_lower_with_slopes(net, params: dict, x: torch.Tensor, eps, C: torch
         p64 = {n: t.detach().double() for n, t in params.items()}
         segs = net.plan(p64, x.shape[1:], torch.float64, sound=True)
         P = next(iter(p64.values())).shape[0] if p64 else 1
-        dims = [lo.shape[-1], S] + [d for seg in segs for op in seg for d in (op.n_in, op.n_out)]
-        ps = _Pass(segs, lo, hi, P, _gamma(max(dims) + 2))
+        ps = _Pass.of(segs, lo, hi, P, S)
         last = len(segs) - 1
-        for k in range(last):
-            if k > 0 or count_maps(segs[0]) > 1:
-                ps.pre[k] = _refine(ps, k, "deeppoly", intersect_ibp)
-            ps.relax.append(_lines(*ps.pre[k], "deeppoly"))
+        _relax_layers(ps, "deeppoly", intersect_ibp)
 
         def rows(t, dim):  # (.., B, ..) -> (.., B * S, ..): each sample once per row
             return t.repeat_interleave(S, dim=dim)
