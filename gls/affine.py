@@ -10,7 +10,6 @@ no Linear/Conv) and back-substitution through Conv (a grouped transposed convolu
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +47,7 @@ class Dense:
 
     def ibp(self, mid, rad, backend=None):
         """Interval step; an explicit backend (keyword or GLS_BACKEND) runs gls.ops.ibp_affine on it."""
-        if backend is not None or os.environ.get("GLS_BACKEND"):
+        if ops.backend_requested(backend):
             return ops.ibp_affine(mid, rad, self.W, self.b, backend=backend)
         W, b = _shared(self.W, self.b)
         choice = paths.choose(f"linear {self.n_in}->{self.n_out}", mid, rad, W, None)

@@ -136,6 +136,12 @@ def resolve(op: str, device: torch.device, backend: str | None = None) -> tuple[
     raise AssertionError("unreachable: the reference always resolves")
 
 
+def backend_requested(backend: str | None = None) -> bool:
+    """Whether a backend was asked for, by the keyword or GLS_BACKEND: code that could avoid the ops (a
+    plain-PyTorch path) then calls them, so the backend asked for runs."""
+    return backend is not None or bool(os.environ.get("GLS_BACKEND"))
+
+
 def _call(op: str, backend: str | None, device: torch.device, *args):
     return resolve(op, device, backend)[1](*args)
 
