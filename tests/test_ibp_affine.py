@@ -72,6 +72,21 @@ def test_cases_match_reference(backend, case):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("B", [4, 9])
+def test_members_as_views_of_one_population(backend, B):
+    """W's members as views into one (P, d) tensor (a population's layout, read in place by the CPU
+    kernel), with more inputs than one block of the CPU kernel holds (8192 floats), at a batch that takes
+    the dot-product path (<= 8 rows) and one that takes the blocked GEMMs."""
+    P, n_in, n_out = 3, 8200, 5
+    flat = torch.randn(P, n_out * n_in + 7, device=backend.device)
+    W = flat[:, 7:].view(P, n_out, n_in)
+    assert not W.is_contiguous()
+    mid, rad = torch.randn(P, B, n_in, device=backend.device), torch.rand(P, B, n_in, device=backend.device)
+    b = torch.randn(P, n_out, device=backend.device)
+    for got, want in zip(backend(mid, rad, W, b), ref.ibp_affine(mid.double(), rad.double(), W.double(), b.double())):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-3)
+
+
 def test_non_contiguous_inputs(backend):
     mid, rad, W, b = _args((2, 2, 2, 2), 3, 5, 4, True, device=backend.device)
     W_t = W.transpose(1, 2).contiguous().transpose(1, 2)

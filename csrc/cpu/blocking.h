@@ -106,16 +106,16 @@ class Gemm {
       blas(c, a, b, accumulate);
   }
 
-  // c = a @ b whose row count follows the data, with no room past it.
-  void rows_from_data(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b) const {
+  // c = a @ b (c += a @ b with `accumulate`) whose row count follows the data, with no room past it.
+  void rows_from_data(const at::Tensor& c, const at::Tensor& a, const at::Tensor& b, bool accumulate = false) const {
     const int64_t n = c.size(0), q = leading(n);
     if (q == n) {
-      (*this)(c, a, b);
+      (*this)(c, a, b, accumulate);
     } else if (!onednn(q * a.size(1) * b.size(1), a.scalar_type())) {
-      blas(c, a, b, false);
+      blas(c, a, b, accumulate);
     } else {
-      at::native::mkldnn_matmul(a.narrow(0, 0, q), b, c.narrow(0, 0, q), 0.f, 1.f);
-      blas(c.narrow(0, q, n - q), a.narrow(0, q, n - q), b, false);
+      at::native::mkldnn_matmul(a.narrow(0, 0, q), b, c.narrow(0, 0, q), accumulate ? 1.f : 0.f, 1.f);
+      blas(c.narrow(0, q, n - q), a.narrow(0, q, n - q), b, accumulate);
     }
   }
 
@@ -136,13 +136,13 @@ class Gemm {
   bool onednn_ = false;
 };
 
-// C = A @ B on raw blocks through `gemm`, the row count m following the data. `b_transposed`: B is stored
-// as its (cols x k) transpose.
+// C = A @ B (C += A @ B with `accumulate`) on raw blocks through `gemm`, the row count m following the
+// data. `b_transposed`: B is stored as its (cols x k) transpose.
 template <typename T>
 void gemm_block(const Gemm& gemm, int64_t m, int64_t n, int64_t k, const T* A, int64_t lda, const T* B, int64_t ldb,
-                bool b_transposed, T* C, int64_t ldc) {
+                bool b_transposed, T* C, int64_t ldc, bool accumulate = false) {
   const at::Tensor b = b_transposed ? matrix_view(B, n, k, ldb).t() : matrix_view(B, k, n, ldb);
-  gemm.rows_from_data(matrix_view(C, m, n, ldc), matrix_view(A, m, k, lda), b);
+  gemm.rows_from_data(matrix_view(C, m, n, ldc), matrix_view(A, m, k, lda), b, accumulate);
 }
 
 // Partial sums per row reduction: one cache line of T, enough for AVX-512 with no reassociation.
