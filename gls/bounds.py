@@ -66,6 +66,38 @@ def _margin(scale: torch.Tensor) -> torch.Tensor:
     return scale * (_ULPS * torch.finfo(scale.dtype).eps)
 
 
+def _box_step(mid, rad):
+    """(l, u) of the box mid -+ rad widened by _margin, and (mid, rad) of its image under ReLU."""
+    d = _margin(mid.abs() + rad).detach()
+    l, u = mid - rad - d, mid + rad + d
+    lp, up = l.relu(), u.relu()
+    return l, u, (up + lp) / 2, (up - lp) / 2
+
+
+BOX_BLOCK = 1 << 16  # elements per block of _box_steps: its few live blocks stay in L2
+
+
+def _box_steps(mid, rad):
+    """_box_step, in blocks of BOX_BLOCK elements where no gradient is taken. Its ten elementwise passes
+    over a whole population's layer (4M floats for CNN7 at P = 16, B = 4) ran from memory, where a loop
+    of single members ran them from cache, and lost the batched pass to that loop. Same numbers."""
+    if mid.shape != rad.shape or mid.numel() <= BOX_BLOCK or (
+            torch.is_grad_enabled() and (mid.requires_grad or rad.requires_grad)):
+        return _box_step(mid, rad)
+    m, r = mid.contiguous().view(-1), rad.contiguous().view(-1)
+    out = [torch.empty_like(m) for _ in range(4)]
+    scale = _ULPS * torch.finfo(m.dtype).eps  # as _margin
+    for i in range(0, m.numel(), BOX_BLOCK):  # _box_step's operations, in its order, into the outputs
+        mb, rb, l, u, mid2, rad2 = (t[i:i + BOX_BLOCK] for t in (m, r, *out))
+        d = torch.add(mb.abs(), rb).mul_(scale)
+        torch.sub(mb, rb, out=l).sub_(d)
+        torch.add(mb, rb, out=u).add_(d)
+        lp, up = l.relu(), u.relu()
+        torch.add(up, lp, out=mid2).div_(2)
+        torch.sub(up, lp, out=rad2).div_(2)
+    return tuple(o.view(mid.shape) for o in out)
+
+
 def ibp_boxes(segs, x_lo, x_hi, P, backend):
     """IBP boxes (l, u), each (P, B, N), of every ReLU's pre-activation (widened by _margin), and the box
     of the last affine layer's input; segs from Network.plan, x_lo/x_hi the flat input box
@@ -74,11 +106,8 @@ def ibp_boxes(segs, x_lo, x_hi, P, backend):
     boxes = []
     for seg in segs[:-1]:
         mid, rad = _interval(seg, mid, rad, backend)
-        d = _margin(mid.abs() + rad).detach()
-        l, u = _full(mid - rad - d, P), _full(mid + rad + d, P)
-        boxes.append((l, u))
-        l, u = l.relu(), u.relu()
-        mid, rad = (u + l) / 2, (u - l) / 2
+        l, u, mid, rad = _box_steps(mid, rad)
+        boxes.append((_full(l, P), _full(u, P)))
     mid, rad = _interval(segs[-1][:-1], mid, rad, backend)
     return boxes, (_full(mid - rad, P), _full(mid + rad, P))
 
@@ -213,6 +242,30 @@ def _relaxations(segs, boxes, method, x_lo, x_hi, in_shape, backend, *, all_rows
     return pre, relax
 
 
+IBP_OUTPUT_BLOCK = 1 << 18  # coefficients of C W per block of members in _ibp_output: the block stays in L2
+
+
+def _ibp_output(last, lam, l_last, u_last, backend):
+    """IBP's bound of C z: C (lam (P, B, S, K)) folded into the last affine layer (W' = C W, b' = C b) and
+    evaluated on the box (l_last, u_last) of its input, members riding the batch axis of concretize.
+    A Dense layer goes in blocks of members whose C W fits IBP_OUTPUT_BLOCK: over a whole population
+    (75 MB for cnn3 at P = 16, B = 64) it was written to memory and read back."""
+    P, B, S, _ = lam.shape
+    N = l_last.shape[-1]
+    step = P
+    if isinstance(last, Dense) and P > 1:
+        step = max(1, IBP_OUTPUT_BLOCK // (B * S * N))
+    out = []
+    for i in range(0, P, step):
+        op = last if step == P else Dense(*(t if t is None or t.shape[0] == 1 else t[i:i + step] for t in (last.W, last.b)))
+        g, bias = op.back(lam[i:i + step])
+        p = g.shape[0]
+        out.append(ops.concretize(g.reshape(1, p * B, S, N), bias.reshape(1, p * B, S),
+                                  l_last[i:i + p].reshape(p * B, N), u_last[i:i + p].reshape(p * B, N),
+                                  backend=backend).reshape(p, B, S))
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
 # Methods built on this module, method name -> function with compute_bounds's keywords (member_chunk and rows
 # aside); gls.alpha_crown registers "alpha-crown" (it imports this module, so this one cannot import it).
 EXTENSIONS: dict = {}
@@ -284,7 +337,7 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     if sound:
         return sound_bounds(net, params, x, eps, method=method, labels=labels, spec=spec, domain=domain,
                             bound=bound, member_chunk=member_chunk, intersect_ibp=intersect_ibp)
-    chunk = member_chunk_size(member_chunk, P, x.shape[0], x.device, method)
+    chunk = member_chunk_size(member_chunk, P, x.shape[0], x.device, method, dense=not net.has_conv)
     if chunk < P:
         parts = [compute_bounds(net, x, eps, method=method, labels=labels, spec=spec, domain=domain, bound=bound,
                                 params={n: t[i:i + chunk] for n, t in params.items()}, backend=backend,
@@ -303,11 +356,7 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
 
     boxes, (l_last, u_last) = ibp_boxes(segs, x_lo, x_hi, P, backend)
     if method == "ibp":
-        lam, bias = segs[-1][-1].back(lam)  # C folded into the last affine layer
-        S2, N = lam.shape[-2:]
-        lb = ops.concretize(lam.reshape(1, P * B, S2, N), bias.reshape(1, P * B, S2),  # per-member boxes:
-                            l_last.reshape(P * B, N), u_last.reshape(P * B, N),  # members ride the batch axis
-                            backend=backend).reshape(P, B, S2)
+        lb = _ibp_output(segs[-1][-1], lam, l_last, u_last, backend)
     else:
         _, relax = _relaxations(segs, boxes, method, x_lo, x_hi, x.shape[1:], backend, all_rows=all_rows,
                                 intersect_ibp=intersect_ibp)

@@ -241,6 +241,10 @@ class Network:
     def num_relus(self) -> int:
         return sum(layer.kind == "relu" for layer in self.layers)
 
+    @property
+    def has_conv(self) -> bool:
+        return any(layer.kind == "conv" for layer in self.layers)
+
     def params(self, model: nn.Module | None = None) -> dict:
         """The model's own parameters as a P = 1 population (views, so gradients reach the model)."""
         model = self.module if model is None else model

@@ -154,13 +154,19 @@ def count_maps(seg) -> int:
 # DeepPoly: every (member, sample) of a pass back-substitutes as many rows as the most unstable one,
 # so smaller passes pad less; measured on the trained cnn3 (bench/trained.py), DeepPoly, P = 64, B = 32,
 # 2 threads: 4 members per pass 1.50 s, 2: 1.66 s, 8: 1.68 s; 1 thread: 4: 2.51 s, 32: 3.09 s.
+# Without convolutions (no windowed rows, whose kernels gain from more members per call) batching
+# members only pads: bench.workload's MLP, DeepPoly, B = 8, P = 16, 1 thread: 1 or 2 members per pass
+# 119-122 ms, 4-16: 165-190 ms, the loop of single-member calls 148 ms.
 CPU_ROWS_PER_PASS = {"ibp": 1024, "crown-ibp": 1024, "hbox": 128, "deeppoly": 128}
+CPU_ROWS_PER_PASS_DENSE = {**CPU_ROWS_PER_PASS, "hbox": 16, "deeppoly": 16}
 
 
-def member_chunk_size(member_chunk, P: int, B: int, device: torch.device, method: str) -> int:
-    """Members bounded per pass: `member_chunk`, else all on a GPU and CPU_ROWS_PER_PASS / B on a CPU."""
+def member_chunk_size(member_chunk, P: int, B: int, device: torch.device, method: str, dense: bool = False) -> int:
+    """Members bounded per pass: `member_chunk`, else all on a GPU and CPU_ROWS_PER_PASS / B on a CPU
+    (CPU_ROWS_PER_PASS_DENSE for a network without convolutions: `dense`)."""
     if member_chunk is None:
-        return P if device.type != "cpu" else max(1, CPU_ROWS_PER_PASS[method] // max(B, 1))
+        rows = (CPU_ROWS_PER_PASS_DENSE if dense else CPU_ROWS_PER_PASS)[method]
+        return P if device.type != "cpu" else max(1, rows // max(B, 1))
     if isinstance(member_chunk, bool) or not isinstance(member_chunk, int) or member_chunk < 1:
         raise ValueError(f"member_chunk must be a positive int or None, got {member_chunk!r}")
     return member_chunk
