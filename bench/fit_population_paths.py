@@ -4,14 +4,16 @@ bench.workload's networks, fit each one's constants by non-negative least square
     python -m bench.fit_population_paths [--threads 2] [--rounds 3] [--out fit.json]
 
 Layers: every Linear/Conv interval step of mlp (B = 64), cnn3 (B = 8, 64) and cnn7 (B = 4) as the
-IBP pass meets them (the first one with its input shared by the members), populations 16 and 64 (cnn7:
-16), and shared weights (folded) at P = 16; random centres and radii. A time is the best of `rounds` calls after
-one warm-up. The model, per (path, pairing): t = c_call * calls + c_mac * multiply-adds + c_elem *
-elements moved (gls.population_paths.features). Paste the printed dict into COSTS[<device type>].
+IBP pass meets them (the first one with its input shared by the members), populations 1, 16 and 64
+(cnn7: 1, 16), and shared weights (folded) at P = 16; random centres and radii. A time is the best of
+`rounds` calls after one warm-up, the candidates timed in turns. The model, per (path, pairing): t =
+c_call * calls + c_mac * multiply-adds + c_elem * elements moved (gls.population_paths.features).
+Paste the printed dict into COSTS[<device type>].
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -24,16 +26,22 @@ from gls import population_paths as pp
 from gls.affine import Conv, Dense
 from bench import workload
 
-GRID = [("mlp", 64, (16, 64)), ("cnn3", 8, (16, 64)), ("cnn3", 64, (16, 64)), ("cnn7", 4, (16,))]
+GRID = [("mlp", 64, (1, 16, 64)), ("cnn3", 8, (1, 16, 64)), ("cnn3", 64, (1, 16, 64)), ("cnn7", 4, (1, 16))]
 
 
-def _best(fn, rounds: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
+def _best(fns: dict, rounds: int) -> dict:
+    """{key: best of `rounds` timings} of the calls in `fns`, after one warm-up each, in turns (one
+    round of every call, then the next round), so that a spell of load from other work hits every
+    candidate alike rather than the ones measured while it lasted."""
+    best = {}
+    for key, fn in fns.items():
         fn()
-        best = min(best, time.perf_counter() - t)
+        best[key] = float("inf")
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t)
     return best
 
 
@@ -67,8 +75,10 @@ def measure(rounds: int):
                         w.copy_(W.expand(gw, *W.shape[1:]) * (1 + 0.01 * torch.randn(gw, *W.shape[1:])))
                         bb = b.expand(gw, -1).contiguous()
                         mid, rad = torch.randn(gx, B, n_in), torch.rand(gx, B, n_in)
-                        for path, pairing in pp.candidates(gx, gw, geo is None):
-                            t = _best(lambda: pp.interval(path, pairing, mid, rad, w, bb, geo), rounds)  # noqa: B023
+                        cands = pp.candidates(gx, gw, geo is None)
+                        times = _best({(path, pairing): functools.partial(pp.interval, path, pairing, mid, rad, w, bb, geo)
+                                       for path, pairing in cands}, rounds)
+                        for (path, pairing), t in times.items():
                             f = pp.features(path, pairing, gx, gw, B, tuple(w.shape), geo, w.is_contiguous())
                             rows.append(dict(layer=label, kind="linear" if geo is None else "conv", B=B, gx=gx, gw=gw,
                                              path=path, pairing=pairing, seconds=t, features=f))
@@ -81,15 +91,18 @@ def _key(row) -> tuple[str, str, str]:
 
 
 def fit(rows):
-    """{(kind, path, pairing): (c_call, c_mac, c_elem)} by non-negative least squares on the times
-    (absolute error: the long layers, which decide a pass's time, weigh most; fitting relative errors
-    instead let noisy short layers make im2col look fast, and its picks took 4x the best here)."""
+    """{(kind, path, pairing): (c_call, c_mac, c_elem)} by non-negative least squares on the times, each
+    weighted by 1 / sqrt(its time). Absolute errors let CNN7's 0.3-0.8 s Linear layer set every constant
+    and mispredicted the MLP's layers by 3-8x (picks 2.6x the fastest); relative errors let noisy short
+    layers make im2col look fast (picks 4x the fastest, before the candidates were timed in turns); the
+    middle way had the lowest summed and worst-layer regret on the timings of the fit in COSTS."""
     out = {}
     for key in sorted({_key(r) for r in rows}):
         sel = [r for r in rows if _key(r) == key]
         A = np.array([r["features"] for r in sel], dtype=float)
         t = np.array([r["seconds"] for r in sel])
-        coef, _ = nnls(A, t)
+        w = 1 / np.sqrt(t)
+        coef, _ = nnls(A * w[:, None], t * w)
         worst = float(np.max(np.abs(A @ coef / t - 1)))
         out[key] = tuple(float(f"{c:.4g}") for c in coef)
         print(f"{key}: {out[key]}  (worst relative error {worst:.0%} over {len(t)} layers)")

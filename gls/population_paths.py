@@ -10,8 +10,8 @@ shared by every member, as the input of the first layer is) to (Q, B, n_out). Th
 * ``bmm`` (convolutions): im2col (F.unfold) and one batched GEMM over the members.
 * ``loop``: one convolution per member; for a Linear layer one gls.ops.ibp_affine call per member.
 * ``op`` (Linear only): gls.ops.ibp_affine, the fused kernel of the backend (reads W once for both). It
-  copies a W that is not contiguous (a population's members are views into one (P, d) tensor), which
-  for CNN7's 32768 x 512 layer costs more than the product; one call per member needs no copy.
+  reads the members where they lie (a population's members are views into one (P, d) tensor); the
+  other one-call paths copy such a W into one block.
 
 An interval step needs x W^T + b for the centre and |x| |W|^T for the radius. ``paired`` runs both as
 one call on a population of 2Q ((mid, W) and (rad, |W|)), ``separate`` as two calls.
@@ -198,7 +198,8 @@ def interval(path: str, pairing: str, mid, rad, w, b, geo: Geometry | None, back
 def features(path: str, pairing: str, gx: int, gw: int, B: int, w_shape, geo: Geometry | None,
              w_contiguous: bool = True) -> tuple[float, ...]:
     """(calls, multiply-adds, elements moved) of an interval step along (path, pairing); a W that is not
-    contiguous is copied by the one-call paths (not by the loops, whose members are contiguous blocks)."""
+    contiguous is copied by the one-call paths (not by the loops, whose members are contiguous blocks, nor
+    by the fused op, which reads each member in place)."""
     q = max(gx, gw)
     if geo is None:
         n_out, n_in = w_shape[-2:]
@@ -216,38 +217,34 @@ def features(path: str, pairing: str, gx: int, gw: int, B: int, w_shape, geo: Ge
     calls = {"loop": q if geo is None else 2 * q, "op": 1}.get(path, 2 if pairing == "separate" else 1)
     if pairing == "paired" and path not in FUSED:
         moved += x_read + w_elems  # the concatenated inputs and weights
-    if not w_contiguous and path != "loop":
+    if not w_contiguous and path not in FUSED:
         moved += w_elems  # read and written once more
     return float(calls), float(macs), float(moved)
 
 
 # Fitted constants (seconds per call, per multiply-add, per element moved) per (kind, path, pairing),
-# per device type. cpu: `python -m bench.fit_population_paths` (its docstring gives the layers and
-# sizes) on the 2-core Intel Xeon development machine, 2 torch threads, the best of 3 in each of two runs
-# at load average 5-6 from other work (single timings were off by up to 10x, so the fit's relative
-# errors on short layers are large). Over the 24 layers measured, the picks took 3.90 s against 3.70 s
-# for the fastest path of each and 4.83 s for one call for all members.
+# per device type. cpu: PROVISIONAL 1-thread fit.
 # cuda: not fitted yet, left to a GPU check (then the one-call default applies).
 COSTS: dict[str, dict[tuple[str, str, str], tuple[float, float, float]] | None] = {
     "cpu": {
-        ('conv', 'bmm', 'paired'): (0.0, 0.0, 1.151e-08),
-        ('conv', 'bmm', 'separate'): (0.0, 0.0, 1.256e-08),
-        ('conv', 'folded', 'paired'): (0.00068, 1.756e-11, 6.1e-09),
-        ('conv', 'folded', 'separate'): (0.002771, 3.04e-11, 4.838e-10),
-        ('conv', 'grouped', 'paired'): (0.0, 0.0, 8.312e-09),
-        ('conv', 'grouped', 'separate'): (0.0, 0.0, 9.463e-09),
-        ('conv', 'loop', 'paired'): (0.0005034, 0.0, 1.664e-08),
-        ('conv', 'loop', 'separate'): (0.001311, 8.262e-11, 2.52e-09),
-        ('conv', 'stacked', 'paired'): (0.0, 2.729e-10, 5.184e-10),
-        ('conv', 'stacked', 'separate'): (0.0, 1.087e-10, 3.648e-09),
-        ('linear', 'folded', 'paired'): (0.0, 1.677e-10, 0.0),
-        ('linear', 'folded', 'separate'): (0.0, 8.745e-11, 0.0),
-        ('linear', 'grouped', 'paired'): (0.0, 8.446e-10, 1.214e-09),
-        ('linear', 'grouped', 'separate'): (0.0, 1.522e-10, 1.265e-09),
-        ('linear', 'loop', 'paired'): (0.0, 3.255e-10, 4.864e-10),
-        ('linear', 'op', 'paired'): (0.0, 8.393e-11, 1.559e-09),
-        ('linear', 'stacked', 'paired'): (0.0, 1.595e-10, 0.0),
-        ('linear', 'stacked', 'separate'): (0.0, 1.659e-10, 0.0),
+        ('conv', 'bmm', 'paired'): (0.0, 4.615e-13, 3.209e-09),
+        ('conv', 'bmm', 'separate'): (0.0, 1.725e-11, 2.476e-09),
+        ('conv', 'folded', 'paired'): (0.0, 1.518e-11, 2.053e-09),
+        ('conv', 'folded', 'separate'): (0.001407, 1.913e-11, 0.0),
+        ('conv', 'grouped', 'paired'): (0.0, 9.08e-12, 3.272e-09),
+        ('conv', 'grouped', 'separate'): (0.0, 1.029e-11, 3.277e-09),
+        ('conv', 'loop', 'paired'): (7.237e-05, 1.791e-11, 1.71e-09),
+        ('conv', 'loop', 'separate'): (6.879e-05, 1.791e-11, 1.281e-09),
+        ('conv', 'stacked', 'paired'): (0.0, 0.0, 2.683e-09),
+        ('conv', 'stacked', 'separate'): (0.0, 4.227e-11, 1.014e-09),
+        ('linear', 'folded', 'paired'): (0.0, 6.633e-11, 0.0),
+        ('linear', 'folded', 'separate'): (0.0, 3.33e-11, 0.0),
+        ('linear', 'grouped', 'paired'): (0.0, 1.123e-11, 1.577e-09),
+        ('linear', 'grouped', 'separate'): (0.0, 2.944e-11, 6.739e-10),
+        ('linear', 'loop', 'paired'): (2.11e-05, 5.507e-11, 3.35e-10),
+        ('linear', 'op', 'paired'): (0.0, 6.024e-11, 3.06e-10),
+        ('linear', 'stacked', 'paired'): (0.0, 5.303e-11, 0.0),
+        ('linear', 'stacked', 'separate'): (0.0, 4.267e-11, 0.0),
     },
     "cuda": None,
 }
