@@ -1,14 +1,14 @@
 """Fit gls.population_paths' cost model on this machine: time every (path, pairing) on the interval steps of
 bench.workload's networks, fit each one's constants by non-negative least squares, print the COSTS entry.
 
-    python -m bench.fit_population_paths [--threads 2] [--rounds 3] [--out fit.json]
+    python -m bench.fit_population_paths [--threads 2] [--rounds 3] [--device cpu|cuda] [--networks ...] [--out fit.json]
 
 Layers: every Linear/Conv interval step of mlp (B = 64), cnn3 (B = 8, 64) and cnn7 (B = 4) as the
 IBP pass meets them (the first one with its input shared by the members), populations 1, 16 and 64
 (cnn7: 1, 16), and shared weights (folded) at P = 16; random centres and radii. A time is the best of
 `rounds` calls after one warm-up, the candidates timed in turns. The model, per (path, pairing): t =
 c_call * calls + c_mac * multiply-adds + c_elem * elements moved (gls.population_paths.features).
-Paste the printed dict into COSTS[<device type>].
+Paste the printed dict into COSTS[<device type>]; the GPU check (bench.gpu_check) runs this on a GPU.
 """
 from __future__ import annotations
 
@@ -29,7 +29,12 @@ from bench import workload
 GRID = [("mlp", 64, (1, 16, 64)), ("cnn3", 8, (1, 16, 64)), ("cnn3", 64, (1, 16, 64)), ("cnn7", 4, (1, 16))]
 
 
-def _best(fns: dict, rounds: int) -> dict:
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best(fns: dict, rounds: int, device: torch.device = torch.device("cpu")) -> dict:
     """{key: best of `rounds` timings} of the calls in `fns`, after one warm-up each, in turns (one
     round of every call, then the next round), so that a spell of load from other work hits every
     candidate alike rather than the ones measured while it lasted."""
@@ -39,8 +44,10 @@ def _best(fns: dict, rounds: int) -> dict:
         best[key] = float("inf")
     for _ in range(rounds):
         for key, fn in fns.items():
+            _sync(device)
             t = time.perf_counter()
             fn()
+            _sync(device)
             best[key] = min(best[key], time.perf_counter() - t)
     return best
 
@@ -60,24 +67,27 @@ def layers(name: str):
     return out
 
 
-def measure(rounds: int):
+def measure(rounds: int, device: torch.device = torch.device("cpu"), networks=None):
     rows = []
     with torch.inference_mode():
         for name, B, pops in GRID:
+            if networks and name not in networks:
+                continue
             for label, W, b, geo, first in layers(name):
+                W, b = W.to(device), b.to(device)
                 n_in = W.shape[-1] if geo is None else W.shape[2] * geo.in_shape[1] * geo.in_shape[2]
                 for P in pops:
                     shapes = [(1 if first else P, P)] + ([(P, 1)] if P == 16 and not first else [])
                     for gx, gw in shapes:
                         # members as views into one (gw, d + 1) tensor: W not contiguous, as in a population
-                        flat = torch.empty(gw, W[0].numel() + 1)
+                        flat = torch.empty(gw, W[0].numel() + 1, device=device)
                         w = flat[:, 1:].view(gw, *W.shape[1:])
-                        w.copy_(W.expand(gw, *W.shape[1:]) * (1 + 0.01 * torch.randn(gw, *W.shape[1:])))
+                        w.copy_(W.expand(gw, *W.shape[1:]) * (1 + 0.01 * torch.randn(gw, *W.shape[1:], device=device)))
                         bb = b.expand(gw, -1).contiguous()
-                        mid, rad = torch.randn(gx, B, n_in), torch.rand(gx, B, n_in)
+                        mid, rad = torch.randn(gx, B, n_in, device=device), torch.rand(gx, B, n_in, device=device)
                         cands = pp.candidates(gx, gw, geo is None)
                         times = _best({(path, pairing): functools.partial(pp.interval, path, pairing, mid, rad, w, bb, geo)
-                                       for path, pairing in cands}, rounds)
+                                       for path, pairing in cands}, rounds, device)
                         for (path, pairing), t in times.items():
                             f = pp.features(path, pairing, gx, gw, B, tuple(w.shape), geo, w.is_contiguous())
                             rows.append(dict(layer=label, kind="linear" if geo is None else "conv", B=B, gx=gx, gw=gw,
@@ -129,6 +139,9 @@ def regret(rows, costs) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where to time the layers: cpu (default) or cuda")
+    parser.add_argument("--networks", nargs="+", choices=[g[0] for g in GRID], default=None,
+                        help="only these networks' layers (default: all of GRID)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=None, help="also write the timings and the fit as JSON here")
     parser.add_argument("--timings", default=None, help="fit the timings of an earlier --out file, measure nothing")
@@ -138,13 +151,14 @@ def main(argv=None):
         with open(args.timings) as f:
             rows = json.load(f)["rows"]
     else:
-        rows = measure(args.rounds)
+        rows = measure(args.rounds, torch.device(args.device), args.networks)
     costs = fit(rows)
     print(regret(rows, costs))
-    print("COSTS entry:", "{" + ", ".join(f"{k!r}: {v!r}" for k, v in costs.items()) + "}")
+    print(f"COSTS[{torch.device(args.device).type!r}] entry:", "{" + ", ".join(f"{k!r}: {v!r}" for k, v in costs.items()) + "}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(rows=rows, costs={"/".join(k): v for k, v in costs.items()}), f, indent=1)
+            json.dump(dict(device=args.device, threads=args.threads, rows=rows, regret=regret(rows, costs),
+                           costs={"/".join(k): v for k, v in costs.items()}), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ With a CUDA device, against the torch it finds and installing nothing:
 3. sanitizer: compute-sanitizer memcheck and racecheck on the CUDA kernels' op tests, when it answers;
 4. fuzz: the soundness fuzz of tests/test_soundness_fuzz.py (sampling and PGD) with the bounds on the GPU;
 5. bench: the quick peer and population benchmarks (auto_LiRPA's per-member loop on the same GPU when it
-   is installed), reported by bench.report.
+   is installed), reported by bench.report;
+6. paths: gls.population_paths' cost model fitted on this GPU (bench.fit_population_paths; its COSTS
+   entry for "cuda" is printed and written to population-paths-fit.json, to paste into COSTS).
 It writes <device>-gpu-check.md and .json (stage times and results) and bench.report's <device>.md in
 --out (default bench/results), and must finish within 8 minutes on one H100.
 
@@ -132,8 +134,19 @@ def stage_bench(out_dir: Path) -> dict:
     return {"ok": rc == 0, **counts, "report": rep.strip().splitlines()[-1] if rep.strip() else ""}
 
 
+def stage_paths(out_dir: Path) -> dict:
+    """Without a GPU, the MLP's layers on the CPU at one round: proves the script in seconds."""
+    raw = out_dir / "population-paths-fit.json"
+    args = ["--device", "cuda", "--rounds", "3"] if GPU else ["--device", "cpu", "--rounds", "1", "--networks", "mlp"]
+    code, out = _run([sys.executable, "-m", "bench.fit_population_paths", *args, "--out", str(raw)],
+                     out_dir / "paths.log", 240)
+    lines = out.strip().splitlines()
+    regret = next((line for line in lines if line.startswith("over ")), "")
+    return {"ok": code == 0 and raw.exists(), "regret": regret}
+
+
 STAGES = [("build", stage_build), ("tests", stage_tests), ("sanitizer", stage_sanitizer), ("fuzz", stage_fuzz),
-          ("bench", stage_bench)]
+          ("bench", stage_bench), ("paths", stage_paths)]
 
 
 def main(argv=None) -> int:
