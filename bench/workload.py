@@ -15,7 +15,7 @@ import math
 import torch
 
 import gls
-from gls import patches
+from gls import budget, patches
 from gls.app import data, models
 from gls.problem import method_name
 from gls.objective import population_loss as objective
@@ -93,7 +93,7 @@ def bound_pass_bytes(net: gls.Network, in_shape, method: str, P: int, B: int) ->
 
     The largest tensor is a back-substitution coefficient block (P, B, rows, N): rows = the K-1
     margins for the final bound, and for DeepPoly/hBox intermediate bounds 2 x the refined layer's
-    width, in chunks of gls.bounds.CHUNK_ELEMENTS coefficients; N is the
+    width, in blocks of at most gls.budget.BLOCK_BYTES (ALIVE float32 tensors of the block); N is the
     widest layer below. Untrained networks at the benchmark radii have nearly every ReLU unstable, so
     the upper estimate is also the likely one.
     """
@@ -104,7 +104,7 @@ def bound_pass_bytes(net: gls.Network, in_shape, method: str, P: int, B: int) ->
     biggest = 4 * P * B * widest  # IBP boxes
     if method != "ibp":
         biggest = max(biggest, P * B * (K - 1) * widest)
-    chunk = gls.bounds.CHUNK_ELEMENTS
+    chunk = budget.BLOCK_BYTES // (4 * budget.ALIVE)
     for k in _refined(segs, method):
         below = max(max(w) for w in widths[: k + 1])
         block = P * B * 2 * widths[k][-1] * below

@@ -30,9 +30,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from gls import ops, patches
 from gls.affine import Conv, Dense, relax_step
+from gls.budget import Blocks, default_budget
 from gls.net import Network, check_input, param_dtype
 from gls.precision import exact_float32
 from gls.problem import (METHODS, Bounds, count_maps, input_region, margin_spec, member_chunk_size, method_name,
@@ -175,17 +177,23 @@ def _backsub(lam, segs, relax, upto, x_lo, x_hi, backend, windows=True):
     return ops.concretize(lam, bias, x_lo, x_hi, backend=backend)
 
 
-CHUNK_ELEMENTS = 1 << 25  # at most this many coefficients per back-substituted block of rows (public: tests lower it)
+def _in_blocks(fn, n: int, chunk: int, checkpointed: bool) -> list:
+    """[fn(i, j)] over [0, n) in blocks [i, j) of `chunk`; with `checkpointed` each block runs under
+    non-reentrant checkpoint (gls.budget): autograd keeps its result and recomputes its graph in the
+    backward, under exact_float32 as the forward ran."""
+    block = checkpoint if checkpointed else (lambda f, *a, **_: f(*a))
+    fn = exact_float32()(fn) if checkpointed else fn
+    return [block(fn, i, min(n, i + chunk), use_reentrant=False) for i in range(0, n, chunk)]
 
 
-def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, *, all_rows, windows, intersect_ibp):
+def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, blocks, *, all_rows, windows, intersect_ibp):
     """Intersect the IBP box of segs[k]'s output with back-substituted bounds (unstable rows only);
     with intersect_ibp=False the back-substituted bounds of every neuron replace the IBP box.
 
     Every (member, sample) back-substitutes only its own unstable neurons: index lists padded to the
     most unstable neurons of any (member, sample) in the pass, padding rows discarded. Rows that
     start at a convolution's neurons go as windows (gls.patches). Rows are independent, so they go
-    in chunks that keep each coefficient tensor under CHUNK_ELEMENTS; the numbers depend on neither.
+    in blocks that `blocks` (gls.budget.Blocks) sizes; the numbers depend on neither.
     all_rows: every neuron of every (member, sample) (plain CROWN/DeepPoly, and the tests' oracle);
     windows=False: dense rows through conv_transpose2d, the previous algorithm (the oracle).
     """
@@ -205,37 +213,47 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, *, all_rows, wi
         valid = torch.arange(R, device=l.device) < count.unsqueeze(-1)
     R = idx.shape[-1]
     value = valid.to(l.dtype)
-    most, _ = patches.row_cost(segs, k, shape)
-    chunk = max(1, CHUNK_ELEMENTS // (2 * P * B * max(most, x_lo.shape[-1])))
-    lo, hi = [], []
-    for i in range(0, R, chunk):
-        part, v = idx[..., i:i + chunk], value[..., i:i + chunk]
-        rows = torch.cat([part, part], dim=-1), torch.cat([v, -v], dim=-1)  # lower bounds of z and of -z
+    cost = patches.row_cost(segs, k, shape)
+    per_block, checkpointed = blocks.rows(2 * R, max(cost.most, x_lo.shape[-1]), cost.total, l.element_size() * P * B)
+
+    def bounds_of(i, j):  # lower bounds of z and of -z for the neurons idx[..., i:j]
+        part, v = idx[..., i:j], value[..., i:j]
+        rows = torch.cat([part, part], dim=-1), torch.cat([v, -v], dim=-1)
         if len(shape) == 3:
             lam = patches.start(*rows, shape)
         else:
             lam = torch.zeros(P, B, rows[0].shape[-1], N, dtype=l.dtype, device=l.device)
             lam.scatter_(-1, rows[0].unsqueeze(-1), rows[1].unsqueeze(-1))
-        res = _backsub(lam, segs, relax, k, x_lo, x_hi, backend, windows=windows)
-        n = part.shape[-1]
-        lo.append(res[..., :n])
-        hi.append(-res[..., n:])
+        return _backsub(lam, segs, relax, k, x_lo, x_hi, backend, windows=windows)
+
+    parts = _in_blocks(bounds_of, R, max(1, per_block // 2), checkpointed)
     l_ibp, u_ibp = l.gather(-1, idx), u.gather(-1, idx)
     d = _margin(torch.maximum(l_ibp.abs(), u_ibp.abs())).detach()  # rounding allowance, as in ibp_boxes
-    l_bs, u_bs = torch.cat(lo, -1) - d, torch.cat(hi, -1) + d
+    l_bs = torch.cat([res[..., :res.shape[-1] // 2] for res in parts], -1) - d
+    u_bs = -torch.cat([res[..., res.shape[-1] // 2:] for res in parts], -1) + d
     if intersect_ibp:
         l_bs, u_bs = torch.maximum(l_ibp, l_bs), torch.minimum(u_ibp, u_bs)
     l_new, u_new = torch.where(valid, l_bs, l_ibp), torch.where(valid, u_bs, u_ibp)
     return l.scatter(-1, idx, l_new), u.scatter(-1, idx, u_new)
 
 
-def _relaxations(segs, boxes, method, x_lo, x_hi, in_shape, backend, *, all_rows, intersect_ibp):
+def _final(lam, segs, relax, x_lo, x_hi, backend, blocks, windows):
+    """_backsub of the specification's rows lam (P, B, S, K) from the output, in `blocks`."""
+    P, B, S, K = lam.shape
+    cost = patches.row_cost(segs, len(segs) - 1, (K,))
+    rows, checkpointed = blocks.rows(S, max(cost.most, x_lo.shape[-1]), cost.total, lam.element_size() * P * B)
+    parts = _in_blocks(lambda i, j: _backsub(lam[:, :, i:j], segs, relax, len(segs) - 1, x_lo, x_hi, backend,
+                                             windows=windows), S, rows, checkpointed)
+    return torch.cat(parts, -1)
+
+
+def _relaxations(segs, boxes, method, x_lo, x_hi, in_shape, backend, blocks, *, all_rows, intersect_ibp):
     """([(l, u)] pre-activation bounds, [(a_l, c_l, a_u, c_u)] lines) of every ReLU layer: IBP's boxes,
     refined by back-substitution for hbox/deeppoly (not the first layer when one Linear/Conv precedes it)."""
     pre, relax = [], []
     for k, (l, u) in enumerate(boxes):
         if method in ("hbox", "deeppoly") and (k > 0 or count_maps(segs[0]) > 1):
-            l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, all_rows=all_rows or not intersect_ibp,
+            l, u = _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, blocks, all_rows=all_rows or not intersect_ibp,
                            windows=not all_rows, intersect_ibp=intersect_ibp)
         pre.append((l, u))
         relax.append(ops.relu_relax(l, u, method, backend=backend))
@@ -271,24 +289,32 @@ def _ibp_output(last, lam, l_last, u_last, backend):
 EXTENSIONS: dict = {}
 
 
+def _blocks(budget, params: dict, x) -> Blocks:
+    """The blocks of a pass within `budget` bytes (None: gls.budget.default_budget of x's device); under
+    autograd when grad is enabled and a weight or the input requires it."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params.values()))
+    return Blocks(default_budget(x.device) if budget is None else int(budget), grad)
+
+
 @exact_float32()
-def deeppoly_pass(net: Network, params: dict, x, eps, *, domain, backend=None, intersect_ibp=True):
+def deeppoly_pass(net: Network, params: dict, x, eps, *, domain, backend=None, intersect_ibp=True, budget=None):
     """DeepPoly's intermediate bounds, as compute_bounds computes them, for methods that build on them:
     (segs, x_lo, x_hi, pre, relax) with pre[k] = (l, u) (P, B, N) of ReLU k's pre-activation and relax[k]
-    its lines (a_l, c_l, a_u, c_u). x checked, params validated (net.resolve_params)."""
+    its lines (a_l, c_l, a_u, c_u). x checked, params validated (net.resolve_params). budget: as for
+    compute_bounds."""
     P = next(iter(params.values())).shape[0] if params else 1
     x_lo, x_hi = input_region(x, eps, domain)
     segs = net.plan(params, x.shape[1:], x.dtype)
     boxes, _ = ibp_boxes(segs, x_lo, x_hi, P, backend)
-    pre, relax = _relaxations(segs, boxes, "deeppoly", x_lo, x_hi, x.shape[1:], backend, all_rows=False,
-                              intersect_ibp=intersect_ibp)
+    pre, relax = _relaxations(segs, boxes, "deeppoly", x_lo, x_hi, x.shape[1:], backend, _blocks(budget, params, x),
+                              all_rows=False, intersect_ibp=intersect_ibp)
     return segs, x_lo, x_hi, pre, relax
 
 
 @exact_float32()
 def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None, domain=(0.0, 1.0),
                    bound="lower", backend=None, member_chunk=None, intersect_ibp=True, sound=False,
-                   rows="unstable") -> Bounds:
+                   rows="unstable", budget=None) -> Bounds:
     """Bounds of C z(x) over the input region for every member of a population.
 
     model: an nn.Sequential (see gls.net) or a gls.Network. x (B, ...) shared inputs; eps a float or
@@ -321,6 +347,12 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     rows: "unstable" (default) back-substitutes only the rows of IBP-unstable neurons, convolution rows
     as windows (gls.patches); "all" is the dense all-rows reference algorithm: every neuron's row, dense
     maps through conv_transpose2d. Both give the same bounds (the tests' oracle); "all" is much slower.
+
+    budget: bytes the pass's back-substitutions may hold (None: gls.budget.default_budget, a share of the
+    device's free memory). Their rows go in blocks sized to it (gls.budget.Blocks); under autograd a
+    back-substitution whose graph does not fit runs block by block under checkpoint, its graph
+    recomputed one block at a time in the backward. The bounds and gradients do not depend on it.
+    Member chunks under autograd share it (each keeps its graph until the backward).
     """
     if isinstance(method, str) and method in EXTENSIONS:
         return EXTENSIONS[method](model, x, eps, labels=labels, spec=spec, params=params, domain=domain, bound=bound,
@@ -338,10 +370,12 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
         return sound_bounds(net, params, x, eps, method=method, labels=labels, spec=spec, domain=domain,
                             bound=bound, member_chunk=member_chunk, intersect_ibp=intersect_ibp)
     chunk = member_chunk_size(member_chunk, P, x.shape[0], x.device, method, dense=not net.has_conv)
+    blocks = _blocks(budget, params, x)
     if chunk < P:
+        budget = blocks.budget * chunk // P if blocks.grad else blocks.budget
         parts = [compute_bounds(net, x, eps, method=method, labels=labels, spec=spec, domain=domain, bound=bound,
                                 params={n: t[i:i + chunk] for n, t in params.items()}, backend=backend,
-                                member_chunk=chunk, intersect_ibp=intersect_ibp, rows=rows)
+                                member_chunk=chunk, intersect_ibp=intersect_ibp, rows=rows, budget=max(1, budget))
                  for i in range(0, P, chunk)]
         return Bounds(torch.cat([b.lower for b in parts]),
                       None if bound == "lower" else torch.cat([b.upper for b in parts]))
@@ -358,9 +392,9 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     if method == "ibp":
         lb = _ibp_output(segs[-1][-1], lam, l_last, u_last, backend)
     else:
-        _, relax = _relaxations(segs, boxes, method, x_lo, x_hi, x.shape[1:], backend, all_rows=all_rows,
+        _, relax = _relaxations(segs, boxes, method, x_lo, x_hi, x.shape[1:], backend, blocks, all_rows=all_rows,
                                 intersect_ibp=intersect_ibp)
-        lb = _backsub(lam, segs, relax, len(boxes), x_lo, x_hi, backend, windows=not all_rows)
+        lb = _final(lam, segs, relax, x_lo, x_hi, backend, blocks, windows=not all_rows)
     if bound == "lower":
         return Bounds(lb, None)
     return Bounds(lb[..., :S], -lb[..., S:])

@@ -5,7 +5,9 @@ row of a convolution keeps: gls.patches), the members and samples of one pass, t
 unstable neurons of the batch (:func:`unstable_counts`, one IBP pass: hBox/DeepPoly back-substitute
 only those rows) and whether autograd keeps the pass's tensors for a backward pass (RGS and plain
 gradients do; PGPE, validation and certification run without autograd, so only the tensors alive at
-the same time count). :func:`plan_training` then picks the largest member and sample chunks whose
+the same time count), with the back-substitutions blocked within the budget as gls.bounds blocks them
+(gls.budget.Blocks: under autograd, graphs that do not fit are recomputed one block at a time in the
+backward pass, so the with-backward estimate follows the budget). :func:`plan_training` then picks the largest member and sample chunks whose
 step fits the budget (``--max-memory``), or raises :class:`MemoryPlanError` with one line saying
 what would fit; :func:`cert_batch` does the same for the samples of a certification pass.
 
@@ -17,18 +19,18 @@ give, and the most a pass can need. bench/memory_plan.py checks the model agains
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
 from gls.affine import Conv, Dense, Diag
-from gls.bounds import CHUNK_ELEMENTS, ibp_boxes  # CHUNK_ELEMENTS: coefficients back-substituted at a time
+from gls.bounds import ibp_boxes
+from gls.budget import SAFE_FRACTION, Blocks, available_bytes, default_budget  # noqa: F401 (the planner's API)
 from gls.net import Network
 from gls.problem import CPU_ROWS_PER_PASS, input_region, method_name
 
 FLOAT_BYTES = 4  # float32
-SAFE_FRACTION = {"cpu": 0.7, "cuda": 0.85}  # default --max-memory: this share of the free memory
+UNBOUNDED = 1 << 62  # no budget: blocks of gls.budget.BLOCK_BYTES
 
 
 class MemoryPlanError(ValueError):
@@ -153,8 +155,11 @@ def _rows(shape: NetShape, method: str, rows: int, unstable) -> list[tuple[int, 
     return out + [(k, 2 * min(counts[k], widths[k])) for k in shape.refined_layers(method) if counts[k] > 0]
 
 
-def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, grad: bool, unstable=None) -> int:
-    """Float32 numbers held at the peak of one bound pass: p members, b samples, `rows` spec rows.
+def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, grad: bool, unstable=None,
+                   budget: int | None = None) -> int:
+    """Float32 numbers held at the peak of one bound pass: p members, b samples, `rows` spec rows, its
+    back-substitutions blocked within `budget` bytes as gls.bounds blocks them (gls.budget.Blocks; None:
+    no limit but gls.budget.BLOCK_BYTES per block).
 
     unstable: per ReLU layer the most IBP-unstable neurons of a (member, sample) (unstable_counts of the
     batch); None counts every neuron, the most a pass can need. Per method:
@@ -164,41 +169,47 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
       without, the boxes of every ReLU and two vectors of the widest layer.
     * crown-ibp adds the four relaxation lines per ReLU and the back-substitution of the spec rows,
       hbox / deeppoly that of 2 x unstable rows per refined layer; each row's tensors are row_blocks.
-      With autograd every block is kept (row_blocks says how much of each, GRAD_KEEP) and the backward
-      pass adds the gradients of the largest (GRAD_BLOCKS); without, only the largest step's input and
-      output are alive (STEP_ALIVE), for at most CHUNK_ELEMENTS coefficients of refined rows at a time
-      (gls.bounds._refine).
+      With autograd a back-substitution whose graph is kept keeps every block (row_blocks says how much
+      of each, GRAD_KEEP) and the backward pass adds the gradients of the largest (GRAD_BLOCKS); one
+      under checkpoint keeps only its bounds, and the backward holds one block of rows' graph and
+      gradients at a time. Without autograd only the largest step's input and output of one block of
+      rows are alive (STEP_ALIVE).
     """
     segs, relus = shape.segments, shape.relu_widths
     ibp = 6 * shape.outputs + 10 * sum(relus) if grad else 0
     widest_out = max(op[2] for seg in segs for op in seg)
     if method == "ibp":
         return p * b * (ibp + 2 * widest_out if grad else 4 * widest_out + 2 * sum(relus))
-    last, n_input = len(segs) - 1, segs[0][0][1] if segs[0] else relus[0]
+    n_input = segs[0][0][1] if segs[0] else relus[0]
+    blocks = Blocks(UNBOUNDED if budget is None else budget, grad)
     kept = block = 0
     for k, r in _rows(shape, method, rows, unstable):
-        blocks = shape.row_blocks(k)
-        sizes = [n for n, _ in blocks]
-        if grad:
-            kept += r * sum(n * keep for n, keep in blocks)
-            block = max(block, r * max(sizes))
+        sizes = [n for n, _ in shape.row_blocks(k)]
+        graph = sum(n * keep for n, keep in shape.row_blocks(k))  # numbers autograd keeps of one row
+        most = max(max(sizes), relus[k] if k < len(relus) else 0, n_input)  # as gls.patches.row_cost counts them
+        per_block, checkpointed = blocks.rows(r, most, sum(sizes), FLOAT_BYTES * p * b)
+        if not grad:
+            block = max(block, min(r, per_block) * max(x + y for x, y in zip(sizes, sizes[1:] + [0])))
+        elif checkpointed:  # the backward recomputes one block's graph and holds its gradients
+            block = max(block, per_block * (GRAD_KEEP * graph + GRAD_BLOCKS * max(sizes)))
         else:
-            if k != last:  # refined rows go CHUNK_ELEMENTS coefficients at a time (lower and upper: 2 per neuron)
-                most = max(max(sizes), relus[k], n_input)  # as gls.patches.row_cost counts them
-                r = min(r, 2 * max(1, CHUNK_ELEMENTS // (2 * p * b * most)))
-            block = max(block, r * max(x + y for x, y in zip(sizes, sizes[1:] + [0])))
+            kept += r * graph
+            block = max(block, GRAD_BLOCKS * r * max(sizes))
     lines = 4 * sum(relus)
     if grad:
-        return int(p * b * (ibp + lines + GRAD_KEEP * kept + GRAD_BLOCKS * block))
+        return int(p * b * (ibp + lines + GRAD_KEEP * kept + block))
     return int(p * b * (2 * sum(relus) + lines + STEP_ALIVE * block))
 
 
-def pass_bytes(shape: NetShape, method: str, p: int, b: int, *, grad: bool, unstable=None, rows=None) -> int:
+def pass_bytes(shape: NetShape, method: str, p: int, b: int, *, grad: bool, unstable=None, rows=None,
+               budget: int | None = None) -> int:
     """Estimated peak bytes of one bound pass (margin lower bounds unless `rows` spec rows are given), and
-    with `grad` its backward pass: the bound tensors and, with autograd, the weights' gradient."""
+    with `grad` its backward pass: the bound tensors and, with autograd, the weights' gradient; the
+    back-substitutions blocked within `budget` (gls.budget.Blocks; None: no limit)."""
     rows = shape.classes - 1 if rows is None else rows
     weights = p * shape.d * WEIGHT_COPIES[grad]
-    return int(FLOAT_BYTES * (bound_elements(shape, method, p, b, rows, grad=grad, unstable=unstable) + weights))
+    return int(FLOAT_BYTES * (bound_elements(shape, method, p, b, rows, grad=grad, unstable=unstable, budget=budget)
+                              + weights))
 
 
 @dataclass(frozen=True)
@@ -219,50 +230,33 @@ def _members_per_bound_pass(p: int, b: int, grad: bool, device: torch.device, me
 
 def step_bytes(shape: NetShape, *, method: str, relaxation: str, population: int, member_chunk: int,
                sample_chunk: int, robust: bool = True, device: torch.device = torch.device("cpu"),
-               unstable=None) -> int:
+               unstable=None, budget: int | None = None) -> int:
     """Estimated peak bytes of one training step with `member_chunk` members x `sample_chunk` samples per
     pass (method pgpe | rgs | grad). Weights: the population (P, d), what a pass holds per member
     (WEIGHT_COPIES), the centre, its optimiser state and the PGPE sigma/velocity/noise sums (~6 d).
-    unstable: unstable_counts of the batch at the step's eps (None: every neuron unstable)."""
+    unstable: unstable_counts of the batch at the step's eps (None: every neuron unstable); budget: the
+    bytes the step's bound passes are given (gls.bounds blocks within it; None: no limit)."""
     grad = method != "pgpe"
     p, b = member_chunk, sample_chunk
     forward = p * b * shape.outputs * (3 if grad else 1)
     bounds = 0
     if robust:
         pb = _members_per_bound_pass(p, b, grad, device, relaxation)
-        bounds = bound_elements(shape, relaxation, pb, b, shape.classes - 1, grad=grad, unstable=unstable)
+        bounds = bound_elements(shape, relaxation, pb, b, shape.classes - 1, grad=grad, unstable=unstable,
+                                budget=budget)
     weights = shape.d * (population + p * WEIGHT_COPIES[grad] + 6)
     return int(FLOAT_BYTES * (forward + bounds + weights))
 
 
 def cert_bytes(shape: NetShape, method: str, batch: int, device: torch.device = torch.device("cpu"),
-               sound: bool = False, unstable=None) -> int:
-    """Estimated peak bytes of certifying `batch` samples of one network (no autograd). Sound mode
-    (gls.sound) computes the same tensors in float64: twice the bytes (not checked against measured peaks)."""
+               sound: bool = False, unstable=None, budget: int | None = None) -> int:
+    """Estimated peak bytes of certifying `batch` samples of one network (no autograd), blocked within
+    `budget`. Sound mode (gls.sound) computes the same tensors in float64: twice the bytes (not checked
+    against measured peaks)."""
     width = 2 * FLOAT_BYTES if sound else FLOAT_BYTES
-    return int(width * (bound_elements(shape, method, 1, batch, shape.classes - 1, grad=False, unstable=unstable)
+    return int(width * (bound_elements(shape, method, 1, batch, shape.classes - 1, grad=False, unstable=unstable,
+                                       budget=budget)
                         + shape.d * WEIGHT_COPIES[False]))
-
-
-def available_bytes(device: torch.device) -> int:
-    """Free memory now: the GPU's free memory, or MemAvailable of /proc/meminfo on the host."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def default_budget(device: torch.device) -> int:
-    """The default --max-memory: SAFE_FRACTION of the free memory of `device` (the rest is headroom for
-    the allocator, the data set and other processes)."""
-    return int(SAFE_FRACTION.get(device.type, 0.7) * available_bytes(device))
 
 
 _UNITS = {"b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
@@ -306,14 +300,15 @@ def plan_training(shape: NetShape, *, method: str, relaxation: str, population: 
     """The chunks whose step fits `budget` bytes with the most members x samples per pass (the fewest
     passes); at equal size the whole mini-batch is kept and members are split (either changes the numbers
     only by float rounding). Chunks given by the caller are kept. PGPE member chunks are whole
-    antithetic pairs (even). unstable: unstable_counts of the batch (None: every neuron unstable)."""
+    antithetic pairs (even). unstable: unstable_counts of the batch (None: every neuron unstable); the
+    step's bound passes are blocked within `budget` (gls.budget.Blocks)."""
     pair = 2 if method == "pgpe" else 1
     members = [member_chunk] if member_chunk else _candidates(population, pair)
     samples = [sample_chunk] if sample_chunk else _candidates(batch)
 
     def cost(m, s):
         return step_bytes(shape, method=method, relaxation=relaxation, population=population, member_chunk=m,
-                          sample_chunk=s, robust=robust, device=device, unstable=unstable)
+                          sample_chunk=s, robust=robust, device=device, unstable=unstable, budget=budget)
 
     options = sorted(((m * s, m, s) for m in members for s in samples), key=lambda t: (-t[0], -t[2]))
     for _, m, s in options:
@@ -342,7 +337,7 @@ def fitting_hint(shape: NetShape, method: str, relaxation: str, population: int,
     for cheaper in ("crown-ibp", "ibp"):
         if cheaper != relaxation and step_bytes(shape, method=method, relaxation=cheaper, population=population,
                                                 member_chunk=2 if method == "pgpe" else 1, sample_chunk=1,
-                                                device=device, unstable=unstable) <= budget:
+                                                device=device, unstable=unstable, budget=budget) <= budget:
             return f"--relaxation {cheaper}"
     return "a smaller --net or --width"
 
@@ -351,7 +346,7 @@ def cert_batch(shape: NetShape, method: str, batch: int, budget: int,
                device: torch.device = torch.device("cpu"), sound: bool = False, unstable=None) -> int:
     """The largest number of samples (<= batch) certified in one pass within `budget` bytes."""
     for s in _candidates(batch):
-        if cert_bytes(shape, method, s, device, sound, unstable) <= budget:
+        if cert_bytes(shape, method, s, device, sound, unstable, budget) <= budget:
             return s
-    need = cert_bytes(shape, method, 1, device, sound, unstable)
+    need = cert_bytes(shape, method, 1, device, sound, unstable, budget)
     raise MemoryPlanError(f"certifying one sample with {method} needs about {gib(need)}, more than --max-memory {gib(budget)}")

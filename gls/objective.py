@@ -25,10 +25,11 @@ _METRICS = ("natural_acc", "certified_acc", "natural_loss", "robust_loss")
 
 def population_loss(net: Network, x: torch.Tensor, y: torch.Tensor, *, eps: float, relaxation: str,
                     robust_weight: float, domain=(0.0, 1.0), backend=None, record: dict | None = None,
-                    sample_chunk: int | None = None):
+                    sample_chunk: int | None = None, budget: int | None = None):
     """A PopulationLoss for one mini-batch. If `record` is given, each call appends there the batch's
     per-member natural and certified accuracy (fractions) and losses for the metrics; clear it per step.
-    `sample_chunk`: samples per pass (None: the whole batch); see the module docstring."""
+    `sample_chunk`: samples per pass (None: the whole batch); see the module docstring. `budget`: bytes a
+    bound pass may hold (gls.compute_bounds; None: its default)."""
     B = x.shape[0]
     chunk = B if not sample_chunk or sample_chunk >= B else int(sample_chunk)
     pieces = [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, B, chunk)] if B else [(x, y)]
@@ -41,7 +42,7 @@ def population_loss(net: Network, x: torch.Tensor, y: torch.Tensor, *, eps: floa
         nat_acc = (logits.argmax(-1) == ys).float().mean(1)
         if eps > 0 and robust_weight > 0:
             lower = compute_bounds(net, xs, eps, method=relaxation, labels=ys, params=params, domain=domain,
-                                   backend=backend).lower
+                                   backend=backend, budget=budget).lower
             robust = robust_loss(lower)
             cert = certified(lower).float().mean(1)
         else:

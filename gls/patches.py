@@ -172,13 +172,21 @@ def concretize(rows: Rows, bias: torch.Tensor, x_lo: torch.Tensor, x_hi: torch.T
     return (lam.clamp(min=0) * lo + lam.clamp(max=0) * hi).sum((-3, -2, -1)) + bias
 
 
-def row_cost(segs, k: int, shape) -> tuple[int, int]:
-    """(most coefficients, multiply-adds of its Linear/Conv steps) of one row starting at segs[k]'s
-    output (a map of `shape`) on its way to the input, following gls.bounds._backsub: windows grow
-    through convolutions and are cropped to the map once no smaller than it; dense rows become
-    whole-map windows at a convolution."""
+class RowCost(NamedTuple):
+    """What one back-substituted row costs (gls.patches.row_cost)."""
+
+    most: int  # coefficients of its largest tensor
+    macs: int  # multiply-adds of its Linear/Conv steps
+    total: int  # coefficients of all its tensors together (what autograd keeps of it, per number kept)
+
+
+def row_cost(segs, k: int, shape) -> RowCost:
+    """What one row starting at segs[k]'s output (a map of `shape`) costs on its way to the input,
+    following gls.bounds._backsub: windows grow through convolutions and are cropped to the map once no
+    smaller than it; dense rows become whole-map windows at a convolution."""
     most, macs = math.prod(shape), 0
     size = (1, 1) if len(shape) == 3 else None  # None: dense rows
+    total = n = shape[0] if size else most  # n: coefficients of the row's current tensor (a 1x1 window first)
     for seg in reversed(segs[:k + 1]):
         for op in reversed(seg):
             if isinstance(op, Conv):
@@ -187,12 +195,19 @@ def row_cost(segs, k: int, shape) -> tuple[int, int]:
                 macs += op.out_shape[0] * h * w * op.in_shape[0] * kh * kw
                 h = (h - 1) * op.stride[0] + op.dilation[0] * (kh - 1) + 1
                 w = (w - 1) * op.stride[1] + op.dilation[1] * (kw - 1) + 1
-                most = max(most, op.in_shape[0] * h * w)
+                n = op.in_shape[0] * h * w
+                most, total = max(most, n), total + n
                 H, W = op.in_shape[1:]
                 size = (H, W) if h * w >= H * W else (h, w)
-            elif not isinstance(op, Diag):  # elementwise maps are not counted
-                most, size, macs = max(most, op.n_in), None, macs + op.n_in * op.n_out
-    return most, macs
+                if h * w >= H * W:  # cropped to the map: a second tensor
+                    n = op.in_shape[0] * H * W
+                    total += n
+            elif isinstance(op, Diag):  # elementwise maps keep the size
+                total += n
+            else:
+                n, size, macs = op.n_in, None, macs + op.n_in * op.n_out
+                most, total = max(most, n), total + n
+    return RowCost(most, macs, total)
 
 
 def map_shape(segs, k: int, in_shape) -> tuple[int, ...]:

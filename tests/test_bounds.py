@@ -235,14 +235,13 @@ def test_unstable_rows_only_equals_all_rows(net, method):
 
 
 @pytest.mark.parametrize("method", ["hbox", "deeppoly"])
-def test_row_chunks_do_not_change_the_numbers(method, monkeypatch):
+def test_row_chunks_do_not_change_the_numbers(method):
     model, shape = build("cnn")
     x = _inputs(shape).double()
     model = model.double()
     kw = dict(method=method, labels=torch.tensor([0, 1, 2]), bound="both")
     whole = gls.compute_bounds(model, x, EPS["cnn"], **kw)
-    monkeypatch.setattr(gls.bounds, "CHUNK_ELEMENTS", 500)  # a few rows per chunk
-    chunked = gls.compute_bounds(model, x, EPS["cnn"], **kw)
+    chunked = gls.compute_bounds(model, x, EPS["cnn"], budget=20_000, **kw)  # a few rows per block (gls.budget)
     torch.testing.assert_close(chunked.lower, whole.lower, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(chunked.upper, whole.upper, rtol=1e-12, atol=1e-12)
 

@@ -189,3 +189,31 @@ def test_nonfinite_centre_stops_and_keeps_the_last_good_checkpoint(tmp_path, mon
     last = checkpoint.load(out)
     assert last["epoch"] == 1 and torch.isfinite(last["theta"]).all()
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_cnn7_deeppoly_rgs_plans_checkpoints_and_resumes_exactly(tmp_path, capsys, monkeypatch):
+    """The issue's `gls.train --net cnn7 --relaxation deeppoly --method rgs`, small: width 2, one image per
+    step, eps at its target from the first step, a budget small enough that the back-substitutions run
+    in blocks under checkpoint. It prints its plan (with the batch's unstable counts), trains 3 steps,
+    checkpoints, and the resumed run ends where an uninterrupted one does."""
+    import gls.bounds
+    calls = []
+
+    def counting(fn, *args, **kwargs):
+        calls.append(args)
+        return torch.utils.checkpoint.checkpoint(fn, *args, **kwargs)
+    monkeypatch.setattr(gls.bounds, "checkpoint", counting)
+    args = ["--net", "cnn7", "--width", "2", "--method", "rgs", "--relaxation", "deeppoly", "--population", "2",
+            "--batch-size", "1", "--train-subset", "3", "--val-subset", "1", "--test-subset", "1", "--epochs", "2",
+            "--eps-end-epoch", "0", "--certify", "ibp", "--pgd-steps", "1", "--max-memory", "64MB",
+            "--progress", "false", "--seed", "5"]
+    assert train.main([*args, "--out", str(tmp_path / "part"), "--halt-after-epoch", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "IBP-unstable neurons per ReLU layer" in out and "memory: one step needs about" in out and "time:" in out
+    assert calls  # the step's back-substitutions went block by block
+    ck = checkpoint.load(tmp_path / "part")
+    assert ck["epoch"] == 1 and ck["step"] == 3
+    assert train.main(["--resume", str(tmp_path / "part")]) == 0
+    assert train.main([*args, "--out", str(tmp_path / "full")]) == 0
+    a, b = checkpoint.load(tmp_path / "part"), checkpoint.load(tmp_path / "full")
+    assert a["step"] == b["step"] == 6 and torch.equal(a["theta"], b["theta"])

@@ -40,7 +40,9 @@ def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("i
     """Accuracies (fractions) of `model` on `split` at radius `eps`; see the module docstring.
 
     Each relaxation bounds as many samples per pass as gls.memory estimates to fit `max_memory` bytes
-    (default: gls.memory.default_budget); MemoryPlanError when not even one sample fits."""
+    (default: gls.memory.default_budget), planned with the unstable neurons of an IBP pass on the first
+    batch, and gives each pass that budget to block its back-substitutions in (gls.compute_bounds);
+    MemoryPlanError when not even one sample fits."""
     methods = tuple(_method_list(methods))
     model = model.to(device).eval()
     net = Network.from_module(model)
@@ -51,7 +53,9 @@ def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("i
     n = len(split)
     budget = max_memory or memory.default_budget(torch.device(device))
     shape = memory.NetShape.of(net, in_shape)
-    sub = {m: _cert_batch(shape, m, batch_size, budget, torch.device(device), sound) for m in methods}
+    first = split.x[:batch_size].to(device)
+    unstable = memory.unstable_counts(model, first, eps) if len(first) else None
+    sub = {m: _cert_batch(shape, m, batch_size, budget, torch.device(device), sound, unstable) for m in methods}
     bar = _bar(n, progress, "certify")
     for x, y in data.batches(split, batch_size, shuffle=False):
         x, y = x.to(device), y.to(device)
@@ -70,7 +74,8 @@ def evaluate(model: nn.Sequential, split: data.Split, eps: float, *, methods=("i
             for start in range(0, idx.numel(), sub[m]):
                 j = idx[start:start + sub[m]]
                 with torch.no_grad():
-                    lower = compute_bounds(net, x[j], eps, method=m, labels=y[j], backend=backend, sound=sound).lower[0]
+                    lower = compute_bounds(net, x[j], eps, method=m, labels=y[j], backend=backend, sound=sound,
+                                           budget=budget).lower[0]
                 ok = certified(lower)
                 counts[m] += int(ok.sum())
                 any_cert[j] |= ok
@@ -162,14 +167,15 @@ def format_instance(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _cert_batch(shape: memory.NetShape, method: str, batch: int, budget: int, device, sound: bool) -> int:
+def _cert_batch(shape: memory.NetShape, method: str, batch: int, budget: int, device, sound: bool,
+                unstable=None) -> int:
     """Samples per pass: gls.memory's estimate; for alpha-crown DeepPoly's plus, per sample, about 8 float32
     copies (slopes, best slopes, Adam's moments, gradient, kept activations) of every row of every layer."""
     if method != ALPHA:
-        return memory.cert_batch(shape, method, batch, budget, device, sound=sound)
+        return memory.cert_batch(shape, method, batch, budget, device, sound=sound, unstable=unstable)
     per_sample = 8 * 4 * (shape.classes - 1) * shape.outputs * (2 if sound else 1)
     s = batch
-    while s > 1 and memory.cert_bytes(shape, "deeppoly", s, device, sound) + s * per_sample > budget:
+    while s > 1 and memory.cert_bytes(shape, "deeppoly", s, device, sound, unstable, budget) + s * per_sample > budget:
         s //= 2
     return s
 
@@ -218,7 +224,9 @@ def main(argv=None) -> int:
                    help="CPU threads for torch (default 1, as in training: on a shared machine torch's busy-waiting "
                         "threads ran many times slower than one thread; 0 = torch's default)")
     p.add_argument("--max-memory", default=None,
-                   help="memory a certification pass may use, with a unit: 8GB, 1.5GiB, 800M (default: 70%% of the available RAM)")
+                   help="memory a certification pass may use, with a unit: 8GB, 1.5GiB, 800M (default: 70%% of the "
+                        "available RAM); the samples per pass and the blocks of rows each back-substitution takes "
+                        "follow it")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.add_argument("--no-sound", dest="sound", action="store_false",
                    help="float32 bounds instead of sound ones (faster; may be off by rounding)")

@@ -236,7 +236,9 @@ def parser() -> argparse.ArgumentParser:
     a("--sample-chunk", type=int, help="mini-batch samples per pass, the pieces' gradients added up (default 0: "
                                        "planned to fit --max-memory)")
     a("--max-memory", help="memory one training step may use, with a unit: 20GB, 1.5GiB, 800M (default: 70%% of the available RAM, "
-                           "85%% of the free GPU memory); chunks are chosen to fit, or the run is refused at once")
+                           "85%% of the free GPU memory); chunks are chosen to fit, or the run is refused at once, and each bound "
+                           "pass back-substitutes its rows in blocks within it (under autograd a graph that does not "
+                           "fit is recomputed block by block in the backward pass)")
     a("--checkpoint-every", type=float, help="seconds between checkpoints inside an epoch (default 300; "
                                              "last.pt is also written at every epoch end)")
     a("--seed", type=int, help="random seed (init, data order, noise)")

@@ -87,14 +87,27 @@ def make_optimizer(cfg: TrainConfig, theta: torch.Tensor, plan: memory.StepPlan,
                **extra)
 
 
-def _plan_memory(cfg: TrainConfig, shape: memory.NetShape, device: torch.device, say=print) -> tuple[memory.StepPlan, int]:
-    """(chunks of a training step that fit the budget, the budget in bytes); MemoryPlanError if none does."""
+PLAN_IMAGES = 256  # training images whose IBP pass gives the planner its unstable counts
+
+
+def _plan_memory(cfg: TrainConfig, shape: memory.NetShape, device: torch.device, model, train: data.Split,
+                 say=print) -> tuple[memory.StepPlan, int]:
+    """(chunks of a training step that fit the budget, the budget in bytes); MemoryPlanError if none does.
+    The plan counts the IBP-unstable neurons of the first PLAN_IMAGES training images at the training eps
+    (the most of any image: what a pass of any of them back-substitutes)."""
     budget = memory.parse_size(cfg.max_memory) if cfg.max_memory else memory.default_budget(device)
     given = 2 * cfg.pair_chunk if cfg.method == "pgpe" else cfg.member_chunk
+    robust = cfg.train_eps > 0 and cfg.robust_weight > 0
+    unstable = None
+    if robust and len(train):
+        unstable = memory.unstable_counts(model, train.x[:PLAN_IMAGES].to(device), cfg.train_eps)
+        say(f"memory: IBP-unstable neurons per ReLU layer (the most of any of the first "
+            f"{min(len(train), PLAN_IMAGES)} training images at eps {cfg.train_eps:g}): "
+            f"{', '.join(map(str, unstable))} of {', '.join(map(str, shape.relu_widths))}", flush=True)
     plan = memory.plan_training(shape, method=cfg.method, relaxation=cfg.relaxation,
                                 population=cfg.population, batch=cfg.batch_size, budget=budget,
                                 member_chunk=given or None, sample_chunk=cfg.sample_chunk or None,
-                                robust=cfg.train_eps > 0 and cfg.robust_weight > 0, device=device)
+                                robust=robust, device=device, unstable=unstable)
     source = "--max-memory" if cfg.max_memory else \
         f"{100 * memory.SAFE_FRACTION.get(device.type, 0.7):.0f}% of the available {device.type.upper()} memory"
     if cfg.preset:
@@ -121,9 +134,10 @@ def _update_bn_stats(model, theta, x) -> None:
 
 
 def validate(net: Network, split: data.Split, eps: float, relaxation: str, batch_size: int, backend,
-             world: distributed.World, sub: int | None = None) -> dict:
+             world: distributed.World, sub: int | None = None, budget: int | None = None) -> dict:
     """Centre network on the validation subset: natural and certified (training relaxation) accuracy at
-    the target eps (each rank counts its shard); bounds `sub` samples at a time (gls.memory.cert_batch)."""
+    the target eps (each rank counts its shard); bounds `sub` samples at a time (gls.memory.cert_batch),
+    each pass within `budget` bytes (gls.compute_bounds)."""
     nat = cert = 0
     sub = sub or batch_size
     with torch.no_grad():
@@ -132,7 +146,7 @@ def validate(net: Network, split: data.Split, eps: float, relaxation: str, batch
             if eps > 0:
                 for i in range(0, len(y), sub):
                     lower = compute_bounds(net, x[i:i + sub], eps, method=relaxation, labels=y[i:i + sub],
-                                           backend=backend).lower[0]
+                                           backend=backend, budget=budget).lower[0]
                     cert += int(certified(lower).sum())
     nat, cert = distributed.validate_counts(world, [nat, cert])
     n = max(len(split), 1)
@@ -221,7 +235,7 @@ def setup(cfg: TrainConfig, world: distributed.World, resuming: bool) -> Run:
     if cfg.init_from and not resuming:
         theta0 = _init_from(cfg.init_from, model, theta0, device)
     shape = memory.NetShape.of(net, ds.in_shape)
-    plan, budget = _plan_memory(cfg, shape, device, world.main_only(print))
+    plan, budget = _plan_memory(cfg, shape, device, model, train, world.main_only(print))
     spe = data.num_batches(len(train), cfg.batch_size)
     val_label = f"val (first {len(val)} of {len(ds.val)} images)" if len(val) < len(ds.val) else f"val ({len(val)} images)"
     return Run(cfg, world, out, device, train, val, test, val_label, model, net, plan, budget,
@@ -278,7 +292,7 @@ def estimate_time(r: Run) -> RunClock:
 
     def step(eps: float, weight: float):
         fn = population_loss(r.net, x, y, eps=eps, relaxation=cfg.relaxation, robust_weight=weight,
-                             backend=cfg.backend, sample_chunk=r.plan.sample_chunk)
+                             backend=cfg.backend, sample_chunk=r.plan.sample_chunk, budget=r.budget)
         return time_call(lambda: opt.step(fn, 0))
 
     def timed(eps: float, weight: float) -> float:
@@ -289,7 +303,7 @@ def estimate_time(r: Run) -> RunClock:
     t1 = timed(cfg.train_eps, cfg.robust_weight)
     vx = r.val.subset(min(len(r.val), cfg.eval_batch_size))
     val_s = time_call(lambda: validate(r.net, vx, cfg.eps, cfg.relaxation, cfg.eval_batch_size, cfg.backend, world,
-                                       r.val_sub)) * len(r.val) / max(len(vx), 1)
+                                       r.val_sub, r.budget)) * len(r.val) / max(len(vx), 1)
     load_weights(r.model, r.center, buffers)
     torch.set_rng_state(rng)
     clock = RunClock(cost_fraction(r.sched, cfg.relaxation, cfg.robust_weight), t0, t1, cfg.epochs * r.spe,
@@ -383,7 +397,7 @@ def train_step(r: Run, ep: Epoch, x: torch.Tensor, y: torch.Tensor) -> float:
         _update_bn_stats(r.model, r.center, x)
     record: dict = {}
     loss_fn = population_loss(r.net, x_rank, y_rank, eps=eps, relaxation=cfg.relaxation, robust_weight=ep.weight,
-                              backend=cfg.backend, record=record, sample_chunk=r.plan.sample_chunk)
+                              backend=cfg.backend, record=record, sample_chunk=r.plan.sample_chunk, budget=r.budget)
     stats = r.opt.step(loss_fn, r.step)
     if r.world.active:
         record.update(r.opt.gather_record(record, r.step))
@@ -441,7 +455,8 @@ def end_epoch(r: Run, ep: Epoch) -> dict:
            "sigma_mean": ep.stats.sigma_mean, "sigma_min": ep.stats.sigma_min, "sigma_max": ep.stats.sigma_max,
            "grad_norm": sums["grad_norm"] / finite}
     t_val = time.perf_counter()
-    row.update(validate(r.net, r.val, cfg.eps, cfg.relaxation, cfg.eval_batch_size, cfg.backend, r.world, r.val_sub))
+    row.update(validate(r.net, r.val, cfg.eps, cfg.relaxation, cfg.eval_batch_size, cfg.backend, r.world, r.val_sub,
+                        r.budget))
     r.clock.observe_validation(time.perf_counter() - t_val)
     row["val_eps"] = cfg.eps
     row["time_s"] = ep.seconds()
