@@ -27,7 +27,7 @@ from gls.affine import Conv, Dense, Diag
 from gls.bounds import ibp_boxes
 from gls.budget import SAFE_FRACTION, Blocks, available_bytes, default_budget  # noqa: F401 (the planner's API)
 from gls.net import Network
-from gls.problem import CPU_ROWS_PER_PASS, input_region, method_name
+from gls.problem import input_region, member_chunk_size, method_name
 
 FLOAT_BYTES = 4  # float32
 UNBOUNDED = 1 << 62  # no budget: blocks of gls.budget.BLOCK_BYTES
@@ -76,6 +76,10 @@ class NetShape:
     @property
     def classes(self) -> int:
         return self.segments[-1][-1][2]
+
+    @property
+    def has_conv(self) -> bool:
+        return any(op[0] == "conv" for seg in self.segments for op in seg)
 
     def refined_layers(self, method: str) -> list[int]:
         """ReLU layers whose bounds hBox/DeepPoly back-substitute (gls.bounds: not the first when one
@@ -221,11 +225,12 @@ class StepPlan:
     bytes: int
 
 
-def _members_per_bound_pass(p: int, b: int, grad: bool, device: torch.device, method: str) -> int:
-    """gls.bounds splits members on a CPU; without autograd only one split is alive at a time."""
-    if grad or device.type != "cpu":
+def _members_per_bound_pass(p: int, b: int, grad: bool, device: torch.device, method: str, dense: bool) -> int:
+    """gls.bounds splits members on a CPU (problem.member_chunk_size); without autograd only one split is
+    alive at a time."""
+    if grad:
         return p
-    return min(p, max(1, CPU_ROWS_PER_PASS[method_name(method)] // max(b, 1)))
+    return min(p, member_chunk_size(None, p, b, device, method_name(method), dense=dense))
 
 
 def step_bytes(shape: NetShape, *, method: str, relaxation: str, population: int, member_chunk: int,
@@ -241,7 +246,7 @@ def step_bytes(shape: NetShape, *, method: str, relaxation: str, population: int
     forward = p * b * shape.outputs * (3 if grad else 1)
     bounds = 0
     if robust:
-        pb = _members_per_bound_pass(p, b, grad, device, relaxation)
+        pb = _members_per_bound_pass(p, b, grad, device, relaxation, dense=not shape.has_conv)
         bounds = bound_elements(shape, relaxation, pb, b, shape.classes - 1, grad=grad, unstable=unstable,
                                 budget=budget)
     weights = shape.d * (population + p * WEIGHT_COPIES[grad] + 6)
