@@ -80,10 +80,11 @@ BOX_BLOCK = 1 << 16  # elements per block of _box_steps: its few live blocks sta
 
 
 def _box_steps(mid, rad):
-    """_box_step, in blocks of BOX_BLOCK elements where no gradient is taken. Its ten elementwise passes
-    over a whole population's layer (4M floats for CNN7 at P = 16, B = 4) ran from memory, where a loop
-    of single members ran them from cache, and lost the batched pass to that loop. Same numbers."""
-    if mid.shape != rad.shape or mid.numel() <= BOX_BLOCK or (
+    """_box_step, in blocks of BOX_BLOCK elements on a CPU where no gradient is taken. Its ten
+    elementwise passes over a whole population's layer (4M floats for CNN7 at P = 16, B = 4) ran from
+    memory, where a loop of single members ran them from cache, and lost the batched pass to that loop.
+    Same numbers."""
+    if mid.device.type != "cpu" or mid.shape != rad.shape or mid.numel() <= BOX_BLOCK or (
             torch.is_grad_enabled() and (mid.requires_grad or rad.requires_grad)):
         return _box_step(mid, rad)
     m, r = mid.contiguous().view(-1), rad.contiguous().view(-1)
@@ -266,12 +267,12 @@ IBP_OUTPUT_BLOCK = 1 << 18  # coefficients of C W per block of members in _ibp_o
 def _ibp_output(last, lam, l_last, u_last, backend):
     """IBP's bound of C z: C (lam (P, B, S, K)) folded into the last affine layer (W' = C W, b' = C b) and
     evaluated on the box (l_last, u_last) of its input, members riding the batch axis of concretize.
-    A Dense layer goes in blocks of members whose C W fits IBP_OUTPUT_BLOCK: over a whole population
-    (75 MB for cnn3 at P = 16, B = 64) it was written to memory and read back."""
+    On a CPU a Dense layer goes in blocks of members whose C W fits IBP_OUTPUT_BLOCK: over a whole
+    population (75 MB for cnn3 at P = 16, B = 64) it was written to memory and read back."""
     P, B, S, _ = lam.shape
     N = l_last.shape[-1]
     step = P
-    if isinstance(last, Dense) and P > 1:
+    if isinstance(last, Dense) and P > 1 and lam.device.type == "cpu":
         step = max(1, IBP_OUTPUT_BLOCK // (B * S * N))
     out = []
     for i in range(0, P, step):

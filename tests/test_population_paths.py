@@ -135,6 +135,33 @@ def test_forced_paths_give_the_same_gradients():
                 _close(g, w)
 
 
+@pytest.mark.parametrize("net", ["cnn", "mlp"])
+def test_cache_blocks_give_the_same_bits(monkeypatch, net):
+    """IBP's box step and output fold in cache-sized blocks (no autograd, CPU) give the same bits as in one
+    piece, whatever the block sizes (here a few elements and a member), float32 and float64."""
+    from gls import bounds
+
+    for dtype in (torch.float32, torch.float64):
+        model, shape = build(net)
+        model = model.to(dtype)
+        params = _params(model, 3, dtype)
+        x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        labels = torch.tensor([0, 2])
+
+        def lower():
+            with torch.inference_mode():
+                return gls.compute_bounds(model, x, 0.05, method="ibp", labels=labels, params=params).lower
+
+        with monkeypatch.context() as m:  # one piece
+            m.setattr(bounds, "BOX_BLOCK", 1 << 40)
+            m.setattr(bounds, "IBP_OUTPUT_BLOCK", 1 << 40)
+            whole = lower()
+        with monkeypatch.context() as m:
+            m.setattr(bounds, "BOX_BLOCK", 7)
+            m.setattr(bounds, "IBP_OUTPUT_BLOCK", 1)
+            assert torch.equal(lower(), whole)
+
+
 def test_shared_weights_fold_into_the_batch():
     """Weights expanded from one member (stride 0) are shared: the folded path applies and agrees."""
     model, shape = build("cnn")
