@@ -3,7 +3,7 @@ bench.workload's networks, fit each one's constants by non-negative least square
 
     python -m bench.fit_population_paths [--threads 2] [--rounds 3] [--device cpu|cuda] [--networks ...] [--out fit.json]
 
-Layers: every Linear/Conv interval step of mlp (B = 64), cnn3 (B = 8, 64) and cnn7 (B = 4) as the
+Layers: every Linear/Conv interval step of mlp (B = 8, 64), cnn3 (B = 8, 64) and cnn7 (B = 4) as the
 IBP pass meets them (the first one with its input shared by the members), populations 1, 16 and 64
 (cnn7: 1, 16), and shared weights (folded) at P = 16; random centres and radii. A time is the best of
 `rounds` calls after one warm-up, the candidates timed in turns. The model, per (path, pairing): t =
@@ -26,7 +26,7 @@ from gls import population_paths as pp
 from gls.affine import Conv, Dense
 from bench import workload
 
-GRID = [("mlp", 64, (1, 16, 64)), ("cnn3", 8, (1, 16, 64)), ("cnn3", 64, (1, 16, 64)), ("cnn7", 4, (1, 16))]
+GRID = [("mlp", 64, (1, 16, 64)), ("mlp", 8, (1, 16, 64)), ("cnn3", 8, (1, 16, 64)), ("cnn3", 64, (1, 16, 64)), ("cnn7", 4, (1, 16))]
 
 
 def _sync(device: torch.device):

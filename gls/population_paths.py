@@ -209,7 +209,7 @@ def features(path: str, pairing: str, gx: int, gw: int, B: int, w_shape, geo: Ge
         n_in_px, n_out_px = math.prod(geo.in_shape), math.prod(geo.out_shape)
     macs = 2 * q * B * n_out_px * k
     w_elems = 2 * gw * math.prod(w_shape[1:])
-    x_read = 2 * (q if path == "grouped" else gx) * B * n_in_px
+    x_read = 2 * (q if path == "grouped" and geo is not None else gx) * B * n_in_px  # a GEMM broadcasts x
     moved = x_read + 2 * 2 * q * B * n_out_px + w_elems  # outputs are written, then reordered
     if path == "bmm":
         L = n_out_px // w_shape[1]
@@ -227,24 +227,24 @@ def features(path: str, pairing: str, gx: int, gw: int, B: int, w_shape, geo: Ge
 # cuda: not fitted yet, left to a GPU check (then the one-call default applies).
 COSTS: dict[str, dict[tuple[str, str, str], tuple[float, float, float]] | None] = {
     "cpu": {
-        ('conv', 'bmm', 'paired'): (0.0, 4.615e-13, 3.209e-09),
-        ('conv', 'bmm', 'separate'): (0.0, 1.725e-11, 2.476e-09),
-        ('conv', 'folded', 'paired'): (0.0, 1.518e-11, 2.053e-09),
-        ('conv', 'folded', 'separate'): (0.001407, 1.913e-11, 0.0),
-        ('conv', 'grouped', 'paired'): (0.0, 9.08e-12, 3.272e-09),
-        ('conv', 'grouped', 'separate'): (0.0, 1.029e-11, 3.277e-09),
-        ('conv', 'loop', 'paired'): (7.237e-05, 1.791e-11, 1.71e-09),
-        ('conv', 'loop', 'separate'): (6.879e-05, 1.791e-11, 1.281e-09),
-        ('conv', 'stacked', 'paired'): (0.0, 0.0, 2.683e-09),
-        ('conv', 'stacked', 'separate'): (0.0, 4.227e-11, 1.014e-09),
-        ('linear', 'folded', 'paired'): (0.0, 6.633e-11, 0.0),
-        ('linear', 'folded', 'separate'): (0.0, 3.33e-11, 0.0),
-        ('linear', 'grouped', 'paired'): (0.0, 1.123e-11, 1.577e-09),
-        ('linear', 'grouped', 'separate'): (0.0, 2.944e-11, 6.739e-10),
-        ('linear', 'loop', 'paired'): (2.11e-05, 5.507e-11, 3.35e-10),
-        ('linear', 'op', 'paired'): (0.0, 6.024e-11, 3.06e-10),
-        ('linear', 'stacked', 'paired'): (0.0, 5.303e-11, 0.0),
-        ('linear', 'stacked', 'separate'): (0.0, 4.267e-11, 0.0),
+        ('conv', 'bmm', 'paired'): (0.0, 2.442e-11, 2.314e-09),
+        ('conv', 'bmm', 'separate'): (0.0, 2.416e-11, 2.127e-09),
+        ('conv', 'folded', 'paired'): (0.0, 1.83e-11, 1.732e-09),
+        ('conv', 'folded', 'separate'): (0.0015, 1.87e-11, 1.11e-10),
+        ('conv', 'grouped', 'paired'): (0.0, 1.3e-11, 2.934e-09),
+        ('conv', 'grouped', 'separate'): (0.0, 1.252e-11, 2.652e-09),
+        ('conv', 'loop', 'paired'): (0.0001224, 2.023e-11, 1.498e-09),
+        ('conv', 'loop', 'separate'): (0.0001466, 1.824e-11, 1.031e-09),
+        ('conv', 'stacked', 'paired'): (0.0, 6.945e-11, 6.116e-10),
+        ('conv', 'stacked', 'separate'): (0.0, 8.66e-11, 0.0),
+        ('linear', 'folded', 'paired'): (0.0, 7.666e-11, 0.0),
+        ('linear', 'folded', 'separate'): (1.179e-05, 4.609e-11, 0.0),
+        ('linear', 'grouped', 'paired'): (0.0, 6.019e-11, 9.795e-10),
+        ('linear', 'grouped', 'separate'): (0.0, 3.675e-11, 6.158e-10),
+        ('linear', 'loop', 'paired'): (4.797e-05, 5.722e-11, 1.54e-10),
+        ('linear', 'op', 'paired'): (0.0, 7.485e-11, 9.996e-11),
+        ('linear', 'stacked', 'paired'): (0.0, 0.0, 1.216e-09),
+        ('linear', 'stacked', 'separate'): (0.0, 0.0, 1.451e-09),
     },
     "cuda": None,
 }
