@@ -223,8 +223,15 @@ def features(path: str, pairing: str, gx: int, gw: int, B: int, w_shape, geo: Ge
 
 
 # Fitted constants (seconds per call, per multiply-add, per element moved) per (kind, path, pairing),
-# per device type. cpu: PROVISIONAL 1-thread fit.
-# cuda: not fitted yet, left to a GPU check (then the one-call default applies).
+# per device type. cpu: `python -m bench.fit_population_paths --threads 1` (its docstring gives the layers
+# and sizes) on the 2-core Intel Xeon development machine, one torch thread pinned to one core while
+# other work ran on the other (load average 2-3), timings and fit in
+# bench/results/population_paths_fit_Intel_Xeon.json. Over its 42 layers the picks took 1.55 s against
+# 1.50 s for the fastest path of each and 2.19 s for one call for all members; the worst picks took 1.5x
+# the fastest (CNN7's first layer at P = 1, 1.1 ms against 0.7 ms; the MLP's first layer at B = 64,
+# P = 64, stacked filters at 84 ms where the batched GEMM took 56 ms).
+# cuda: not fitted yet, left to the GPU check (bench.gpu_check's paths stage; until then the one-call
+# default applies).
 COSTS: dict[str, dict[tuple[str, str, str], tuple[float, float, float]] | None] = {
     "cpu": {
         ('conv', 'bmm', 'paired'): (0.0, 2.442e-11, 2.314e-09),
