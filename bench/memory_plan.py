@@ -4,7 +4,7 @@
 measures every cell of {net} x {method} x {bounds only, with backward} x {B} in a fresh subprocess (peaks
 of different cells never mix): gls.app.models.build(net, (1, 28, 28), MNIST statistics, init="ibp"),
 the first B real MNIST test images (bench/trained.py), eps 0.1, the margin lower bound of every sample;
-"backward" runs it with the weights requiring grad and back-propagates the mean lower bound. The child
+"backward" runs it with the weights requiring grad and back-propagates the robust loss (gls.robust_loss). The child
 keeps freed memory in the process as gls.train and gls.certify do (gls.app.heap), warms up with the same
 call on one image at eps 0 (libraries and kernels loaded), gives the free heap back (malloc_trim: else
 the pass reuses pages the data set's loading freed and its rise hides), records its resident set, resets the peak
@@ -43,14 +43,14 @@ BATCHES = (1, 8, 32)
 _CHILD = r"""
 import ctypes, gc, json, os, sys, time
 import torch
-torch.set_num_threads(1)
+a = json.loads(sys.argv[1])
+torch.set_num_threads(a.get("threads", 1))
 from gls.app import heap, models
 heap.keep_freed_memory()
-from gls import memory
+from gls import budget, memory, robust_loss
 from gls.bounds import compute_bounds
 from bench.trained import mnist_test
 
-a = json.loads(sys.argv[1])
 torch.manual_seed(0)
 model = models.build(a["net"], (1, 28, 28), (0.1307,), (0.3081,), init="ibp").eval()
 x, y = mnist_test(a["B"])
@@ -65,11 +65,13 @@ def hwm():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
+limit = budget.default_budget(torch.device("cpu")) if a.get("budget") is None else a["budget"]
+
 def run(x, y, eps):
     with torch.set_grad_enabled(grad):
-        lower = compute_bounds(model, x, eps, method=a["method"], labels=y).lower
+        lower = compute_bounds(model, x, eps, method=a["method"], labels=y, budget=limit).lower
         if grad:
-            lower.mean().backward()
+            robust_loss(lower).backward()
             model.zero_grad(set_to_none=True)
     del lower
 
@@ -83,16 +85,21 @@ with open("/proc/self/clear_refs", "w") as f:
 t = time.perf_counter()
 run(x, y, a["eps"])
 secs = time.perf_counter() - t
-print(json.dumps({"measured": max(hwm() - before, 0), "base": before, "unstable": counts, "seconds": secs}))
+print(json.dumps({"measured": max(hwm() - before, 0), "base": before, "unstable": counts, "seconds": secs,
+                  "budget": limit}))
 """
 
 
-def measure(net: str, method: str, grad: bool, B: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def measure(net: str, method: str, grad: bool, B: int, *, budget: int | None = None, threads: int = 1,
+            cap: int | None = None) -> dict:
+    """One cell in a fresh process; budget: compute_bounds's (None: gls.budget.default_budget in the child);
+    cap: the child's address space (prlimit --as), so a mistake cannot take the machine's memory."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     root = Path(__file__).resolve().parent.parent
-    case = dict(net=net, method=method, grad=grad, B=B, eps=EPS)
-    out = subprocess.run(["nice", sys.executable, "-c", _CHILD, json.dumps(case)], capture_output=True, text=True,
-                         cwd=root, env=env, timeout=3600)
+    case = dict(net=net, method=method, grad=grad, B=B, eps=EPS, budget=budget, threads=threads)
+    limit = ["prlimit", f"--as={cap}", "--"] if cap else []
+    out = subprocess.run([*limit, "nice", sys.executable, "-c", _CHILD, json.dumps(case)], capture_output=True,
+                         text=True, cwd=root, env=env, timeout=3600)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -103,11 +110,11 @@ def shape_of(net: str) -> memory.NetShape:
     return memory.NetShape.of(Network.from_module(model), (1, 28, 28))
 
 
-def plan(net: str, method: str, grad: bool, B: int, unstable=None) -> int:
-    return memory.pass_bytes(shape_of(net), method, 1, B, grad=grad, unstable=unstable)
+def plan(net: str, method: str, grad: bool, B: int, unstable=None, budget=None) -> int:
+    return memory.pass_bytes(shape_of(net), method, 1, B, grad=grad, unstable=unstable, budget=budget)
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:40]
 
 
@@ -128,7 +135,7 @@ def report(results: dict, skipped: dict) -> str:
         net, method, mode, B = k.split("/")
         if k in results:
             r = results[k]
-            est = plan(net, method, mode == "backward", int(B), r["unstable"])
+            est = plan(net, method, mode == "backward", int(B), r["unstable"], r.get("budget"))
             ratio = est / max(r["measured"], 1)
             ratios.append((ratio, k, r["measured"]))
             lines.append(f"| {net} | {method} | {mode} | {B} | {', '.join(map(str, r['unstable']))} | {_mb(est)} | "
@@ -160,7 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-above", default="8GB", help="do not run cells whose plan exceeds this")
     p.add_argument("--report-only", action="store_true", help="write the report from the stored measurements")
     args = p.parse_args(argv)
-    stem = RESULTS / f"memory_plan_{_safe(device_name())}"
+    stem = RESULTS / f"memory_plan_{safe_name(device_name())}"
     store = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
     results, skipped = store.get("results", {}), store.get("skipped", {})
     limit = memory.parse_size(args.skip_above)
