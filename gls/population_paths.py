@@ -223,35 +223,34 @@ def features(path: str, pairing: str, gx: int, gw: int, B: int, w_shape, geo: Ge
 
 
 # Fitted constants (seconds per call, per multiply-add, per element moved) per (kind, path, pairing),
-# per device type. cpu: `python -m bench.fit_population_paths --threads 1` (its docstring gives the layers
-# and sizes) on the 2-core Intel Xeon development machine, one torch thread pinned to one core while
-# other work ran on the other (load average 2-3), timings and fit in
-# bench/results/population_paths_fit_Intel_Xeon.json. Over its 42 layers the picks took 1.55 s against
-# 1.50 s for the fastest path of each and 2.19 s for one call for all members; the worst picks took 1.5x
-# the fastest (CNN7's first layer at P = 1, 1.1 ms against 0.7 ms; the MLP's first layer at B = 64,
-# P = 64, stacked filters at 84 ms where the batched GEMM took 56 ms).
+# per device type. cpu: `python -m bench.fit_population_paths` (its docstring gives the layers and sizes)
+# on the 2-core Intel Xeon development machine, 2 torch threads, the machine otherwise idle (load average
+# 1.8 from the minutes before), timings and fit in bench/results/population_paths_fit_Intel_Xeon.json.
+# Over its 42 layers the picks took 0.80 s against 0.76 s for the fastest path of each and 1.03 s for
+# one call for all members; the worst picks took 1.3-1.6x the fastest (small P = 1 convolutions, 1-2 ms;
+# the MLP's first layer at B = 64, P = 64, stacked filters at 54 ms where the batched GEMM took 35 ms).
 # cuda: not fitted yet, left to the GPU check (bench.gpu_check's paths stage; until then the one-call
 # default applies).
 COSTS: dict[str, dict[tuple[str, str, str], tuple[float, float, float]] | None] = {
     "cpu": {
-        ('conv', 'bmm', 'paired'): (0.0, 2.442e-11, 2.314e-09),
-        ('conv', 'bmm', 'separate'): (0.0, 2.416e-11, 2.127e-09),
-        ('conv', 'folded', 'paired'): (0.0, 1.83e-11, 1.732e-09),
-        ('conv', 'folded', 'separate'): (0.0015, 1.87e-11, 1.11e-10),
-        ('conv', 'grouped', 'paired'): (0.0, 1.3e-11, 2.934e-09),
-        ('conv', 'grouped', 'separate'): (0.0, 1.252e-11, 2.652e-09),
-        ('conv', 'loop', 'paired'): (0.0001224, 2.023e-11, 1.498e-09),
-        ('conv', 'loop', 'separate'): (0.0001466, 1.824e-11, 1.031e-09),
-        ('conv', 'stacked', 'paired'): (0.0, 6.945e-11, 6.116e-10),
-        ('conv', 'stacked', 'separate'): (0.0, 8.66e-11, 0.0),
-        ('linear', 'folded', 'paired'): (0.0, 7.666e-11, 0.0),
-        ('linear', 'folded', 'separate'): (1.179e-05, 4.609e-11, 0.0),
-        ('linear', 'grouped', 'paired'): (0.0, 6.019e-11, 9.795e-10),
-        ('linear', 'grouped', 'separate'): (0.0, 3.675e-11, 6.158e-10),
-        ('linear', 'loop', 'paired'): (4.797e-05, 5.722e-11, 1.54e-10),
-        ('linear', 'op', 'paired'): (0.0, 7.485e-11, 9.996e-11),
-        ('linear', 'stacked', 'paired'): (0.0, 0.0, 1.216e-09),
-        ('linear', 'stacked', 'separate'): (0.0, 0.0, 1.451e-09),
+        ('conv', 'bmm', 'paired'): (0.0, 8.249e-12, 1.472e-09),
+        ('conv', 'bmm', 'separate'): (0.0, 7.898e-12, 1.396e-09),
+        ('conv', 'folded', 'paired'): (0.0, 8.162e-12, 1.249e-09),
+        ('conv', 'folded', 'separate'): (0.0009916, 9.782e-12, 0.0),
+        ('conv', 'grouped', 'paired'): (0.0, 6.01e-12, 1.662e-09),
+        ('conv', 'grouped', 'separate'): (0.0, 5.895e-12, 1.446e-09),
+        ('conv', 'loop', 'paired'): (9.658e-05, 9.304e-12, 9.604e-10),
+        ('conv', 'loop', 'separate'): (0.0001072, 9.606e-12, 5.503e-10),
+        ('conv', 'stacked', 'paired'): (0.0, 2.726e-11, 5.775e-10),
+        ('conv', 'stacked', 'separate'): (0.0, 3.081e-11, 1.259e-10),
+        ('linear', 'folded', 'paired'): (0.0, 3.71e-11, 0.0),
+        ('linear', 'folded', 'separate'): (1.74e-05, 1.988e-11, 0.0),
+        ('linear', 'grouped', 'paired'): (0.0, 3.577e-11, 5.21e-10),
+        ('linear', 'grouped', 'separate'): (0.0, 2.042e-11, 3.532e-10),
+        ('linear', 'loop', 'paired'): (1.882e-05, 4.017e-11, 2.246e-11),
+        ('linear', 'op', 'paired'): (0.0, 3.865e-11, 3.882e-11),
+        ('linear', 'stacked', 'paired'): (0.0, 6.04e-12, 5.832e-10),
+        ('linear', 'stacked', 'separate'): (0.0, 6.98e-12, 6.424e-10),
     },
     "cuda": None,
 }
