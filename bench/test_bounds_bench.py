@@ -45,7 +45,7 @@ FULL = [(m, meth, 64, FULL_P) for m in ("mlp", "cnn3", "cnn7") for meth in ("ibp
 IMPLS = ("gls", "loop", "reference", "lirpa")
 LOOPS = ("loop", "lirpa")
 LIRPA_METHOD = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "deeppoly": "CROWN"}
-ROUNDS = {"quick": 2, "full": 5}
+ROUNDS = {"quick": 5, "full": 5}
 
 
 def pytest_generate_tests(metafunc):
