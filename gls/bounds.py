@@ -68,12 +68,15 @@ def _margin(scale: torch.Tensor) -> torch.Tensor:
     return scale * (_ULPS * torch.finfo(scale.dtype).eps)
 
 
-def _box_step(mid, rad):
-    """(l, u) of the box mid -+ rad widened by _margin, and (mid, rad) of its image under ReLU."""
+def _box_step(mid, rad, out=(None, None, None, None)):
+    """(l, u) of the box mid -+ rad widened by _margin, and (mid, rad) of its image under ReLU; into the
+    four tensors of `out` where given."""
+    l_out, u_out, mid_out, rad_out = out
     d = _margin(mid.abs() + rad).detach()
-    l, u = mid - rad - d, mid + rad + d
+    l = torch.sub(mid, rad, out=l_out).sub_(d)
+    u = torch.add(mid, rad, out=u_out).add_(d)
     lp, up = l.relu(), u.relu()
-    return l, u, (up + lp) / 2, (up - lp) / 2
+    return l, u, torch.add(up, lp, out=mid_out).div_(2), torch.sub(up, lp, out=rad_out).div_(2)
 
 
 BOX_BLOCK = 1 << 16  # elements per block of _box_steps: its few live blocks stay in L2
@@ -89,15 +92,8 @@ def _box_steps(mid, rad):
         return _box_step(mid, rad)
     m, r = mid.contiguous().view(-1), rad.contiguous().view(-1)
     out = [torch.empty_like(m) for _ in range(4)]
-    scale = _ULPS * torch.finfo(m.dtype).eps  # as _margin
-    for i in range(0, m.numel(), BOX_BLOCK):  # _box_step's operations, in its order, into the outputs
-        mb, rb, l, u, mid2, rad2 = (t[i:i + BOX_BLOCK] for t in (m, r, *out))
-        d = torch.add(mb.abs(), rb).mul_(scale)
-        torch.sub(mb, rb, out=l).sub_(d)
-        torch.add(mb, rb, out=u).add_(d)
-        lp, up = l.relu(), u.relu()
-        torch.add(up, lp, out=mid2).div_(2)
-        torch.sub(up, lp, out=rad2).div_(2)
+    for i in range(0, m.numel(), BOX_BLOCK):
+        _box_step(m[i:i + BOX_BLOCK], r[i:i + BOX_BLOCK], [o[i:i + BOX_BLOCK] for o in out])
     return tuple(o.view(mid.shape) for o in out)
 
 
@@ -371,8 +367,8 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
         return sound_bounds(net, params, x, eps, method=method, labels=labels, spec=spec, domain=domain,
                             bound=bound, member_chunk=member_chunk, intersect_ibp=intersect_ibp)
     chunk = member_chunk_size(member_chunk, P, x.shape[0], x.device, method, dense=not net.has_conv)
-    blocks = _blocks(budget, params, x)
     if chunk < P:
+        blocks = _blocks(budget, params, x)
         budget = blocks.budget * chunk // P if blocks.grad else blocks.budget
         parts = [compute_bounds(net, x, eps, method=method, labels=labels, spec=spec, domain=domain, bound=bound,
                                 params={n: t[i:i + chunk] for n, t in params.items()}, backend=backend,
@@ -393,6 +389,7 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     if method == "ibp":
         lb = _ibp_output(segs[-1][-1], lam, l_last, u_last, backend)
     else:
+        blocks = _blocks(budget, params, x)  # IBP back-substitutes nothing: no budget to read
         _, relax = _relaxations(segs, boxes, method, x_lo, x_hi, x.shape[1:], backend, blocks, all_rows=all_rows,
                                 intersect_ibp=intersect_ibp)
         lb = _final(lam, segs, relax, x_lo, x_hi, backend, blocks, windows=not all_rows)
