@@ -188,8 +188,9 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
     blocks = Blocks(UNBOUNDED if budget is None else budget, grad)
     kept = block = 0
     for k, r in _rows(shape, method, rows, unstable):
-        sizes = [n for n, _ in shape.row_blocks(k)]
-        graph = sum(n * keep for n, keep in shape.row_blocks(k))  # numbers autograd keeps of one row
+        row = shape.row_blocks(k)
+        sizes = [n for n, _ in row]
+        graph = sum(n * keep for n, keep in row)  # numbers autograd keeps of one row
         most = max(max(sizes), relus[k] if k < len(relus) else 0, n_input)  # as gls.patches.row_cost counts them
         per_block, checkpointed = blocks.rows(r, most, sum(sizes), FLOAT_BYTES * p * b)
         if not grad:
