@@ -23,9 +23,9 @@ constants fitted by least squares to timings of the layers of gls's benchmark ne
 machine's kind (``python -m bench.fit_population_paths``; COSTS holds them per device type, with how
 they were measured; a path without constants there is not a candidate on that device type). Where a
 device type has no fitted constants (the GPU entries are left to a GPU check, which runs the same
-script), the choice is one call for all members (``op`` for a Linear
-layer), centre and radius separate. ``force`` imposes a path, ``recording`` collects the choices, and
-the logger ``gls.population_paths`` logs each at DEBUG level.
+script), the choice is one call for all members (``op`` for a Linear layer), centre and radius
+separate. ``force`` imposes a path, ``recording`` collects the choices, and the logger
+``gls.population_paths`` logs each at DEBUG level.
 """
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ void small_batch_dispatch(int64_t rows, const T* w, int64_t n_in, int64_t nc, co
   small_batch_block<T, R>(w, n_in, nc, mid, rad, mo, ro, n_out);
 }
 
-constexpr int64_t kAbsBlockBytes = int64_t(512) << 10;  // the |W| block: half of a 1.25 MiB L2 and more
+constexpr int64_t kAbsBlockBytes = int64_t(512) << 10;  // the |W| block: under half of a 1.25 MiB L2
 constexpr int64_t kMinCols = 16;                        // rows of W per block, at least
 
 template <typename T>
