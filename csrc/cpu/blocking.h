@@ -50,9 +50,28 @@ at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {
                        at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
+// Whether this torch runs oneDNN's matmul on float32 on this CPU. torch 2.14 refuses it (c10::Error) on a
+// CPU without AVX-512 BW/VL/DQ or AVX-NE-CONVERT (an AVX2-only AMD EPYC), where its own float32 matmuls use
+// BLAS; asking is the one check that follows torch's rule whatever its version. Probed once per process.
+inline bool onednn_float_matmul_runs() {
+  static const bool runs = [] {
+    if (&at::native::mkldnn_matmul == nullptr || !at::hasMKLDNN()) return false;
+    float a = 2.f, b = 3.f, c = 0.f;
+    try {
+      at::native::mkldnn_matmul(matrix_view(&a, 1, 1, 1), matrix_view(&b, 1, 1, 1), matrix_view(&c, 1, 1, 1), 0.f,
+                                1.f);
+    } catch (const c10::Error&) {
+      return false;
+    }
+    return c == 6.f;
+  }();
+  return runs;
+}
+
 // GEMMs on matrix views, c = a @ b (c += a @ b with `accumulate`), single-threaded inside our parallel
 // region. float32 GEMMs of at least kOneDnnMacs multiply-adds go to oneDNN's matmul, smaller ones and
-// float64 to ATen's BLAS (MKL/OpenBLAS). Measured on one core of the AMD EPYC of bench/results: oneDNN's
+// float64 to ATen's BLAS (MKL/OpenBLAS), as do all where torch refuses oneDNN's float32 matmul
+// (onednn_float_matmul_runs). Measured on one core of the AMD EPYC of bench/results: oneDNN's
 // JIT kernels use AVX-512 where MKL does not, 144-223 against 64-98 GFLOP/s on the back-substitution
 // GEMMs, but its ~10 us per call loses below ~1M multiply-adds. oneDNN is used only where torch would use it in float32
 // arithmetic: torch.backends.mkldnn enabled (the switch that turns it off) and its float32 matmul
@@ -87,8 +106,9 @@ class Gemm {
 
   Gemm() {
     const auto precision = at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL);
-    onednn_ = &at::native::mkldnn_matmul != nullptr && at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() &&
-              (precision == at::Float32Precision::NONE || precision == at::Float32Precision::IEEE);
+    onednn_ = at::globalContext().userEnabledMkldnn() &&
+              (precision == at::Float32Precision::NONE || precision == at::Float32Precision::IEEE) &&
+              onednn_float_matmul_runs();
   }
 
   // The extent to compute of a dimension n that follows the data, in buffers with room for leading_up(n):
