@@ -1,5 +1,5 @@
 """The GEMMs of the CPU kernels (csrc/cpu/blocking.h, Gemm): float32 GEMMs of at least 2^20 multiply-adds
-go to oneDNN's matmul, smaller ones and float64 to BLAS, and torch.backends.mkldnn's switch turns oneDNN
+go to oneDNN's matmul where torch runs it (AVX-512 CPUs), smaller ones, float64 and all on other CPUs to BLAS, and torch.backends.mkldnn's switch turns oneDNN
 off. Shapes here are large enough for the oneDNN path (the kernel tests' odd shapes mostly stay on BLAS):
 both paths give the reference's numbers, forward and gradients, and the thread count changes no bit.
 """
@@ -30,6 +30,11 @@ CONV = (2, 2, 2, 1, 240, 32, 16, 3, 3, (4, 4), 9, 9, (2, 2), (1, 1), True, False
 # blocks of 512 rows, 2M-4M multiply-adds per forward GEMM.
 CONV_1X1 = (1, 1, 1, 2, 600, 32, 16, 1, 1, (4, 4), 9, 9, (2, 2), (1, 1), True, False)
 TOL = dict(rtol=1e-5, atol=1e-4)
+# torch runs oneDNN's float32 matmul only on a CPU with AVX-512 (or AVX-NE-CONVERT); elsewhere the kernels use
+# BLAS alone (blocking.h, onednn_float_matmul_runs), and there is no oneDNN GEMM to observe.
+ONEDNN_FLOAT = torch.cpu._is_avx512_supported()
+needs_onednn_float = pytest.mark.skipif(not ONEDNN_FLOAT, reason="torch runs no float32 oneDNN matmul on this "
+                                        "CPU (no AVX-512): the kernels' GEMMs all go to BLAS")
 
 
 def _conv_args(case=CONV):
@@ -125,7 +130,7 @@ with t.mkldnn({enabled}):
 """
 
 
-@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("enabled", [pytest.param(True, marks=needs_onednn_float), False])
 def test_onednn_runs_the_large_gemms_unless_switched_off(enabled):
     """oneDNN's verbose log lists matmuls for every op here when enabled, and none when switched off; none
     runs oneDNN's reference implementation (`ref:any`, 100-1000x slower: what it picks for a layout its
@@ -157,6 +162,7 @@ for zero in range(40):
 """
 
 
+@needs_onednn_float
 def test_onednn_compiles_few_shapes_when_row_counts_vary():
     """The GEMMs' row counts follow the non-zero rows of each call; the conv kernels compute them rounded
     up to four leading binary digits (blocking.h), so 40 different counts compile a few shapes (11 when
