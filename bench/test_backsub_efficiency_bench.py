@@ -15,13 +15,10 @@ Efficiency = time(matmul) / time(candidate) = achieved FLOP/s / matmul FLOP/s (b
 """
 from __future__ import annotations
 
-from unittest import mock
-
 import pytest
 import torch
 
 import gls
-from gls import affine, ops
 from bench import trained, workload
 from bench.harness import bench_size, best_round, measure, record
 
@@ -40,35 +37,6 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize(("model", "B", "P", "impl"), cases)
 
 
-def record_backsub(run):
-    """Run `run()` once and return its back-substitution calls as (function, args, GEMM shape)."""
-    calls = []
-    real_backsub, real_back, real_conv = ops.backsub_linear_relu, affine.Dense.back, ops.backsub_conv_relu
-
-    def backsub(lam, W, *rest, **kw):
-        calls.append((lambda *a: real_backsub(*a, **kw), (lam, W, *rest), (lam.shape[0], lam.shape[1] * lam.shape[2],
-                                                                            W.shape[-2], W.shape[-1])))
-        return real_backsub(lam, W, *rest, **kw)
-
-    def back(self, lam):
-        calls.append((lambda lam_: real_back(self, lam_), (lam,), (lam.shape[0], lam.shape[1] * lam.shape[2],
-                                                                  self.W.shape[-2], self.W.shape[-1])))
-        return real_back(self, lam)
-
-    def conv(lam, W, *rest, **kw):
-        P, B, R, c_out, h, w = lam.shape
-        calls.append((lambda *a: real_conv(*a, **kw), (lam, W, *rest), (P, B * R * h * w, c_out, W[0].numel() // c_out)))
-        return real_conv(lam, W, *rest, **kw)
-
-    with mock.patch.object(ops, "backsub_linear_relu", backsub), mock.patch.object(affine.Dense, "back", back), \
-            mock.patch.object(ops, "backsub_conv_relu", conv):
-        run()
-    if not calls:
-        raise RuntimeError("no back-substitution call was recorded: has gls.bounds stopped using "
-                           "gls.ops.backsub_linear_relu / backsub_conv_relu / gls.affine.Dense.back?")
-    return calls
-
-
 def test_backsub_efficiency(benchmark, request, device, model, B, P, impl):
     module, x, y, eps = (trained.build if model.endswith("-trained") else workload.build)(model, B, device)
     net = gls.Network.from_module(module)
@@ -82,7 +50,7 @@ def test_backsub_efficiency(benchmark, request, device, model, B, P, impl):
         return gls.compute_bounds(net, x, eps, method=METHOD, labels=y, params=params)
 
     with torch.inference_mode():
-        calls = record_backsub(bound_pass)
+        calls = workload.record_backsub(bound_pass, replay=True)
         shapes = [shape for _, _, shape in calls]
         if impl == "pass":
             run = bound_pass

@@ -23,7 +23,7 @@ import torch
 import gls
 from gls.app import data, models
 from bench import trained, workload
-from bench.harness import auto_lirpa, bench_size, measure, peak_extra_bytes, record
+from bench.harness import auto_lirpa, bench_size, best_round, measure, peak_extra_bytes, record
 
 CASES = [  # (method, P, B, grad)
     ("deeppoly", 8, 32, False),
@@ -106,19 +106,60 @@ def test_peer_bounds(benchmark, request, device, method, P, B, grad, impl):
 CNN7_BATCH = {"quick": 1, "full": 8}
 
 
-@pytest.mark.parametrize("impl", ["deeppoly", "crown-ibp"])
+def _lirpa_images(model, x, y, eps):
+    """auto_LiRPA's CROWN lower bound image by image: at one MNIST image its CNN7 pass peaks at about 8 GB
+    (patches mode), so a batch of 8 would need about 64 GB; a researcher loops over the images."""
+    lirpa = auto_lirpa()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bounded = lirpa.BoundedModule(copy.deepcopy(model), torch.zeros_like(x[:1]), verbose=0)
+
+    def run():
+        out = []
+        for i in range(x.shape[0]):
+            xi = x[i:i + 1]
+            ptb = lirpa.PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(xi - eps).clamp(0, 1),
+                                           x_U=(xi + eps).clamp(0, 1))
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                lb, _ = bounded.compute_bounds(x=(lirpa.BoundedTensor(xi, ptb),), C=gls.margin_spec(y[i:i + 1], 10),
+                                               method="CROWN", bound_upper=False)
+            out.append(lb)
+        return torch.cat(out)
+
+    return run
+
+
+@pytest.mark.parametrize("impl", ["deeppoly", "crown-ibp", "lirpa"])
 def test_cnn7_deeppoly(benchmark, request, device, impl):
     """DeepPoly on gls.app.models cnn7 (MNIST, IBP initialisation, untrained: nearly every ReLU unstable, the
-    costly case), P = 1: time and peak memory, with CROWN-IBP on the same inputs as the baseline."""
+    costly case), P = 1, bounds only: time and peak memory, against auto_LiRPA's CROWN on the same inputs
+    (`lirpa`, image by image) and gls's CROWN-IBP. The DeepPoly case also records the GEMM FLOPs of the rows
+    and windows it computes (bench.workload.record_backsub), their rate, and their fraction of the same
+    back-substitutions done densely (every neuron, whole maps: bench.workload.dense_backsub_flops)."""
     B = CNN7_BATCH[bench_size(request.config)]
     model = models.build("cnn7", data.SHAPES["mnist"], *data.STATS["mnist"], init="ibp").eval().to(device)
     x, y = (t.to(device) for t in trained.mnist_test(B))
+    eps = 0.1
+    info = {}
+    if impl == "lirpa":
+        run = _lirpa_images(model, x, y, eps)
+    else:
+        def run():
+            with torch.inference_mode():
+                return gls.compute_bounds(model, x, eps, method=impl, labels=y).lower
 
-    def run():
-        with torch.inference_mode():
-            return gls.compute_bounds(model, x, 0.1, method=impl, labels=y).lower
-
-    peak, how = peak_extra_bytes(run, device)
+    if impl == "deeppoly":
+        shapes = []
+        peak, how = peak_extra_bytes(lambda: shapes.extend(s for *_, s in workload.record_backsub(run)), device)
+        net = gls.Network.from_module(model)
+        flops = workload.gemm_flops(shapes)
+        dense = workload.dense_backsub_flops(net, x.shape[1:], impl, 1, B, specs=9)
+        info = dict(backsub_flops=float(flops), flop_fraction=flops / dense)
+    else:
+        peak, how = peak_extra_bytes(run, device)
     measure(benchmark, run, device, rounds=1, warmup=0)
+    if impl == "deeppoly":
+        info["flops_per_s"] = info["backsub_flops"] / best_round(benchmark)
     record(benchmark, request, suite="cnn7", role="candidate" if impl == "deeppoly" else "baseline", items=B,
-           unit="bounds", peak_bytes=peak, memory_measure=how)
+           unit="bounds", peak_bytes=peak, memory_measure=how, **info)

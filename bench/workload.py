@@ -11,11 +11,12 @@ a realistic share of unstable neurons at the start of training.
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import torch
 
 import gls
-from gls import budget, patches
+from gls import affine, budget, ops, patches
 from gls.app import data, models
 from gls.problem import method_name
 from gls.objective import population_loss as objective
@@ -156,6 +157,54 @@ def fits(need: int, device: torch.device) -> tuple[bool, str]:
     """(whether `need` bytes fit, a message for the skip)."""
     have = available_bytes(device)
     return need <= have, f"needs about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB usable on {device}"
+
+
+def record_backsub(run, *, replay: bool = False) -> list:
+    """Run `run()` once and return its back-substitution GEMMs as (function, args, GEMM shape (batch, m, k,
+    n)): the gls.ops.backsub_linear_relu and backsub_conv_relu calls (a conv call's GEMM is its window
+    columns, zeros included) and the Dense back-steps into the input. Only the rows actually computed
+    appear. Without `replay` function and args are None (nothing of the pass is kept alive)."""
+    calls = []
+    real_backsub, real_back, real_conv = ops.backsub_linear_relu, affine.Dense.back, ops.backsub_conv_relu
+
+    def keep(fn, args, shape):
+        calls.append((fn, args, shape) if replay else (None, None, shape))
+
+    def backsub(lam, W, *rest, **kw):
+        keep(lambda *a: real_backsub(*a, **kw), (lam, W, *rest),
+             (lam.shape[0], lam.shape[1] * lam.shape[2], W.shape[-2], W.shape[-1]))
+        return real_backsub(lam, W, *rest, **kw)
+
+    def back(self, lam):
+        keep(lambda lam_: real_back(self, lam_), (lam,),
+             (lam.shape[0], lam.shape[1] * lam.shape[2], self.W.shape[-2], self.W.shape[-1]))
+        return real_back(self, lam)
+
+    def conv(lam, W, *rest, **kw):
+        P, B, R, c_out, h, w = lam.shape
+        keep(lambda *a: real_conv(*a, **kw), (lam, W, *rest), (P, B * R * h * w, c_out, W[0].numel() // c_out))
+        return real_conv(lam, W, *rest, **kw)
+
+    with mock.patch.object(ops, "backsub_linear_relu", backsub), mock.patch.object(affine.Dense, "back", back), \
+            mock.patch.object(ops, "backsub_conv_relu", conv):
+        run()
+    if not calls:
+        raise RuntimeError("no back-substitution call was recorded: has gls.bounds stopped using "
+                           "gls.ops.backsub_linear_relu / backsub_conv_relu / gls.affine.Dense.back?")
+    return calls
+
+
+def dense_backsub_flops(net: gls.Network, in_shape, method: str, P: int, B: int, specs: int) -> float:
+    """GEMM FLOPs of the same back-substitutions done densely (plain CROWN without gls's sparsity): every
+    neuron of every layer `method` refines (two rows: lower and upper) and the `specs` specification rows,
+    each as whole maps through every Linear/Conv down to the input. record_backsub's FLOPs over this is
+    the fraction of the rows and windows gls actually computes."""
+    segs = _segments(net, in_shape)
+    macs = [sum(m for n_in, n_out, m in seg if n_in != n_out or m != n_out) for seg in segs]  # Diag ops aside
+    flops = 2 * specs * sum(macs)
+    for k in _refined(segs, method):
+        flops += 2 * 2 * segs[k][-1][1] * sum(macs[:k + 1])
+    return float(P * B * flops)
 
 
 def gemm_flops(shapes) -> int:

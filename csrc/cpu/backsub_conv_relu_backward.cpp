@@ -6,7 +6,9 @@
 // filter gradient lam dcols come from two GEMMs per block of rows. Rows whose coefficients and upstream
 // gradients are all zero (padding rows) are left out of the block: their d_lam is zero. A task walks
 // the rows of its (member, block of samples) in order, so the line gradients need no atomics, and sums
-// its filter gradient in a fixed order: results do not depend on the thread count.
+// its filter gradient in a fixed order: results do not depend on the thread count. A batch too small
+// for enough tasks (B = 1: one task, one busy thread) splits each sample's rows into row blocks instead,
+// each with its own line-gradient maps, summed after in a fixed order.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -89,23 +91,47 @@ void relax_window_backward_for(const T* up, const T* d_al, const BacksubConvShap
   });
 }
 
+// How the backward's rows go to tasks, fixed by the shapes (not the threads): per member, b_blocks blocks of
+// samples, and with r_blocks > 1 (then b_blocks = B) each sample's rows in r_blocks blocks.
+struct TaskSplit {
+  int64_t b_blocks, r_blocks;
+  int64_t per_member() const { return b_blocks * r_blocks; }
+};
+
+// At least 16 tasks in all when the rows allow: by blocks of samples while the batch gives them, else by rows.
+TaskSplit task_split(const BacksubConvShape& s) {
+  const int64_t want = std::max<int64_t>(1, 16 / std::max<int64_t>(s.P, 1));
+  const int64_t b_blocks = std::clamp<int64_t>(want, 1, std::max<int64_t>(s.B, 1));
+  const int64_t r_blocks = s.B >= want ? 1 : std::clamp<int64_t>(want / std::max<int64_t>(s.B, 1), 1, std::max<int64_t>(s.R, 1));
+  return {b_blocks, r_blocks};
+}
+
 // Backward. Outputs: d_lam (P,B,R,C_out,h,w) or null (not asked); d_W (tasks, C_out, C_in*kh*kw) partial
-// sums per task; d_b (tasks, C_out) likewise; line gradients (P,B,C_in,H,W), zero-initialised, or null.
-// grad_out null: lam' has no upstream gradient.
+// sums per task; d_b (tasks, C_out) likewise; line gradients (r_blocks,P,B,C_in,H,W), zero-initialised, or
+// null. grad_out null: lam' has no upstream gradient.
 template <typename T>
-void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, const T* W, const T* b, const T* a_l,
+void backward_impl(const BacksubConvShape& s, TaskSplit split, const T* lam, const T* W, const T* b, const T* a_l,
                    const T* c_l, const T* a_u, const T* c_u, const int64_t* origin, const T* window, const T* grad_out,
                    const T* grad_bias, T* d_lam, T* d_W, T* d_b, T* d_al, T* d_cl, T* d_au, T* d_cu) {
   const Geometry g(s);
-  const int64_t per_block = (s.B + b_blocks - 1) / b_blocks, block = block_rows(g, s.c_out, sizeof(T));
+  const int64_t per_block = (s.B + split.b_blocks - 1) / split.b_blocks, block = block_rows(g, s.c_out, sizeof(T));
+  const int64_t per_rows = (s.R + split.r_blocks - 1) / split.r_blocks, maps = s.P * s.B * g.map;
   const int64_t capacity = Gemm::leading_up(block * g.hw);  // columns of lamC and dlamC, rows of dcols
+  const int64_t tasks = s.P * split.per_member();
   const Gemm gemm;
-  parallel_tasks(s.P * b_blocks, [&](const auto& next) {
+  parallel_tasks(tasks, [&](const auto& next) {
     std::vector<T> lamC(capacity * s.c_out), dcols(capacity * g.K), dlamC(capacity * s.c_out), dg(g.win);
     std::vector<int64_t> kept(block);
-    for (int64_t task = next(); task < s.P * b_blocks; task = next()) {
-      const int64_t p = task / b_blocks, b0 = std::min(s.B, task % b_blocks * per_block);
-      const int64_t first = (p * s.B + b0) * s.R, last = (p * s.B + std::min(s.B, b0 + per_block)) * s.R;
+    for (int64_t task = next(); task < tasks; task = next()) {
+      const int64_t p = task / split.per_member(), part = task % split.per_member();
+      const int64_t bb = part / split.r_blocks, rb = part % split.r_blocks;
+      const int64_t b0 = std::min(s.B, bb * per_block), b1 = std::min(s.B, b0 + per_block);
+      int64_t first = (p * s.B + b0) * s.R, last = (p * s.B + b1) * s.R;
+      if (split.r_blocks > 1) {  // one sample (b1 = b0 + 1), rows [rb * per_rows, ...) of it
+        last = std::min(last, first + (rb + 1) * per_rows);
+        first = std::min(last, first + rb * per_rows);
+      }
+      const int64_t lines_at = rb * maps;  // this row block's line-gradient maps
       const T* W_p = W + (s.w_shared ? 0 : p) * g.filters;
       const T* b_p = b != nullptr ? b + (s.b_shared ? 0 : p) * s.c_out : nullptr;
       const at::Tensor dW = matrix_view(d_W + task * g.filters, s.c_out, g.K, g.K);
@@ -135,9 +161,10 @@ void backward_impl(const BacksubConvShape& s, int64_t b_blocks, const T* lam, co
           const bool lines = d_al != nullptr;
           T* dcol = dcols.data() + k * g.hw * g.K;  // dg goes straight to the row's columns if cols_are_window
           relax_window_backward_for<T>(go, d_al, s, oy, ox, gw, go, hv, a_l + roff, c_l + roff, a_u + roff, c_u + roff,
-                                       g.cols_are_window ? dcol : dg.data(), lines ? d_al + goff : nullptr,
-                                       lines ? d_cl + goff : nullptr, lines ? d_au + goff : nullptr,
-                                       lines ? d_cu + goff : nullptr);
+                                       g.cols_are_window ? dcol : dg.data(), lines ? d_al + lines_at + goff : nullptr,
+                                       lines ? d_cl + lines_at + goff : nullptr,
+                                       lines ? d_au + lines_at + goff : nullptr,
+                                       lines ? d_cu + lines_at + goff : nullptr);
           if (!g.cols_are_window) unfold<T>(s, g, dg.data(), dcol);
           if (db != nullptr) {
             const T* lr = lam + row * g.lam_row;
@@ -181,23 +208,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
                auc = a_u.contiguous(), cuc = c_u.contiguous(), oc = origin.contiguous(), wc = window.contiguous(),
                go = grad_lam.contiguous(), gb = grad_bias.contiguous();
   const Tensor bc = b.has_value() ? b->contiguous() : Tensor();
-  // tasks = (member, block of samples): at least 16 in all when the batch allows, fixed (not per thread)
-  const int64_t b_blocks = std::clamp<int64_t>(16 / std::max<int64_t>(s.P, 1), 1, std::max<int64_t>(s.B, 1));
+  const TaskSplit split = task_split(s);
   const auto opts = lamc.options();
   const bool rows = lamc.numel() > 0 && s.c_in * s.h2 * s.w2 > 0, up = go.numel() > 0;
   const auto none = [&opts]() { return at::empty({0}, opts); };  // a fresh one per output: outputs may not alias
   // the kernel writes every row of d_lam
   Tensor d_lam = !lam_grad ? none() : rows ? at::empty(lamc.sizes(), opts) : at::zeros(lamc.sizes(), opts);
-  Tensor d_W = at::zeros({s.P, b_blocks, s.c_out, s.c_in, s.kh, s.kw}, opts);
-  Tensor d_b = at::zeros({s.P, b_blocks, s.c_out}, opts);
-  const std::vector<int64_t> maps{s.P, s.B, s.c_in, s.H, s.W};
+  Tensor d_W = at::zeros({s.P, split.per_member(), s.c_out, s.c_in, s.kh, s.kw}, opts);
+  Tensor d_b = at::zeros({s.P, split.per_member(), s.c_out}, opts);
+  const std::vector<int64_t> maps{split.r_blocks, s.P, s.B, s.c_in, s.H, s.W};
   Tensor d_al = line_grads ? at::zeros(maps, opts) : none(), d_cl = line_grads ? at::zeros(maps, opts) : none(),
          d_au = line_grads ? at::zeros(maps, opts) : none(), d_cu = line_grads ? at::zeros(maps, opts) : none();
   if (rows) {
     AT_DISPATCH_FLOATING_TYPES(lamc.scalar_type(), "backsub_conv_relu_backward_cpu", [&] {
       const auto out = [](Tensor& t) { return t.numel() > 0 ? t.mutable_data_ptr<scalar_t>() : nullptr; };
       backward_impl<scalar_t>(
-          s, b_blocks, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
+          s, split, lamc.const_data_ptr<scalar_t>(), Wc.const_data_ptr<scalar_t>(),
           bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr, alc.const_data_ptr<scalar_t>(),
           clc.const_data_ptr<scalar_t>(), auc.const_data_ptr<scalar_t>(), cuc.const_data_ptr<scalar_t>(),
           oc.const_data_ptr<int64_t>(), wc.const_data_ptr<scalar_t>(), up ? go.const_data_ptr<scalar_t>() : nullptr,
@@ -205,7 +231,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
           bc.defined() ? d_b.mutable_data_ptr<scalar_t>() : nullptr, out(d_al), out(d_cl), out(d_au), out(d_cu));
     });
   }
-  return {d_lam, d_W.sum(1), bc.defined() ? d_b.sum(1) : at::zeros({0}, opts), d_al, d_cl, d_au, d_cu};
+  const auto lines = [](const Tensor& t) {  // summed over the row blocks
+    return t.numel() == 0 ? t : t.size(0) == 1 ? t.squeeze(0) : t.sum(0);
+  };
+  return {d_lam,       d_W.sum(1),  bc.defined() ? d_b.sum(1) : at::zeros({0}, opts),
+          lines(d_al), lines(d_cl), lines(d_au),
+          lines(d_cu)};
 }
 
 }  // namespace
