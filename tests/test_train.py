@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch
 import gls.app.train as train
 from gls import smoothing
 from gls.app import checkpoint, config
+from gls.app.data import Split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -217,3 +219,18 @@ def test_cnn7_deeppoly_rgs_plans_checkpoints_and_resumes_exactly(tmp_path, capsy
     assert train.main([*args, "--out", str(tmp_path / "full")]) == 0
     a, b = checkpoint.load(tmp_path / "part"), checkpoint.load(tmp_path / "full")
     assert a["step"] == b["step"] == 6 and torch.equal(a["theta"], b["theta"])
+
+
+@pytest.mark.parametrize("seconds, timed", [({1: 0.5, 4: 3.0}, [1, 4]),  # slow: stops at the first 2 s timing
+                                           ({}, [1, 4, 16, 64, 256])])  # fast: up to one eval batch
+def test_validation_is_timed_on_as_few_images_as_take_two_seconds(monkeypatch, seconds, timed):
+    """estimate_time's validation timing grows 1, 4, 16, ... images until a timing takes VAL_TIMING_S or
+    reaches an eval batch, and extrapolates to the whole validation set (a CNN7 DeepPoly batch took an hour)."""
+    seen = []
+    monkeypatch.setattr(train, "validate", lambda net, split, *a: seen.append(len(split)))
+    monkeypatch.setattr(train, "time_call", lambda fn: (fn(), seconds.get(seen[-1], 0.01))[1])
+    r = SimpleNamespace(val=Split(torch.zeros(1000, 1, 2, 2), torch.zeros(1000, dtype=torch.long)),
+                        cfg=SimpleNamespace(eval_batch_size=256, eps=0.1, relaxation="deeppoly", backend=None),
+                        world=SimpleNamespace(active=False), net=None, val_sub=None, budget=None)
+    assert train.validation_seconds(r) == pytest.approx(seconds.get(timed[-1], 0.01) * 1000 / timed[-1])
+    assert seen == timed

@@ -280,10 +280,30 @@ def start(r: Run) -> None:
     r.last_save = time.monotonic()  # --checkpoint-every counts from here
 
 
+VAL_TIMING_S = 2.0  # a validation is timed on the first 1, 4, 16, ... images until one timing takes this long
+
+
+def validation_seconds(r: Run) -> float:
+    """Seconds of one validation, extrapolated from timing it on the first 1, 4, 16, ... validation images
+    (at most one eval batch) until a timing takes VAL_TIMING_S: a whole batch of 256 CNN7 DeepPoly
+    certificates took over an hour, unannounced. Under torchrun rank 0's timings decide for all ranks."""
+    most = min(len(r.val), r.cfg.eval_batch_size)
+    n = 1
+    while True:
+        vx = r.val.subset(min(n, most))
+        t = time_call(lambda: validate(r.net, vx, r.cfg.eps, r.cfg.relaxation, r.cfg.eval_batch_size, r.cfg.backend,
+                                       r.world, r.val_sub, r.budget))
+        if r.world.active:
+            t = r.world.broadcast_object(t, "the validation timing")
+        if t >= VAL_TIMING_S or len(vx) >= most:
+            return t * len(r.val) / max(len(vx), 1)
+        n *= 4
+
+
 def estimate_time(r: Run) -> RunClock:
     """Time one step at eps 0 and one at the training eps (two each when short) on a scratch optimiser (the
-    run's state, its RNG and the model's buffers are left as they were) and one validation batch; print
-    the predicted total (gls.app.timing)."""
+    run's state, its RNG and the model's buffers are left as they were) and a validation
+    (validation_seconds); print the predicted total (gls.app.timing)."""
     cfg, world = r.cfg, r.world
     rng, buffers = torch.get_rng_state(), {n: b.detach().clone() for n, b in r.model.named_buffers()}
     opt = make_optimizer(cfg, r.center.clone(), r.plan, world)  # every rank times the same steps (collectives match)
@@ -299,18 +319,20 @@ def estimate_time(r: Run) -> RunClock:
         t = step(eps, weight)
         return min(t, step(eps, weight)) if t < 1.0 else t  # a short step is mostly warm-up: the faster of two
 
+    r.say(f"time: timing a step at eps 0, one at eps {cfg.train_eps:g} and a validation", flush=True)
     t0 = timed(0.0, 0.0)
     t1 = timed(cfg.train_eps, cfg.robust_weight)
-    vx = r.val.subset(min(len(r.val), cfg.eval_batch_size))
-    val_s = time_call(lambda: validate(r.net, vx, cfg.eps, cfg.relaxation, cfg.eval_batch_size, cfg.backend, world,
-                                       r.val_sub, r.budget)) * len(r.val) / max(len(vx), 1)
+    r.say(f"time: a step takes {t0:.2f} s at eps 0 and {t1:.2f} s at eps {cfg.train_eps:g}; timing a validation",
+          flush=True)
+    val_s = validation_seconds(r)
     load_weights(r.model, r.center, buffers)
     torch.set_rng_state(rng)
     clock = RunClock(cost_fraction(r.sched, cfg.relaxation, cfg.robust_weight), t0, t1, cfg.epochs * r.spe,
                      r.spe, val_s)
-    r.say(f"time: a step takes {t0:.2f} s at eps 0 and {t1:.2f} s at eps {cfg.train_eps:g}, a validation "
-          f"{val_s:.1f} s: {cfg.epochs} epochs x {r.spe} steps take about {format_duration(clock.total())} "
-          f"(measured now, before the final evaluation)", flush=True)
+    val = format_duration(val_s) if val_s >= 60 else f"{val_s:.1f} s"
+    r.say(f"time: a validation ({len(r.val)} images) takes about {val}: {cfg.epochs} epochs x "
+          f"{r.spe} steps take about {format_duration(clock.total())} (measured now, before the final evaluation)",
+          flush=True)
     return clock
 
 
