@@ -234,3 +234,18 @@ def test_validation_is_timed_on_as_few_images_as_take_two_seconds(monkeypatch, s
                         world=SimpleNamespace(active=False), net=None, val_sub=None, budget=None)
     assert train.validation_seconds(r) == pytest.approx(seconds.get(timed[-1], 0.01) * 1000 / timed[-1])
     assert seen == timed
+
+
+def test_a_long_validation_says_how_far_it_got(monkeypatch):
+    """validate tells its `say` how many images are bounded every VALIDATION_REPORT_S (here: every pass)."""
+    from gls.app import models
+    from gls.net import Network
+
+    monkeypatch.setattr(train, "VALIDATION_REPORT_S", 0.0)
+    net = Network.from_module(models.build("mlp", (1, 28, 28), (0.1307,), (0.3081,), width=4).eval())
+    split = Split(torch.rand(5, 1, 28, 28), torch.arange(5))
+    said = []
+    out = train.validate(net, split, 0.1, "ibp", 4, None, SimpleNamespace(shard=lambda s: s, active=False), sub=2,
+                         say=lambda line, **_: said.append(line))
+    assert said == [f"validation: {n} of 5 images bounded" for n in (2, 4, 5)]
+    assert out["val_samples"] == 5

@@ -133,21 +133,31 @@ def _update_bn_stats(model, theta, x) -> None:
     model.eval()
 
 
+VALIDATION_REPORT_S = 30.0  # a validation still running says how far it got this often
+
+
 def validate(net: Network, split: data.Split, eps: float, relaxation: str, batch_size: int, backend,
-             world: distributed.World, sub: int | None = None, budget: int | None = None) -> dict:
+             world: distributed.World, sub: int | None = None, budget: int | None = None, say=None) -> dict:
     """Centre network on the validation subset: natural and certified (training relaxation) accuracy at
     the target eps (each rank counts its shard); bounds `sub` samples at a time (gls.memory.cert_batch),
-    each pass within `budget` bytes (gls.compute_bounds)."""
-    nat = cert = 0
+    each pass within `budget` bytes (gls.compute_bounds). `say` (print-like) hears every
+    VALIDATION_REPORT_S how many images are done (CNN7 DeepPoly: about 15 s per image on a CPU)."""
+    nat = cert = done = 0
     sub = sub or batch_size
+    shard = world.shard(split)
+    last = time.monotonic()
     with torch.no_grad():
-        for x, y in data.batches(world.shard(split), batch_size, shuffle=False):
+        for x, y in data.batches(shard, batch_size, shuffle=False):
             nat += int((net.forward(x)[0].argmax(-1) == y).sum())
             if eps > 0:
                 for i in range(0, len(y), sub):
                     lower = compute_bounds(net, x[i:i + sub], eps, method=relaxation, labels=y[i:i + sub],
                                            backend=backend, budget=budget).lower[0]
                     cert += int(certified(lower).sum())
+                    done += lower.shape[0]
+                    if say is not None and time.monotonic() - last >= VALIDATION_REPORT_S:
+                        say(f"validation: {done} of {len(shard)} images bounded", flush=True)
+                        last = time.monotonic()
     nat, cert = distributed.validate_counts(world, [nat, cert])
     n = max(len(split), 1)
     return {"val_natural_acc": nat / n, "val_certified_acc": cert / n if eps > 0 else nat / n, "val_samples": len(split)}
@@ -478,7 +488,7 @@ def end_epoch(r: Run, ep: Epoch) -> dict:
            "grad_norm": sums["grad_norm"] / finite}
     t_val = time.perf_counter()
     row.update(validate(r.net, r.val, cfg.eps, cfg.relaxation, cfg.eval_batch_size, cfg.backend, r.world, r.val_sub,
-                        r.budget))
+                        r.budget, say=r.say))
     r.clock.observe_validation(time.perf_counter() - t_val)
     row["val_eps"] = cfg.eps
     row["time_s"] = ep.seconds()
