@@ -100,10 +100,9 @@ struct TaskSplit {
 
 // At least 16 tasks in all when the rows allow: by blocks of samples while the batch gives them, else by rows.
 TaskSplit task_split(const BacksubConvShape& s) {
-  const int64_t want = std::max<int64_t>(1, 16 / std::max<int64_t>(s.P, 1));
-  const int64_t b_blocks = std::clamp<int64_t>(want, 1, std::max<int64_t>(s.B, 1));
-  const int64_t r_blocks = s.B >= want ? 1 : std::clamp<int64_t>(want / std::max<int64_t>(s.B, 1), 1, std::max<int64_t>(s.R, 1));
-  return {b_blocks, r_blocks};
+  const int64_t want = std::max<int64_t>(1, 16 / std::max<int64_t>(s.P, 1)), B = std::max<int64_t>(s.B, 1);
+  if (B >= want) return {want, 1};
+  return {B, std::clamp<int64_t>(want / B, 1, std::max<int64_t>(s.R, 1))};
 }
 
 // Backward. Outputs: d_lam (P,B,R,C_out,h,w) or null (not asked); d_W (tasks, C_out, C_in*kh*kw) partial
@@ -234,9 +233,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backsub_conv_
   const auto lines = [](const Tensor& t) {  // summed over the row blocks
     return t.numel() == 0 ? t : t.size(0) == 1 ? t.squeeze(0) : t.sum(0);
   };
-  return {d_lam,       d_W.sum(1),  bc.defined() ? d_b.sum(1) : at::zeros({0}, opts),
-          lines(d_al), lines(d_cl), lines(d_au),
-          lines(d_cu)};
+  const Tensor d_bias = bc.defined() ? d_b.sum(1) : at::zeros({0}, opts);
+  return {d_lam, d_W.sum(1), d_bias, lines(d_al), lines(d_cl), lines(d_au), lines(d_cu)};
 }
 
 }  // namespace
