@@ -90,9 +90,9 @@ Written by `python -m bench.memory_budget` (see its docstring for the method). O
 in a fresh process. "default" is gls.budget.default_budget in the child (70 % of the memory available
 then); "1.5GB" is read as 1.5 GiB (1.61 GB, gls.memory.parse_size). Before the back-substitutions were
 blocked (gls.budget), the B = 1 pass with backward rose by 15.9-16.7 GB (issue figure, same network
-and image). The pass times are of a shared 2-core machine with another engineer's benchmarks running
-(the load column), and include the recomputation of the checkpointed blocks; during the backward B = 8
-case the measuring session's own unit tests also ran, so that time is inflated (its memory is not).
+and image). The pass times include the recomputation of the checkpointed blocks; the load column is
+the load average when each case started (on a shared machine other work may have run: it moves the
+times, not the memory).
 
 """
 
