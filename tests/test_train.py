@@ -249,3 +249,14 @@ def test_a_long_validation_says_how_far_it_got(monkeypatch):
                          say=lambda line, **_: said.append(line))
     assert said == [f"validation: {n} of 5 images bounded" for n in (2, 4, 5)]
     assert out["val_samples"] == 5
+
+
+def test_an_epoch_without_a_progress_bar_says_how_far_it_got(tmp_path, capsys, monkeypatch):
+    """With --progress false (or stderr not a terminal) an epoch prints a line every STEP_REPORT_S (here:
+    every step), so a long CNN7 epoch is not silent."""
+    monkeypatch.setattr(train, "STEP_REPORT_S", 0.0)
+    code, _ = _run(tmp_path, "run", "--epochs", "1")
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1: step")]
+    assert [line.split(",")[0] for line in lines] == ["epoch 1/1: step 1/2", "epoch 1/1: step 2/2"]
+    assert all("run ETA" in line for line in lines)

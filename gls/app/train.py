@@ -440,16 +440,20 @@ def train_step(r: Run, ep: Epoch, x: torch.Tensor, y: torch.Tensor) -> float:
     return eps
 
 
+STEP_REPORT_S = 30.0  # without a progress bar, an epoch says how far it got this often
+
+
 def train_epoch(r: Run, ep: Epoch) -> None:
-    """The steps of epoch `ep` (from where a resume left it), with the progress bar and a checkpoint
-    every --checkpoint-every seconds; NonFiniteCenterError or KeyboardInterrupt stop it."""
+    """The steps of epoch `ep` (from where a resume left it), with the progress bar (without one, a line
+    every STEP_REPORT_S) and a checkpoint every --checkpoint-every seconds; NonFiniteCenterError or
+    KeyboardInterrupt stop it."""
     from tqdm import tqdm
 
     cfg = r.cfg
     show = _progress(cfg) and r.main
     bar = tqdm(total=r.spe, initial=ep.done, desc=f"epoch {ep.index + 1}/{cfg.epochs}", disable=not show, leave=False,
                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
-    step_t = time.perf_counter()
+    step_t = said = time.perf_counter()
     try:
         for i, (x, y) in enumerate(data.batches(r.train, cfg.batch_size, shuffle=True, generator=ep.generator,
                                                 augment=cfg.dataset == "cifar10")):
@@ -464,6 +468,10 @@ def train_epoch(r: Run, ep: Epoch) -> None:
             bar.update(1)
             bar.set_postfix_str(f"loss {ep.stats.loss_mean:.3f}, train eps {eps:.3g}, run ETA "
                                 f"{format_duration(r.clock.eta(r.step))}")
+            if not show and now - said >= STEP_REPORT_S:  # no bar (stderr not a terminal): a line now and then
+                r.say(f"epoch {ep.index + 1}/{cfg.epochs}: step {i + 1}/{r.spe}, loss {ep.stats.loss_mean:.3f}, "
+                      f"train eps {eps:.3g}, run ETA {format_duration(r.clock.eta(r.step))}", flush=True)
+                said = now
             if i + 1 < r.spe and time.monotonic() - r.last_save >= cfg.checkpoint_every:
                 r.save(checkpoint.LAST, ep.index, ep.partial(i + 1))
     finally:
