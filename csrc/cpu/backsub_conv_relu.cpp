@@ -29,9 +29,8 @@ template <typename T>
 void forward_impl(const BacksubConvShape& s, const T* lam, const T* W, const T* b, const T* a_l, const T* c_l,
                   const T* a_u, const T* c_u, const int64_t* origin, T* out, T* bias, T* window) {
   const Geometry g(s);
-  // blocks of at most block_rows rows, and at least 16 tasks in all where the rows allow (else a call of a
-  // few hundred small rows, at P = B = 1, was one task on one thread); fixed by the shapes, not the threads
-  const int64_t per_member = s.B * s.R, want = std::max<int64_t>(1, 16 / std::max<int64_t>(s.P, 1));
+  // blocks of at most block_rows rows, and at least tasks_per_member of them where the rows allow
+  const int64_t per_member = s.B * s.R, want = tasks_per_member(s.P);
   const int64_t block = std::clamp<int64_t>((per_member + want - 1) / want, 1, block_rows(g, s.c_out, sizeof(T)));
   const int64_t blocks = (per_member + block - 1) / block, capacity = Gemm::leading_up(block * g.hw);
   const Gemm gemm;

@@ -98,9 +98,9 @@ struct TaskSplit {
   int64_t per_member() const { return b_blocks * r_blocks; }
 };
 
-// At least 16 tasks in all when the rows allow: by blocks of samples while the batch gives them, else by rows.
+// tasks_per_member tasks where the rows allow: by blocks of samples while the batch gives them, else by rows.
 TaskSplit task_split(const BacksubConvShape& s) {
-  const int64_t want = std::max<int64_t>(1, 16 / std::max<int64_t>(s.P, 1)), B = std::max<int64_t>(s.B, 1);
+  const int64_t want = tasks_per_member(s.P), B = std::max<int64_t>(s.B, 1);
   if (B >= want) return {want, 1};
   return {B, std::clamp<int64_t>(want / B, 1, std::max<int64_t>(s.R, 1))};
 }

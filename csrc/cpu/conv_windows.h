@@ -31,6 +31,11 @@ struct Geometry {  // sizes of one call, in elements
         cols_are_window(hw == 1 && s.d0 == 1 && s.d1 == 1) {}
 };
 
+// Tasks per member a kernel call aims for where the rows allow: about 16 over the P members, at least one
+// each (a call at P = B = 1 was one task on one thread). Fixed by the shapes, not the threads, so results
+// do not depend on the thread count.
+inline int64_t tasks_per_member(int64_t P) { return std::max<int64_t>(1, 16 / std::max<int64_t>(P, 1)); }
+
 // Rows per GEMM block: its transposed coefficients, columns and unfolded gradient take about 2 MB, in L2
 // and L3. Measured on trained cnn3 (2 threads, AMD EPYC): 2 MB blocks gave oneDNN's GEMMs (blocking.h)
 // enough rows to pay off, 10-20% faster DeepPoly passes than the 256 KB blocks sized for L2 alone.
