@@ -237,11 +237,11 @@ def test_validation_is_timed_on_as_few_images_as_take_two_seconds(monkeypatch, s
 
 
 def test_a_long_validation_says_how_far_it_got(monkeypatch):
-    """validate tells its `say` how many images are bounded every VALIDATION_REPORT_S (here: every pass)."""
+    """validate tells its `say` how many images are bounded every REPORT_S (here: every pass)."""
     from gls.app import models
     from gls.net import Network
 
-    monkeypatch.setattr(train, "VALIDATION_REPORT_S", 0.0)
+    monkeypatch.setattr(train, "REPORT_S", 0.0)
     net = Network.from_module(models.build("mlp", (1, 28, 28), (0.1307,), (0.3081,), width=4).eval())
     split = Split(torch.rand(5, 1, 28, 28), torch.arange(5))
     said = []
@@ -252,9 +252,9 @@ def test_a_long_validation_says_how_far_it_got(monkeypatch):
 
 
 def test_an_epoch_without_a_progress_bar_says_how_far_it_got(tmp_path, capsys, monkeypatch):
-    """With --progress false (or stderr not a terminal) an epoch prints a line every STEP_REPORT_S (here:
+    """With --progress false (or stderr not a terminal) an epoch prints a line every REPORT_S (here:
     every step), so a long CNN7 epoch is not silent."""
-    monkeypatch.setattr(train, "STEP_REPORT_S", 0.0)
+    monkeypatch.setattr(train, "REPORT_S", 0.0)
     code, _ = _run(tmp_path, "run", "--epochs", "1")
     assert code == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1: step")]

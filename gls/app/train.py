@@ -133,7 +133,7 @@ def _update_bn_stats(model, theta, x) -> None:
     model.eval()
 
 
-VALIDATION_REPORT_S = 30.0  # a validation still running says how far it got this often
+REPORT_S = 30.0  # a validation, or an epoch without a progress bar, says how far it got this often
 
 
 def validate(net: Network, split: data.Split, eps: float, relaxation: str, batch_size: int, backend,
@@ -141,7 +141,7 @@ def validate(net: Network, split: data.Split, eps: float, relaxation: str, batch
     """Centre network on the validation subset: natural and certified (training relaxation) accuracy at
     the target eps (each rank counts its shard); bounds `sub` samples at a time (gls.memory.cert_batch),
     each pass within `budget` bytes (gls.compute_bounds). `say` (print-like) hears every
-    VALIDATION_REPORT_S how many images are done (CNN7 DeepPoly: about 15 s per image on a CPU)."""
+    REPORT_S how many images are done (CNN7 DeepPoly: about 15 s per image on a CPU)."""
     nat = cert = done = 0
     sub = sub or batch_size
     shard = world.shard(split)
@@ -155,7 +155,7 @@ def validate(net: Network, split: data.Split, eps: float, relaxation: str, batch
                                            backend=backend, budget=budget).lower[0]
                     cert += int(certified(lower).sum())
                     done += lower.shape[0]
-                    if say is not None and time.monotonic() - last >= VALIDATION_REPORT_S:
+                    if say is not None and time.monotonic() - last >= REPORT_S:
                         say(f"validation: {done} of {len(shard)} images bounded", flush=True)
                         last = time.monotonic()
     nat, cert = distributed.validate_counts(world, [nat, cert])
@@ -440,12 +440,9 @@ def train_step(r: Run, ep: Epoch, x: torch.Tensor, y: torch.Tensor) -> float:
     return eps
 
 
-STEP_REPORT_S = 30.0  # without a progress bar, an epoch says how far it got this often
-
-
 def train_epoch(r: Run, ep: Epoch) -> None:
     """The steps of epoch `ep` (from where a resume left it), with the progress bar (without one, a line
-    every STEP_REPORT_S) and a checkpoint every --checkpoint-every seconds; NonFiniteCenterError or
+    every REPORT_S) and a checkpoint every --checkpoint-every seconds; NonFiniteCenterError or
     KeyboardInterrupt stop it."""
     from tqdm import tqdm
 
@@ -468,7 +465,7 @@ def train_epoch(r: Run, ep: Epoch) -> None:
             bar.update(1)
             bar.set_postfix_str(f"loss {ep.stats.loss_mean:.3f}, train eps {eps:.3g}, run ETA "
                                 f"{format_duration(r.clock.eta(r.step))}")
-            if not show and now - said >= STEP_REPORT_S:  # no bar (stderr not a terminal): a line now and then
+            if not show and now - said >= REPORT_S:  # no bar (stderr not a terminal): a line now and then
                 r.say(f"epoch {ep.index + 1}/{cfg.epochs}: step {i + 1}/{r.spe}, loss {ep.stats.loss_mean:.3f}, "
                       f"train eps {eps:.3g}, run ETA {format_duration(r.clock.eta(r.step))}", flush=True)
                 said = now
