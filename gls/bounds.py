@@ -27,6 +27,7 @@ Inputs are in pixel space: the region is [max(x - eps, lo), min(x + eps, hi)] fo
 """
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import torch
@@ -234,8 +235,41 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, blocks, *, all_
     return l.scatter(-1, idx, l_new), u.scatter(-1, idx, u_new)
 
 
+FINAL_BLOCK = 1 << 20  # coefficients of the widest dense map per block of members in _final on a CPU
+
+
+def _members_of(t: torch.Tensor, i: int, j: int) -> torch.Tensor:
+    """Members [i, j) of t (P, ...); a tensor with a leading 1 is shared by every member and stays whole."""
+    return t[i:j] if t.dim() and t.shape[0] > 1 else t
+
+
+def _members(op, i: int, j: int):
+    """The op (Dense, Conv, Diag) of members [i, j)."""
+    part = copy.copy(op)
+    for name, value in vars(op).items():
+        if isinstance(value, torch.Tensor):
+            setattr(part, name, _members_of(value, i, j))
+        elif isinstance(value, tuple) and value and all(isinstance(t, torch.Tensor) for t in value):
+            setattr(part, name, tuple(_members_of(t, i, j) for t in value))
+    return part
+
+
 def _final(lam, segs, relax, x_lo, x_hi, backend, blocks, windows):
-    """_backsub of the specification's rows lam (P, B, S, K) from the output, in `blocks`."""
+    """_backsub of the specification's rows lam (P, B, S, K) from the output, in `blocks`. On a CPU in
+    blocks of members whose coefficients on the widest layer fit FINAL_BLOCK: over a whole pass (29 MB
+    for the MLP's input layer at 16 members, B = 64) every step ran from memory and lost CROWN-IBP's
+    batched pass to a loop of single members (same numbers up to the GEMMs' summation order)."""
+    P, B, S, _ = lam.shape
+    widest = max((op.n_in for seg in segs for op in seg), default=1)
+    step = max(1, FINAL_BLOCK // (B * S * widest))
+    if lam.device.type != "cpu" or step >= P:
+        return _final_block(lam, segs, relax, x_lo, x_hi, backend, blocks, windows)
+    return torch.cat([_final_block(lam[i:i + step], [[_members(op, i, i + step) for op in seg] for seg in segs],
+                                   [tuple(_members_of(t, i, i + step) for t in r) for r in relax],
+                                   x_lo, x_hi, backend, blocks, windows) for i in range(0, P, step)])
+
+
+def _final_block(lam, segs, relax, x_lo, x_hi, backend, blocks, windows):
     P, B, S, K = lam.shape
     cost = patches.row_cost(segs, len(segs) - 1, (K,))
     rows, checkpointed = blocks.rows(S, max(cost.most, x_lo.shape[-1]), cost.total, lam.element_size() * P * B)
