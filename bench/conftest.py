@@ -3,7 +3,11 @@
 quick: sizes that keep `pytest bench/ --benchmark-only` under 10 minutes on a 2-core CPU;
 full: the issue's sizes for a GPU. Default: full when a CUDA device is present, quick otherwise.
 Test modules read the size in `pytest_generate_tests` (`bench_size(metafunc.config)`), so the
-parameter grid itself depends on it.
+parameter grid itself depends on it. The run keeps freed memory in the process as gls.train and
+gls.certify do (gls.app.heap; GLS_KEEP_FREED_MEMORY=0 leaves malloc as it is), for every implementation
+alike: with glibc's default, the page faults of a pass's fresh 5-30 MB tensors decided which of two
+implementations won (DeepPoly, MLP, B = 8, P = 64: the batched pass 0.64x its loop by default, 1.16x
+kept), and the report records which way it ran.
 """
 from __future__ import annotations
 
@@ -12,7 +16,11 @@ import os
 import pytest
 import torch
 
+from gls.app import heap
+
 from bench.harness import HAS_CUDA, SIZES, bench_size, device_name
+
+_KEPT = heap.keep_freed_memory()
 
 
 def pytest_addoption(parser):
@@ -45,6 +53,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "loadavg_at_start": list(os.getloadavg()),
+        "freed_memory_kept": _KEPT,
     }
 
 

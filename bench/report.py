@@ -260,6 +260,9 @@ def render(data: dict, out_dir: Path) -> Path:
     md.append(f"- run: {data.get('datetime', '?')}, size `{gls_info['bench_size']}`, torch {gls_info['torch']}, "
               f"{gls_info['torch_threads']} torch threads, {gls_info['cpu_count']} CPUs, "
               f"load average at start {', '.join(f'{v:.2f}' for v in gls_info['loadavg_at_start'])}")
+    if "freed_memory_kept" in gls_info:
+        md.append("- freed memory " + ("kept in the process (gls.app.heap), as gls.train does" if gls_info["freed_memory_kept"]
+                                       else "given back as the C library's malloc does by default"))
     commit = data.get("commit_info", {})
     if commit.get("id"):
         md.append(f"- commit {commit['id'][:10]}{' (dirty tree)' if commit.get('dirty') else ''}")
