@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gls import ops, patches
 from gls.affine import Conv, Dense, relax_step
-from gls.budget import Blocks, default_budget
+from gls.budget import Blocks, default_budget, give_back_free_memory
 from gls.net import Network, check_input, param_dtype
 from gls.precision import exact_float32
 from gls.problem import (METHODS, Bounds, count_maps, input_region, margin_spec, member_chunk_size, method_name,
@@ -175,13 +175,20 @@ def _backsub(lam, segs, relax, upto, x_lo, x_hi, backend, windows=True):
     return ops.concretize(lam, bias, x_lo, x_hi, backend=backend)
 
 
-def _in_blocks(fn, n: int, chunk: int, checkpointed: bool) -> list:
+def _in_blocks(fn, n: int, chunk: int, checkpointed: bool, blocks: Blocks) -> list:
     """[fn(i, j)] over [0, n) in blocks [i, j) of `chunk`; with `checkpointed` each block runs under
     non-reentrant checkpoint (gls.budget): autograd keeps its result and recomputes its graph in the
-    backward, under exact_float32 as the forward ran."""
-    block = checkpoint if checkpointed else (lambda f, *a, **_: f(*a))
-    fn = exact_float32()(fn) if checkpointed else fn
-    return [block(fn, i, min(n, i + chunk), use_reentrant=False) for i in range(0, n, chunk)]
+    backward, under exact_float32 as the forward ran, and each block, computed or recomputed, starts by
+    giving the free heap back once it holds more than a quarter of the budget (gls.budget.Blocks.free)."""
+    if not checkpointed:
+        return [fn(i, min(n, i + chunk)) for i in range(0, n, chunk)]
+
+    @exact_float32()
+    def block(i, j):
+        give_back_free_memory(above=blocks.free)
+        return fn(i, j)
+
+    return [checkpoint(block, i, min(n, i + chunk), use_reentrant=False) for i in range(0, n, chunk)]
 
 
 def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, blocks, *, all_rows, windows, intersect_ibp):
@@ -224,7 +231,7 @@ def _refine(segs, relax, k, l, u, x_lo, x_hi, in_shape, backend, blocks, *, all_
             lam.scatter_(-1, rows[0].unsqueeze(-1), rows[1].unsqueeze(-1))
         return _backsub(lam, segs, relax, k, x_lo, x_hi, backend, windows=windows)
 
-    parts = _in_blocks(bounds_of, R, max(1, per_block // 2), checkpointed)
+    parts = _in_blocks(bounds_of, R, max(1, per_block // 2), checkpointed, blocks)
     l_ibp, u_ibp = l.gather(-1, idx), u.gather(-1, idx)
     d = _margin(torch.maximum(l_ibp.abs(), u_ibp.abs())).detach()  # rounding allowance, as in ibp_boxes
     l_bs = torch.cat([res[..., :res.shape[-1] // 2] for res in parts], -1) - d
@@ -255,14 +262,15 @@ def _members(op, i: int, j: int):
 
 
 def _final(lam, segs, relax, x_lo, x_hi, backend, blocks, windows):
-    """_backsub of the specification's rows lam (P, B, S, K) from the output, in `blocks`. On a CPU in
-    blocks of members whose coefficients on the widest layer fit FINAL_BLOCK: over a whole pass (29 MB
-    for the MLP's input layer at 16 members, B = 64) every step ran from memory and lost CROWN-IBP's
-    batched pass to a loop of single members (same numbers up to the GEMMs' summation order)."""
+    """_backsub of the specification's rows lam (P, B, S, K) from the output, in `blocks`. On a CPU where
+    no gradient is taken, in blocks of members whose coefficients on the widest layer fit FINAL_BLOCK:
+    over a whole pass (29 MB for the MLP's input layer at 16 members, B = 64) every step ran from memory
+    and lost CROWN-IBP's batched pass to a loop of single members (same numbers up to the GEMMs'
+    summation order). Under autograd every block's graph is kept anyway, and gls.memory plans it whole."""
     P, B, S, _ = lam.shape
     widest = max((op.n_in for seg in segs for op in seg), default=1)
     step = max(1, FINAL_BLOCK // (B * S * widest))
-    if lam.device.type != "cpu" or step >= P:
+    if lam.device.type != "cpu" or step >= P or blocks.grad:
         return _final_block(lam, segs, relax, x_lo, x_hi, backend, blocks, windows)
     return torch.cat([_final_block(lam[i:i + step], [[_members(op, i, i + step) for op in seg] for seg in segs],
                                    [tuple(_members_of(t, i, i + step) for t in r) for r in relax],
@@ -274,7 +282,7 @@ def _final_block(lam, segs, relax, x_lo, x_hi, backend, blocks, windows):
     cost = patches.row_cost(segs, len(segs) - 1, (K,))
     rows, checkpointed = blocks.rows(S, max(cost.most, x_lo.shape[-1]), cost.total, lam.element_size() * P * B)
     parts = _in_blocks(lambda i, j: _backsub(lam[:, :, i:j], segs, relax, len(segs) - 1, x_lo, x_hi, backend,
-                                             windows=windows), S, rows, checkpointed)
+                                             windows=windows), S, rows, checkpointed, blocks)
     return torch.cat(parts, -1)
 
 

@@ -146,6 +146,9 @@ STEP_ALIVE = 1.6  # without autograd: numbers alive per coefficient of the large
 GRAD_KEEP = 1.2  # with autograd: numbers per coefficient autograd keeps (row_blocks' counts)
 GRAD_BLOCKS = 1.0  # with autograd: gradients of the largest block the backward holds at once
 DENSE_KEEP = 3  # with autograd: numbers per coefficient a dense step keeps and its backward holds
+RETAINED = 0.5  # with autograd: share of the blocks freed in a checkpointed back-substitution, up to
+# gls.budget.Blocks.free, that the heap keeps (CNN7 DeepPoly, B = 1 and 8, default and 1.5 GiB budgets:
+# bench.memory_budget on the AVX2 EPYC, the rises 0.4-2.7 GB above the tensors planned; fitted, 4 cases)
 WEIGHT_COPIES = {False: 2.0, True: 6.0}  # numbers per weight and member a pass holds (layouts of the weights
 # for each op, |W| of the interval steps; with autograd their gradients and what the steps save)
 
@@ -176,7 +179,8 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
       With autograd a back-substitution whose graph is kept keeps every block (row_blocks says how much
       of each, GRAD_KEEP) and the backward pass adds the gradients of the largest (GRAD_BLOCKS); one
       under checkpoint keeps only its bounds, and the backward holds one block of rows' graph and
-      gradients at a time. Without autograd only the largest step's input and output of one block of
+      gradients at a time, beside the freed heap the process keeps of its earlier blocks (RETAINED of
+      them, up to gls.budget.Blocks.free: the blocks give back only what lies beyond it). Without autograd only the largest step's input and output of one block of
       rows are alive (STEP_ALIVE).
     """
     segs, relus = shape.segments, shape.relu_widths
@@ -186,7 +190,7 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
         return p * b * (ibp + 2 * widest_out if grad else 4 * widest_out + 2 * sum(relus))
     n_input = segs[0][0][1] if segs[0] else relus[0]
     blocks = Blocks(UNBOUNDED if budget is None else budget, grad)
-    kept = block = 0
+    kept = block = retained = 0
     for k, r in _rows(shape, method, rows, unstable):
         row = shape.row_blocks(k)
         sizes = [n for n, _ in row]
@@ -197,12 +201,15 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
             block = max(block, min(r, per_block) * max(x + y for x, y in zip(sizes, sizes[1:] + [0])))
         elif checkpointed:  # the backward recomputes one block's graph and holds its gradients
             block = max(block, per_block * (GRAD_KEEP * graph + GRAD_BLOCKS * max(sizes)))
+            if budget is not None:  # freed blocks the process keeps, up to Blocks.free (gls.budget)
+                freed = min(blocks.free, (-(-r // per_block) - 1) * blocks.block)
+                retained = max(retained, int(RETAINED * freed) // FLOAT_BYTES)
         else:
             kept += r * graph
             block = max(block, GRAD_BLOCKS * r * max(sizes))
     lines = 4 * sum(relus)
     if grad:
-        return int(p * b * (ibp + lines + GRAD_KEEP * kept + block))
+        return int(p * b * (ibp + lines + GRAD_KEEP * kept + block) + retained)
     return int(p * b * (2 * sum(relus) + lines + STEP_ALIVE * block))
 
 

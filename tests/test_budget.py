@@ -67,3 +67,48 @@ def test_blocks_keep_graphs_that_fit_and_checkpoint_the_rest():
     assert Blocks(1 << 20, grad=False).rows(10 ** 6, 100, 1000, 8) == ((1 << 18) // (4 * 100 * 8), False)
     with pytest.raises(ValueError, match="budget"):
         Blocks(0, grad=False)
+
+
+def test_checkpointed_blocks_give_the_free_heap_back_beyond_a_quarter_of_the_budget(monkeypatch):
+    """Every checkpointed block, in the forward and again when the backward recomputes it, first returns the
+    free heap beyond a quarter of the budget (gls.budget.give_back_free_memory)."""
+    model, shape, eps = _net("cnn3_small")
+    calls, blocks = [], []
+    monkeypatch.setattr(gls.bounds, "give_back_free_memory", lambda above: calls.append(above))
+
+    def counting(fn, *args, **kwargs):
+        blocks.append(args)
+        return torch.utils.checkpoint.checkpoint(fn, *args, **kwargs)
+    monkeypatch.setattr(gls.bounds, "checkpoint", counting)
+    params = {n: t.detach().double().unsqueeze(0).requires_grad_(True) for n, t in model.named_parameters()}
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lower = gls.compute_bounds(model, x, eps, method="deeppoly", labels=torch.tensor([0, 1]), params=params,
+                               budget=TINY).lower
+    assert len(calls) == len(blocks) > 1 and set(calls) == {TINY // 4}
+    lower.sum().backward()
+    assert len(calls) == 2 * len(blocks)
+
+
+def test_giving_the_free_heap_back_shrinks_the_resident_set():
+    """With freed memory kept (gls.app.heap), 256 MB freed stays resident until give_back_free_memory, which
+    leaves it while no more than `above` bytes are free."""
+    import subprocess
+    import sys
+    probe = """
+import os, torch
+from gls.app import heap
+from gls.budget import give_back_free_memory
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+print(heap.keep_freed_memory())
+t = [torch.ones(1 << 22) for _ in range(16)]
+del t
+before = rss()
+print(give_back_free_memory(above=1 << 40), give_back_free_memory(), before - rss())
+"""
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    kept, held_back, gave, freed = run.stdout.split()
+    if kept != "True" or gave != "True":
+        pytest.skip("the C library is not glibc")
+    assert int(freed) > 200 * 2**20, freed
+    assert held_back == "False"  # 256 MB free is not above 1 TB (glibc >= 2.33 tells its free bytes)

@@ -89,14 +89,15 @@ def test_empty_segments_are_planned(layers):
 
 
 def test_cnn7_deeppoly_gradient_step_is_planned_near_its_measured_peak():
-    """cnn7, IBP init, the first 8 MNIST test images, eps 0.1, DeepPoly lower bound + backward at the
-    default budget (16.5 GB then): peak RSS rise 0.94 GB (bench/results/memory_budget_*.md; one image
-    rose by 16.7 GB before the back-substitutions were blocked). The plan must be within 0.7-1.5x (at
-    B = 1 it is 0.66-0.69x, the report's open gap), and `gls.train --net cnn7 --relaxation deeppoly
-    --method grad --batch-size 1`, once refused at "374.6 GiB", fits 70 % of 16 GB."""
+    """cnn7, IBP init, the first 8 MNIST test images, eps 0.1, DeepPoly lower bound + backward
+    (bench/results/memory_budget_AMD_EPYC.md; one image rose by 16.7 GB before the back-substitutions
+    were blocked): at the default budget (15.8 GB then) the peak RSS rose 4.29 GB, at 1.5 GiB 0.87 GB. The
+    plan must be within 0.7-1.5x of both, and `gls.train --net cnn7 --relaxation deeppoly --method grad
+    --batch-size 1`, once refused at "374.6 GiB", fits 70 % of 16 GB."""
     unstable = (29759, 50176, 25088, 25088, 25088, 512)
-    need = memory.pass_bytes(_shape(), "deeppoly", 1, 8, grad=True, unstable=unstable, budget=16507812249)
-    assert 0.7 * 0.94e9 <= need <= 1.5 * 0.94e9, need / 1e9
+    for budget, rise in ((15767908351, 4.29e9), (1610612736, 0.87e9)):
+        need = memory.pass_bytes(_shape(), "deeppoly", 1, 8, grad=True, unstable=unstable, budget=budget)
+        assert 0.7 * rise <= need <= 1.5 * rise, (budget, need / 1e9)
     plan = memory.plan_training(_shape(), method="grad", relaxation="deeppoly", population=1, batch=1,
                                 budget=int(0.7 * 16e9))
     assert plan.bytes <= 0.7 * 16e9
@@ -112,7 +113,7 @@ def test_preset_mnist_03_rgs_is_chunked_to_fit_24gb():
     plan = _plan(budget)
     assert plan.bytes <= budget and plan.member_chunk * plan.sample_chunk < 4 * 256
     assert plan.member_chunk == 1 or plan.sample_chunk == 256  # members are split before samples
-    big = _plan(whole)
+    big = _plan(2 * whole)  # the plan at a budget adds the freed heap kept of its checkpointed blocks
     assert (big.member_chunk, big.sample_chunk) == (4, 256)  # no chunking when the whole step fits
     smaller = _plan(budget // 4)
     assert smaller.member_chunk * smaller.sample_chunk < plan.member_chunk * plan.sample_chunk

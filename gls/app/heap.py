@@ -10,15 +10,18 @@ step reuses the pages the last one freed.
 
 Measured (2-core AMD EPYC, one thread, load ~1): the default run for one epoch took 65 s, 24.5 s of it
 system time and 12.7 M page faults; with this, 39 s, 1.4 s and 0.5 M, the same numbers to the last
-digit, peak RSS 1.8 -> 2.3 GB (the process keeps its peak). ``python -m gls.train`` and ``python -m
-gls.certify`` call it at start; ``GLS_KEEP_FREED_MEMORY=0`` leaves malloc as it is. It changes
+digit, peak RSS 1.8 -> 2.3 GB (the process keeps its peak). ``python -m gls.train``, ``python -m
+gls.certify`` and the benchmarks call it at start; ``GLS_KEEP_FREED_MEMORY=0`` leaves malloc as it is. A
+pass blocked within a memory budget gives the free heap back where its block size changes
+(gls.budget), so that the process stays within the budget. It changes
 nothing where the C library is not glibc (macOS, musl), and a library user calls it only if they
 want it for their own process.
 """
 from __future__ import annotations
 
-import ctypes
 import os
+
+from gls.budget import glibc
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's <malloc.h>
 _ENV = "GLS_KEEP_FREED_MEMORY"
@@ -32,10 +35,7 @@ def keep_freed_memory() -> bool:
         raise ValueError(f"{_ENV} must be 0 or 1, got {setting!r}")
     if setting == "0":
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = glibc()
+    if libc is None:
         return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
