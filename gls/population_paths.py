@@ -230,6 +230,9 @@ def features(path: str, pairing: str, gx: int, gw: int, B: int, w_shape, geo: Ge
 # Over its 42 layers the picks took 0.80 s against 0.76 s for the fastest path of each and 1.03 s for
 # one call for all members; the worst picks took 1.3-1.6x the fastest (small P = 1 convolutions, 1-2 ms;
 # the MLP's first layer at B = 64, P = 64, stacked filters at 54 ms where the batched GEMM took 35 ms).
+# On the 2-core AVX2 AMD EPYC (no AVX-512; bench/results/population_paths_fit_AMD_EPYC_AVX2.json, same
+# script, load ~1) these constants' picks took 0.88 s over the same layers, against 0.84 s for the fastest
+# path of each and 0.90 s for the picks of that machine's own fit: one entry serves both CPU kinds.
 # The Linear layers' stacked path is left out of the CPU entry (a path without constants is not a
 # candidate): it was never the fastest in this fit or in three earlier ones (1.2-1.6x the batched GEMM on
 # the MLP's first layer, which copies no weights and reorders no outputs), yet its fitted constants,
