@@ -141,7 +141,7 @@ def report(results: dict, skipped: dict) -> str:
             lines.append(f"| {net} | {method} | {mode} | {B} | {', '.join(map(str, r['unstable']))} | {_mb(est)} | "
                          f"{_mb(r['measured'])} | {ratio:.2f} |")
         else:
-            est = plan(net, method, mode == "backward", int(B))  # every ReLU unstable
+            est = skipped[k]["plan"] if k in skipped else plan(net, method, mode == "backward", int(B))
             why = skipped[k]["why"] if k in skipped else "not measured yet (time)"
             lines.append(f"| {net} | {method} | {mode} | {B} | (all) | {_mb(est)} | not run: {why} | |")
     big = [t for t in ratios if t[2] >= SMALL]
@@ -179,11 +179,12 @@ def main(argv=None) -> int:
                         k, grad = key(net, method, mode == "backward", B), mode == "backward"
                         if k in results:
                             continue
-                        est = plan(net, method, grad, B)  # every ReLU unstable: the most it can need
-                        cap = min(limit, int(0.6 * memory.available_bytes(torch.device("cpu"))))
+                        cpu = torch.device("cpu")
+                        est = plan(net, method, grad, B, budget=memory.default_budget(cpu))  # every ReLU unstable
+                        cap = min(limit, int(0.6 * memory.available_bytes(cpu)))
                         if est > cap:
-                            skipped[k] = {"plan": est, "why": f"its plan (every ReLU unstable) is over {_mb(cap)} (--skip-above, "
-                                                                   f"or 60 % of the memory available then)"}
+                            skipped[k] = {"plan": est, "why": f"its plan (every ReLU unstable, the default budget) is over "
+                                                                   f"{_mb(cap)} (--skip-above, or 60 % of the memory available then)"}
                             print(f"{k}: skipped, plan {_mb(est)}", flush=True)
                         else:
                             t = time.time()
@@ -193,7 +194,8 @@ def main(argv=None) -> int:
                         stem.with_suffix(".json").write_text(json.dumps({"results": results, "skipped": skipped},
                                                                         indent=1))
     text = report(results, skipped)
-    stem.with_suffix(".md").write_text(_HEADER + text + "\n")
+    stem.with_suffix(".md").write_text(_HEADER + f"Machine: {device_name()}, {os.cpu_count()} CPUs; memory figures do not depend on the load.\n\n"
+                                       + text + "\n")
     print(text)
     return 0
 
@@ -203,19 +205,18 @@ _HEADER = """# gls.memory's plan against the measured peak RSS rise
 Written by `python -m bench.memory_plan` (see its docstring for the method). Networks
 `gls.app.models.build(net, (1, 28, 28), ..., init="ibp")`, the first B real MNIST test images, eps 0.1,
 P = 1, the margin lower bound; "bounds" under `torch.no_grad`, "backward" with the weights requiring
-grad and the mean lower bound back-propagated. One thread per cell, one cell at a time, each in a
+grad and the robust loss back-propagated. One thread per cell, one cell at a time, each in a
 fresh process. "measured" is the peak resident set minus the resident set before the pass; "plan" is
 `gls.memory.pass_bytes` from the unstable counts of an IBP pass on the same batch.
 
 The planner's few constants (gls/memory.py: STEP_ALIVE, GRAD_KEEP, GRAD_BLOCKS, DENSE_KEEP,
-WEIGHT_COPIES) were fitted to these cells, so the table is the calibration rather than an independent
-test; tests/test_memory.py checks two training steps (tests/memory_probe.py) and the issue's CNN7
-DeepPoly with-backward figure (16.7 GB, not measurable on this shared 24 GiB machine). Rises of a few
-MB are mostly the allocator's (pages first touched, thread arenas), hence the two summary lines.
-Machine of the committed report: 2-core Intel Xeon, 24 GiB, shared (load average 5-7 during the run;
-memory figures do not depend on it). Cells whose plan with every ReLU unstable exceeds 8 GiB were not
-run on it (CNN7 hBox/DeepPoly with backward: about 17 GB at B = 1); CNN7 hBox/DeepPoly bounds at
-B = 32 were not reached in the time the session had (B = 8 took 7 minutes).
+WEIGHT_COPIES) were fitted to the cells of the Xeon's report (memory_plan_Intel_R_Xeon_R_Processor.md, an
+earlier version, before the budgets), RETAINED to bench.memory_budget's CNN7 cases; on another machine or
+version the table tests them. tests/test_memory.py checks two training steps (tests/memory_probe.py)
+and the CNN7 DeepPoly with-backward figures. Rises of a few MB are mostly the allocator's (pages first
+touched, thread arenas), hence the two summary lines.
+Cells whose plan with every ReLU unstable (at the default budget) exceeds --skip-above or 60 % of the
+memory available were not run, nor those the session had no time for; the table says which.
 
 """
 
