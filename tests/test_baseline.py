@@ -68,3 +68,10 @@ def test_no_baseline_when_the_budget_or_evaluation_differs(tmp_path):
         assert not baseline.matches(_resolve(*argv), json.loads((studies / "paradox-quick" / "results.json").read_text()))
         assert "no committed study" in baseline.table(_resolve(*argv), _result(), studies)
     assert baseline.find(_resolve(), tmp_path / "missing") is None
+
+
+def test_a_grad_run_without_a_study_is_not_told_to_rerun_with_grad(tmp_path):
+    studies = _study(tmp_path, _resolve())
+    text = baseline.table(_resolve("--method", "grad", "--seed", "1"), _result(), studies)
+    assert "this run is one (--method grad)" in text and "run the same options" not in text
+    assert "run the same options with --method grad" in baseline.table(_resolve("--seed", "1"), _result(), studies)

@@ -49,6 +49,9 @@ def table(cfg, result: dict, studies: Path = STUDIES) -> str:
     """This run's test figures beside the matching study's grad cells (or a line saying there is none)."""
     found = find(cfg, studies)
     if found is None:
+        if cfg.method == "grad":
+            return ("plain-gradient baseline: this run is one (--method grad); no committed study "
+                    "(docs/study/*/results.json) has its budget to compare with")
         return ("plain-gradient baseline: no committed study (docs/study/*/results.json) has this run's budget; "
                 "run the same options with --method grad for it")
     path, results = found
