@@ -180,8 +180,8 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
       of each, GRAD_KEEP) and the backward pass adds the gradients of the largest (GRAD_BLOCKS); one
       under checkpoint keeps only its bounds, and the backward holds one block of rows' graph and
       gradients at a time, beside the freed heap the process keeps of its earlier blocks (RETAINED of
-      them, up to gls.budget.Blocks.free: the blocks give back only what lies beyond it). Without autograd only the largest step's input and output of one block of
-      rows are alive (STEP_ALIVE).
+      them, up to gls.budget.Blocks.free: the blocks give back only what lies beyond it). Without
+      autograd only the largest step's input and output of one block of rows are alive (STEP_ALIVE).
     """
     segs, relus = shape.segments, shape.relu_widths
     ibp = 6 * shape.outputs + 10 * sum(relus) if grad else 0
