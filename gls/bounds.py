@@ -179,7 +179,7 @@ def _in_blocks(fn, n: int, chunk: int, checkpointed: bool, blocks: Blocks) -> li
     """[fn(i, j)] over [0, n) in blocks [i, j) of `chunk`; with `checkpointed` each block runs under
     non-reentrant checkpoint (gls.budget): autograd keeps its result and recomputes its graph in the
     backward, under exact_float32 as the forward ran, and each block, computed or recomputed, starts by
-    giving the free heap back once it holds more than a quarter of the budget (gls.budget.Blocks.free)."""
+    giving the free heap back once it holds more than gls.budget.Blocks.free."""
     if not checkpointed:
         return [fn(i, min(n, i + chunk)) for i in range(0, n, chunk)]
 

@@ -13,10 +13,10 @@ A budget bounds the tensors alive; what the process holds can exceed it where th
 memory (gls.app.heap, as gls.train runs): blocks of different sizes, one after another, each took fresh
 pages beside the freed ones (CNN7 DeepPoly with backward, B = 8, a 1.61 GB budget: the resident set rose
 1.89 GB). A checkpointed block, computed or recomputed, therefore first gives the free heap back
-(give_back_free_memory) when it holds more than a quarter of the budget (Blocks.free): graphs kept (at
-most half the budget), one block (at most a quarter) and that much free memory stay within it. At a
-roomy budget this never happens; at a tight one it costs time, the blocks faulting their pages in again
-(CNN7, B = 8, 1.61 GB: 0.87 GB rise in 590 s, against 1.90 GB in 429-465 s without).
+(give_back_free_memory) when it holds more than two blocks or a quarter of the budget, the smaller
+(Blocks.free): graphs kept (at most half the budget), one block (at most a quarter) and that much free
+memory stay within it. It costs time, the blocks faulting their pages in again (CNN7, B = 8, 1.61 GB:
+0.87 GB rise in 590 s, against 1.90 GB in 429-465 s without).
 """
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ import torch
 SAFE_FRACTION = {"cpu": 0.7, "cuda": 0.85}  # default budget: this share of the free memory
 BLOCK_BYTES = 1 << 29  # the most one block of rows may hold, whatever the budget (blocks this large already
 # amortise the per-block work; larger ones only add to the peak)
+FREE_BLOCKS = 2  # free heap a checkpointed block tolerates, in blocks (at most a quarter of the budget):
+# enough for the next blocks to reuse; at the default budget a quarter (3.9 GB here) let CNN7's B = 8 pass
+# with backward rise 4.29 GB
 ALIVE = 4  # without autograd: tensors of a block's largest step alive at once (input, output, gathered lines)
 GRAD_KEEP = 3  # with autograd: numbers per coefficient of every step that a block's graph keeps and its
 # backward holds (saved inputs and windows, gradients)
@@ -108,7 +111,7 @@ class Blocks:
             raise ValueError(f"budget must be a positive number of bytes, got {budget!r}")
         self.budget = budget
         self.block = min(budget // 4, BLOCK_BYTES)
-        self.free = budget // 4  # free heap a checkpointed block tolerates before giving it back
+        self.free = min(budget // 4, FREE_BLOCKS * self.block)  # free heap a checkpointed block tolerates
         self.left = budget // 2  # for graphs kept until the backward pass
         self.grad = grad
 

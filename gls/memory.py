@@ -148,7 +148,8 @@ GRAD_BLOCKS = 1.0  # with autograd: gradients of the largest block the backward 
 DENSE_KEEP = 3  # with autograd: numbers per coefficient a dense step keeps and its backward holds
 RETAINED = 0.5  # with autograd: share of the blocks freed in a checkpointed back-substitution, up to
 # gls.budget.Blocks.free, that the heap keeps (CNN7 DeepPoly, B = 1 and 8, default and 1.5 GiB budgets:
-# bench.memory_budget on the AVX2 EPYC, the rises 0.4-2.7 GB above the tensors planned; fitted, 4 cases)
+# bench.memory_budget on the AVX2 EPYC; fitted on 4 cases with a quarter of the budget as Blocks.free,
+# plan / rise 1.07-1.37 with two blocks)
 WEIGHT_COPIES = {False: 2.0, True: 6.0}  # numbers per weight and member a pass holds (layouts of the weights
 # for each op, |W| of the interval steps; with autograd their gradients and what the steps save)
 

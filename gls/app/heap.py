@@ -12,8 +12,8 @@ Measured (2-core AMD EPYC, one thread, load ~1): the default run for one epoch t
 system time and 12.7 M page faults; with this, 39 s, 1.4 s and 0.5 M, the same numbers to the last
 digit, peak RSS 1.8 -> 2.3 GB (the process keeps its peak). ``python -m gls.train``, ``python -m
 gls.certify`` and the benchmarks call it at start; ``GLS_KEEP_FREED_MEMORY=0`` leaves malloc as it is. A
-pass blocked within a memory budget gives the free heap back once it exceeds a quarter of the budget
-(gls.budget), so that the process stays within the budget. It changes
+pass blocked within a memory budget gives the free heap back once it exceeds what a block tolerates
+(gls.budget.Blocks.free), so that the process stays within the budget. It changes
 nothing where the C library is not glibc (macOS, musl), and a library user calls it only if they
 want it for their own process.
 """
