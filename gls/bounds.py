@@ -83,33 +83,60 @@ def _box_step(mid, rad, out=(None, None, None, None)):
 BOX_BLOCK = 1 << 18  # elements per block of _box_steps: its few live blocks (1 MB each) stay in cache
 
 
-def _box_steps(mid, rad):
-    """_box_step, in blocks of BOX_BLOCK elements on a CPU where no gradient is taken. Its ten
-    elementwise passes over a whole population's layer (4M floats for CNN7 at P = 16, B = 4) ran from
-    memory, where a loop of single members ran them from cache, and lost the batched pass to that loop.
-    Same numbers."""
+def _box_steps(mid, rad, keep=True):
+    """_box_step of a layer's box; keep=False: only the ReLU image (mid, rad), for IBP, whose pass needs no
+    intermediate bounds (l, u are then None). On a CPU where no gradient is taken, in blocks of
+    BOX_BLOCK elements, (l, u) of a block and its margin in three cached scratch blocks and the image
+    written over mid and rad, which must be the affine step's own fresh outputs. Its ten elementwise
+    passes over a whole population's layer (4M floats for CNN7 at P = 16, B = 4) ran from memory, where a
+    loop of single members ran them from cache, and lost the batched pass to that loop; with fresh
+    outputs for every block they took 88 ms of cnn3's IBP pass at B = 64, P = 64 (one thread), 58 ms
+    in place. Same numbers."""
     if mid.device.type != "cpu" or mid.shape != rad.shape or mid.numel() <= BOX_BLOCK or (
             torch.is_grad_enabled() and (mid.requires_grad or rad.requires_grad)):
-        return _box_step(mid, rad)
+        l, u, mid, rad = _box_step(mid, rad)
+        return (l, u, mid, rad) if keep else (None, None, mid, rad)
     m, r = mid.contiguous().view(-1), rad.contiguous().view(-1)
-    out = [torch.empty_like(m) for _ in range(4)]
+    l, u = (torch.empty_like(m), torch.empty_like(m)) if keep else (None, None)
+    scratch = [m.new_empty(BOX_BLOCK) for _ in range(3)]
+    k = _ULPS * torch.finfo(m.dtype).eps
     for i in range(0, m.numel(), BOX_BLOCK):
-        _box_step(m[i:i + BOX_BLOCK], r[i:i + BOX_BLOCK], [o[i:i + BOX_BLOCK] for o in out])
-    return tuple(o.view(mid.shape) for o in out)
+        mb, rb = m[i:i + BOX_BLOCK], r[i:i + BOX_BLOCK]
+        d, lb, ub = (t[:mb.numel()] for t in scratch)
+        torch.abs(mb, out=d).add_(rb).mul_(k)  # _margin(|mid| + rad), as _box_step
+        if keep:
+            torch.sub(mb, rb, out=l[i:i + BOX_BLOCK]).sub_(d)
+            torch.add(mb, rb, out=u[i:i + BOX_BLOCK]).add_(d)
+            torch.clamp_min(l[i:i + BOX_BLOCK], 0, out=lb)
+            torch.clamp_min(u[i:i + BOX_BLOCK], 0, out=ub)
+        else:
+            torch.sub(mb, rb, out=lb).sub_(d).clamp_min_(0)
+            torch.add(mb, rb, out=ub).add_(d).clamp_min_(0)
+        torch.add(ub, lb, out=mb).div_(2)
+        torch.sub(ub, lb, out=rb).div_(2)
+    shape = mid.shape
+    return (None if l is None else l.view(shape), None if u is None else u.view(shape), m.view(shape), r.view(shape))
 
 
 def ibp_boxes(segs, x_lo, x_hi, P, backend):
     """IBP boxes (l, u), each (P, B, N), of every ReLU's pre-activation (widened by _margin), and the box
     of the last affine layer's input; segs from Network.plan, x_lo/x_hi the flat input box
     (problem.input_region). What every method starts from, and what tests check stability with."""
+    boxes, (mid, rad) = _ibp_image(segs, x_lo, x_hi, backend)
+    return [(_full(l, P), _full(u, P)) for l, u in boxes], (_full(mid - rad, P), _full(mid + rad, P))
+
+
+def _ibp_image(segs, x_lo, x_hi, backend, keep=True):
+    """ibp_boxes' (l, u) of every ReLU (none with keep=False: IBP's own bound needs none of them), not spread
+    to the population, and the last affine layer's input as (mid, rad)."""
     mid, rad = ((x_hi + x_lo) / 2).unsqueeze(0), ((x_hi - x_lo) / 2).unsqueeze(0)
     boxes = []
     for seg in segs[:-1]:
         mid, rad = _interval(seg, mid, rad, backend)
-        l, u, mid, rad = _box_steps(mid, rad)
-        boxes.append((_full(l, P), _full(u, P)))
-    mid, rad = _interval(segs[-1][:-1], mid, rad, backend)
-    return boxes, (_full(mid - rad, P), _full(mid + rad, P))
+        l, u, mid, rad = _box_steps(mid, rad, keep)
+        if keep:
+            boxes.append((l, u))
+    return boxes, _interval(segs[-1][:-1], mid, rad, backend)
 
 
 def _through(seg, lam):
@@ -323,6 +350,36 @@ def _ibp_output(last, lam, l_last, u_last, backend):
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
+def _ibp_margins(last, labels, mid, rad, both: bool):
+    """IBP's lower bounds of the margins z_y - z_j (margin_spec's rows, y = labels (B,)) through a Dense last
+    layer over the box mid -+ rad (P|1, B, N) of its input: (W mid + b)_y - (W mid + b)_j - |W_y - W_j| rad,
+    the radius term one GEMM per label class over the samples of that class. C W's rows concretized
+    (_ibp_output) give the same bounds with the same multiply-adds, but write B (K-1) rows of N numbers
+    per member and read them back (75 MB for cnn3 at B = 64, P = 16). Without autograd only: under it the
+    weights' gradient would sum over the classes in another order than over the rows of C W, and a batch
+    split over ranks (or into sample chunks) would train other weights beyond float rounding of one step.
+    both: also the bounds of -C (the upper bounds), after them."""
+    W, b = last.W, last.b
+    K = W.shape[-2]
+    labels = labels.to(W.device).long()
+    logits = torch.matmul(mid, W.transpose(-1, -2))
+    if b is not None:
+        logits = logits + b.unsqueeze(-2)
+    P, B = logits.shape[:2]
+    others = torch.arange(K - 1, device=W.device)
+    k = others + (others >= labels.unsqueeze(1)).long()  # (B, K-1): every class but y, as margin_spec orders them
+    centre = logits.gather(-1, labels.view(1, B, 1).expand(P, B, 1)) - logits.gather(-1, k.expand(P, B, K - 1))
+    spread = centre.new_empty(P, B, K - 1)
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().squeeze(1)
+        rest = torch.cat([torch.arange(c, device=W.device), torch.arange(c + 1, K, device=W.device)])
+        rows = idx if idx.numel() > 1 else idx.repeat(2)  # one row takes another summation order (GEMV):
+        # a sample's bound would depend on the rest of its batch, and ranks splitting a batch would differ
+        out = torch.matmul(rad[:, rows], (W[:, c:c + 1] - W[:, rest]).abs().transpose(-1, -2))
+        spread[:, idx] = out[:, :idx.numel()]
+    return torch.cat([centre - spread, -centre - spread], -1) if both else centre - spread
+
+
 # Methods built on this module, method name -> function with compute_bounds's keywords (member_chunk and rows
 # aside); gls.alpha_crown registers "alpha-crown" (it imports this module, so this one cannot import it).
 EXTENSIONS: dict = {}
@@ -427,10 +484,16 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
         C = torch.cat([C, -C], dim=1)
     lam = C.unsqueeze(0).expand(P, *C.shape).contiguous()
 
-    boxes, (l_last, u_last) = ibp_boxes(segs, x_lo, x_hi, P, backend)
     if method == "ibp":
-        lb = _ibp_output(segs[-1][-1], lam, l_last, u_last, backend)
+        _, (mid, rad) = _ibp_image(segs, x_lo, x_hi, backend, keep=False)
+        last = segs[-1][-1]
+        graph = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (mid, rad, last.W, last.b))
+        if labels is not None and isinstance(last, Dense) and not graph:
+            lb = _full(_ibp_margins(last, labels, mid, rad, bound == "both"), P)
+        else:
+            lb = _ibp_output(last, lam, _full(mid - rad, P), _full(mid + rad, P), backend)
     else:
+        boxes, _ = ibp_boxes(segs, x_lo, x_hi, P, backend)
         blocks = _blocks(budget, params, x)  # IBP back-substitutes nothing: no budget to read
         _, relax = _relaxations(segs, boxes, method, x_lo, x_hi, x.shape[1:], backend, blocks, all_rows=all_rows,
                                 intersect_ibp=intersect_ibp)

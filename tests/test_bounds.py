@@ -358,6 +358,40 @@ def test_gradcheck_wrt_params(method):
     assert b.lower.requires_grad
 
 
+@pytest.mark.parametrize("net", NETS + ["linear"])
+@pytest.mark.parametrize("P,labels", [(1, [2]), (3, [0, 1, 2]), (3, [2, 0, 2, 2, 1, 0, 2])])
+def test_ibp_margins_by_class_equal_the_spec_rows(monkeypatch, net, P, labels):
+    """Without autograd, IBP with labels bounds the margins by label class (gls.bounds._ibp_margins, no
+    concretize) where the last layer is a Linear; the same rows given as a spec go through C W and
+    concretize (_ibp_output). Same bounds, float64, lower and both, one sample and repeated labels, one
+    member and a population, a network without ReLU (its last layer's input shared by the members)."""
+    model, shape = build(net)
+    model = model.double()
+    x = _inputs(shape, B=len(labels)).double()
+    K = model.eval()(x).shape[-1]
+    labels = torch.tensor(labels) % K
+    params = _stacked(population(model, P), torch.float64)
+    calls = []
+    concretize = ops.concretize
+    monkeypatch.setattr(ops, "concretize", lambda *a, **k: calls.append(1) or concretize(*a, **k))
+    linear_last = isinstance(gls.Network.from_module(model).plan(params, shape, torch.float64)[-1][-1],
+                             gls.affine.Dense)
+    with torch.no_grad():
+        for bound in ("lower", "both"):
+            calls.clear()
+            got = gls.compute_bounds(model, x, EPS.get(net, 0.1), method="ibp", params=params, bound=bound,
+                                     labels=labels)
+            assert not calls or not linear_last
+            want = gls.compute_bounds(model, x, EPS.get(net, 0.1), method="ibp", params=params, bound=bound,
+                                      spec=gls.margin_spec(labels, K).double())
+            assert calls
+            for g, w in zip(got, want):
+                if w is None:
+                    assert g is None
+                else:
+                    torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
 def test_gradient_reaches_the_model_parameters():
     model, shape = build("cnn")
     lb = gls.compute_bounds(model, _inputs(shape), 0.05, method="deeppoly", labels=torch.tensor([0, 1, 2])).lower
