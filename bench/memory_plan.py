@@ -209,12 +209,15 @@ grad and the robust loss back-propagated. One thread per cell, one cell at a tim
 fresh process. "measured" is the peak resident set minus the resident set before the pass; "plan" is
 `gls.memory.pass_bytes` from the unstable counts of an IBP pass on the same batch.
 
-The planner's few constants (gls/memory.py: STEP_ALIVE, GRAD_KEEP, GRAD_BLOCKS, DENSE_KEEP,
-WEIGHT_COPIES) were fitted to the cells of the Xeon's report (memory_plan_Intel_R_Xeon_R_Processor.md, an
-earlier version, before the budgets), RETAINED to bench.memory_budget's CNN7 cases; on another machine or
-version the table tests them. tests/test_memory.py checks two training steps (tests/memory_probe.py)
-and the CNN7 DeepPoly with-backward figures. Rises of a few MB are mostly the allocator's (pages first
-touched, thread arenas), hence the two summary lines.
+The planner's few constants (gls/memory.py) were fitted to measurements: STEP_ALIVE, GRAD_KEEP,
+GRAD_BLOCKS, DENSE_KEEP and WEIGHT_COPIES to the cells of the Xeon's report
+(memory_plan_Intel_R_Xeon_R_Processor.md, an earlier version, before the budgets), RETAINED to
+bench.memory_budget's CNN7 cases, and SINGLE_COPIES, IBP_ALIVE and IBP_GRAD to this table on the AVX2
+EPYC (IBP_GRAD the larger of the values that fit it equally, so that tests/memory_probe.py's widest step,
+CNN7 RGS CROWN-IBP at 4 members x 64 samples, is not planned below its measured peak); on another
+machine or version the table tests them. tests/test_memory.py checks two training steps
+(tests/memory_probe.py) and the CNN7 DeepPoly with-backward figures. Rises of a few MB are mostly the
+allocator's (pages first touched, thread arenas), hence the two summary lines.
 Cells whose plan with every ReLU unstable (at the default budget) exceeds --skip-above or 60 % of the
 memory available were not run, nor those the session had no time for; the table says which.
 

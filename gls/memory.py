@@ -152,6 +152,18 @@ RETAINED = 0.5  # with autograd: share of the blocks freed in a checkpointed bac
 # plan / rise 1.07-1.37 with two blocks)
 WEIGHT_COPIES = {False: 2.0, True: 6.0}  # numbers per weight and member a pass holds (layouts of the weights
 # for each op, |W| of the interval steps; with autograd their gradients and what the steps save)
+SINGLE_COPIES = 1.0  # the same for one network without autograd: it reads its weights where they lie (no
+# members to lay out) and makes |W| one layer at a time (the Linear op fuses it)
+IBP_GRAD = (4, 6)  # with autograd: numbers per neuron an IBP pass keeps, per affine output and per ReLU
+IBP_ALIVE = 12  # IBP without autograd: numbers per neuron of the widest layer alive at once: its step's
+# input and output (centre and radius) and the CPU convolution's column buffer (C_in kh kw per output
+# pixel: 9 per neuron for CNN7's 3x3 layers of 64 channels)
+BOXES = 2  # without autograd, the methods that relax ReLUs: numbers per ReLU neuron kept (its IBP box)
+
+
+def _weight_copies(p: int, grad: bool) -> float:
+    """Numbers per weight that a pass of p members holds beside the population's own weights."""
+    return SINGLE_COPIES if p == 1 and not grad else p * WEIGHT_COPIES[grad]
 
 
 def _rows(shape: NetShape, method: str, rows: int, unstable) -> list[tuple[int, int]]:
@@ -172,9 +184,8 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
     unstable: per ReLU layer the most IBP-unstable neurons of a (member, sample) (unstable_counts of the
     batch); None counts every neuron, the most a pass can need. Per method:
 
-    * ibp: with autograd, per affine op its centre and radius with their layout copies and gradients
-      (6 vectors), per ReLU the box before and after and the next op's input copies (10 vectors);
-      without, the boxes of every ReLU and two vectors of the widest layer.
+    * ibp: with autograd, IBP_GRAD numbers per affine output and per ReLU neuron (and two vectors of the
+      widest layer); without, IBP_ALIVE per neuron of the widest layer: IBP keeps no intermediate box.
     * crown-ibp adds the four relaxation lines per ReLU and the back-substitution of the spec rows,
       hbox / deeppoly that of 2 x unstable rows per refined layer; each row's tensors are row_blocks.
       With autograd a back-substitution whose graph is kept keeps every block (row_blocks says how much
@@ -185,10 +196,10 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
       autograd only the largest step's input and output of one block of rows are alive (STEP_ALIVE).
     """
     segs, relus = shape.segments, shape.relu_widths
-    ibp = 6 * shape.outputs + 10 * sum(relus) if grad else 0
+    ibp = IBP_GRAD[0] * shape.outputs + IBP_GRAD[1] * sum(relus) if grad else 0
     widest_out = max(op[2] for seg in segs for op in seg)
     if method == "ibp":
-        return p * b * (ibp + 2 * widest_out if grad else 4 * widest_out + 2 * sum(relus))
+        return p * b * (ibp + 2 * widest_out if grad else IBP_ALIVE * widest_out)
     n_input = segs[0][0][1] if segs[0] else relus[0]
     blocks = Blocks(UNBOUNDED if budget is None else budget, grad)
     kept = block = retained = 0
@@ -211,7 +222,7 @@ def bound_elements(shape: NetShape, method: str, p: int, b: int, rows: int, *, g
     lines = 4 * sum(relus)
     if grad:
         return int(p * b * (ibp + lines + GRAD_KEEP * kept + block) + retained)
-    return int(p * b * (2 * sum(relus) + lines + STEP_ALIVE * block))
+    return int(p * b * (BOXES * sum(relus) + lines + STEP_ALIVE * block))
 
 
 def pass_bytes(shape: NetShape, method: str, p: int, b: int, *, grad: bool, unstable=None, rows=None,
@@ -220,7 +231,7 @@ def pass_bytes(shape: NetShape, method: str, p: int, b: int, *, grad: bool, unst
     with `grad` its backward pass: the bound tensors and, with autograd, the weights' gradient; the
     back-substitutions blocked within `budget` (gls.budget.Blocks; None: no limit)."""
     rows = shape.classes - 1 if rows is None else rows
-    weights = p * shape.d * WEIGHT_COPIES[grad]
+    weights = shape.d * _weight_copies(p, grad)
     return int(FLOAT_BYTES * (bound_elements(shape, method, p, b, rows, grad=grad, unstable=unstable, budget=budget)
                               + weights))
 
@@ -258,7 +269,7 @@ def step_bytes(shape: NetShape, *, method: str, relaxation: str, population: int
         pb = _members_per_bound_pass(p, b, grad, device, relaxation, dense=not shape.has_conv)
         bounds = bound_elements(shape, relaxation, pb, b, shape.classes - 1, grad=grad, unstable=unstable,
                                 budget=budget)
-    weights = shape.d * (population + p * WEIGHT_COPIES[grad] + 6)
+    weights = shape.d * (population + _weight_copies(p, grad) + 6)
     return int(FLOAT_BYTES * (forward + bounds + weights))
 
 
@@ -270,7 +281,7 @@ def cert_bytes(shape: NetShape, method: str, batch: int, device: torch.device = 
     width = 2 * FLOAT_BYTES if sound else FLOAT_BYTES
     return int(width * (bound_elements(shape, method, 1, batch, shape.classes - 1, grad=False, unstable=unstable,
                                        budget=budget)
-                        + shape.d * WEIGHT_COPIES[False]))
+                        + shape.d * _weight_copies(1, False)))
 
 
 _UNITS = {"b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,

@@ -98,6 +98,7 @@ GRID = [
     dict(kind="train", method="rgs", net="cnn7", relaxation="crown-ibp", eps=0.3, P=4, B=16, width=16),
     dict(kind="train", method="rgs", net="cnn7", relaxation="crown-ibp", eps=0.3, P=4, B=16, width=16,
          member_chunk=1, sample_chunk=4),
+    dict(kind="train", method="rgs", net="cnn7", relaxation="crown-ibp", eps=0.3, P=4, B=64),  # the widest
     dict(kind="train", method="pgpe", net="cnn3", relaxation="crown-ibp", eps=0.3, P=16, B=64),
     dict(kind="train", method="pgpe", net="cnn7", relaxation="crown-ibp", eps=0.3, P=8, B=32, width=16),
     dict(kind="cert", net="cnn3", relaxation="crown-ibp", eps=0.3, P=1, B=256),
