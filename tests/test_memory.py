@@ -105,7 +105,7 @@ def test_cnn7_deeppoly_gradient_step_is_planned_near_its_measured_peak():
 
 def test_preset_mnist_03_rgs_is_chunked_to_fit_16gb():
     """--preset mnist-0.3 --method rgs (cnn7, batch 256, 4 samples): the whole step (planned at 16.9 GB; a
-    quarter of it, batch 64, rose 4.4 GiB, tests/memory_probe.py) once met the OOM killer on a 24 GB machine
+    quarter of it, batch 64, rose 4.4-4.5 GiB, tests/memory_probe.py) once met the OOM killer on a 24 GB machine
     and now just fits 70 % of one; it does not fit 70 % of a 16 GB machine, so members are split first
     (same numbers), then samples."""
     budget = int(0.7 * 16 * GiB)
