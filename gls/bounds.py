@@ -206,9 +206,16 @@ def _in_blocks(fn, n: int, chunk: int, checkpointed: bool, blocks: Blocks) -> li
     """[fn(i, j)] over [0, n) in blocks [i, j) of `chunk`; with `checkpointed` each block runs under
     non-reentrant checkpoint (gls.budget): autograd keeps its result and recomputes its graph in the
     backward, under exact_float32 as the forward ran, and each block, computed or recomputed, starts by
-    giving the free heap back once it holds more than gls.budget.Blocks.free."""
+    giving the free heap back once it holds more than gls.budget.Blocks.free. Without autograd every block
+    does so too: blocks of changing shapes, one after another, each took fresh pages beside the freed
+    ones (CNN7 hBox bounds at B = 32: the resident set rose 3.3 GB over blocks of at most 0.5 GB)."""
     if not checkpointed:
-        return [fn(i, min(n, i + chunk)) for i in range(0, n, chunk)]
+        out = []
+        for i in range(0, n, chunk):
+            if not blocks.grad:
+                give_back_free_memory(above=blocks.free)
+            out.append(fn(i, min(n, i + chunk)))
+        return out
 
     @exact_float32()
     def block(i, j):
