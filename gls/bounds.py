@@ -14,7 +14,8 @@ are shared. Definitions, per method:
 * the final bound: ``crown-ibp``, ``hbox`` and ``deeppoly`` back-substitute the specification C
   (rows of C, and of -C for upper bounds, in one pass) to the input box; ``ibp`` folds C into the
   last affine layer (W' = C W, b' = C b, the usual elision of the last layer) and evaluates it on the
-  IBP box of that layer's input. No intersection at the output.
+  IBP box of that layer's input (with labels and without autograd the same bound class by class,
+  _ibp_margins, without forming C W). No intersection at the output.
 
 Every intermediate bound is pushed outward by a rounding margin (_margin), so float32 cancellation
 cannot make an unstable ReLU look stable; the result is the real-valued bound up to rounding.
@@ -39,7 +40,7 @@ from gls.budget import Blocks, default_budget, give_back_free_memory
 from gls.net import Network, check_input, param_dtype
 from gls.precision import exact_float32
 from gls.problem import (METHODS, Bounds, count_maps, input_region, margin_spec, member_chunk_size, method_name,
-                         spec_matrix)
+                         other_classes, spec_matrix)
 from gls.sound import sound_bounds
 
 def _full(t: torch.Tensor, P: int) -> torch.Tensor:
@@ -104,14 +105,9 @@ def _box_steps(mid, rad, keep=True):
         mb, rb = m[i:i + BOX_BLOCK], r[i:i + BOX_BLOCK]
         d, lb, ub = (t[:mb.numel()] for t in scratch)
         torch.abs(mb, out=d).add_(rb).mul_(k)  # _margin(|mid| + rad), as _box_step
-        if keep:
-            torch.sub(mb, rb, out=l[i:i + BOX_BLOCK]).sub_(d)
-            torch.add(mb, rb, out=u[i:i + BOX_BLOCK]).add_(d)
-            torch.clamp_min(l[i:i + BOX_BLOCK], 0, out=lb)
-            torch.clamp_min(u[i:i + BOX_BLOCK], 0, out=ub)
-        else:
-            torch.sub(mb, rb, out=lb).sub_(d).clamp_min_(0)
-            torch.add(mb, rb, out=ub).add_(d).clamp_min_(0)
+        lo, hi = (l[i:i + BOX_BLOCK], u[i:i + BOX_BLOCK]) if keep else (lb, ub)
+        torch.clamp_min(torch.sub(mb, rb, out=lo).sub_(d), 0, out=lb)
+        torch.clamp_min(torch.add(mb, rb, out=hi).add_(d), 0, out=ub)
         torch.add(ub, lb, out=mb).div_(2)
         torch.sub(ub, lb, out=rb).div_(2)
     shape = mid.shape
@@ -373,13 +369,12 @@ def _ibp_margins(last, labels, mid, rad, both: bool):
     if b is not None:
         logits = logits + b.unsqueeze(-2)
     P, B = logits.shape[:2]
-    others = torch.arange(K - 1, device=W.device)
-    k = others + (others >= labels.unsqueeze(1)).long()  # (B, K-1): every class but y, as margin_spec orders them
+    k = other_classes(labels, K)
     centre = logits.gather(-1, labels.view(1, B, 1).expand(P, B, 1)) - logits.gather(-1, k.expand(P, B, K - 1))
     spread = centre.new_empty(P, B, K - 1)
     for c in labels.unique().tolist():
         idx = (labels == c).nonzero().squeeze(1)
-        rest = torch.cat([torch.arange(c, device=W.device), torch.arange(c + 1, K, device=W.device)])
+        rest = k[idx[0]]  # the classes but c
         rows = idx if idx.numel() > 1 else idx.repeat(2)  # one row takes another summation order (GEMV):
         # a sample's bound would depend on the rest of its batch, and ranks splitting a batch would differ
         out = torch.matmul(rad[:, rows], (W[:, c:c + 1] - W[:, rest]).abs().transpose(-1, -2))
@@ -392,11 +387,15 @@ def _ibp_margins(last, labels, mid, rad, both: bool):
 EXTENSIONS: dict = {}
 
 
+def _under_autograd(params: dict, x) -> bool:
+    """Whether a pass builds a graph: grad enabled and a weight or the input requires it."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params.values()))
+
+
 def _blocks(budget, params: dict, x) -> Blocks:
     """The blocks of a pass within `budget` bytes (None: gls.budget.default_budget of x's device); under
-    autograd when grad is enabled and a weight or the input requires it."""
-    grad = torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in params.values()))
-    return Blocks(default_budget(x.device) if budget is None else int(budget), grad)
+    autograd as _under_autograd says."""
+    return Blocks(default_budget(x.device) if budget is None else int(budget), _under_autograd(params, x))
 
 
 @exact_float32()
@@ -494,8 +493,7 @@ def compute_bounds(model, x, eps, *, method, labels=None, spec=None, params=None
     if method == "ibp":
         _, (mid, rad) = _ibp_image(segs, x_lo, x_hi, backend, keep=False)
         last = segs[-1][-1]
-        graph = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (mid, rad, last.W, last.b))
-        if labels is not None and isinstance(last, Dense) and not graph:
+        if labels is not None and isinstance(last, Dense) and not _under_autograd(params, x):
             lb = _full(_ibp_margins(last, labels, mid, rad, bound == "both"), P)
         else:
             lb = _ibp_output(last, lam, _full(mid - rad, P), _full(mid + rad, P), backend)

@@ -33,9 +33,13 @@ def margin_spec(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{labels.min()}, {labels.max()}]")
     labels = labels.long()  # a uint8 index tensor would be read as a boolean mask
     eye = torch.eye(num_classes, device=labels.device)
+    return eye[labels].unsqueeze(1) - eye[other_classes(labels, num_classes)]
+
+
+def other_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, K-1): every class but labels[b], increasing (the order of margin_spec's rows); labels (B,) long."""
     j = torch.arange(num_classes - 1, device=labels.device)
-    others = j + (j.unsqueeze(0) >= labels.unsqueeze(1)).long()  # (B, K-1): every class but y
-    return eye[labels].unsqueeze(1) - eye[others]
+    return j + (j.unsqueeze(0) >= labels.unsqueeze(1)).long()
 
 
 def certified(lower: torch.Tensor) -> torch.Tensor:
